@@ -1,0 +1,5 @@
+"""``python -m mtm``."""
+
+from mtm.cli import main
+
+main()

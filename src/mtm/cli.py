@@ -1,0 +1,330 @@
+"""The command line: parse options, call a function of ``mtm.commands``, render the result.
+
+Expected failures (``MtmError``) print one line, ``error: ...``, on stderr and exit
+non-zero; Ctrl-C lets running steps finish and exits 130.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+from rich.console import Console
+
+from . import commands
+from .config import Config, mask_url
+from .errors import MtmError
+from .report import (
+    LiveProgress,
+    PlainProgress,
+    dump_json,
+    history_table,
+    migrate_json,
+    migrate_summary,
+    status_json,
+    status_table,
+    tenants_table,
+)
+from .runner import NoProgress, Progress
+
+
+class MtmGroup(click.Group):
+    """Turns MtmError into one clear line and its exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except MtmError as exc:
+            click.echo(f"error: {mask_url(exc.message)}", err=True)
+            ctx.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            ctx.exit(130)
+
+
+def _config(ctx: click.Context) -> Config:
+    obj = ctx.find_root().obj
+    if "config" not in obj:
+        obj["config"] = Config.load(obj.get("config_path"))
+    config: Config = obj["config"]
+    return config
+
+
+def _console() -> Console:
+    return Console(highlight=False, soft_wrap=True)
+
+
+def _progress(config: Config, as_json: bool) -> Progress:
+    if as_json:
+        return NoProgress()
+    if sys.stdout.isatty():
+        return LiveProgress(_console(), config.public_schema_display_name)
+    return PlainProgress(sys.stdout, config.public_schema_display_name)
+
+
+@click.group(cls=MtmGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", "config_path", type=click.Path(dir_okay=False),
+              help="Config file (mtm.toml, pyproject.toml or the original tool's .json). "
+                   "Default: found by walking up from the current directory.")
+@click.version_option(package_name="multi-tenant-migrate", prog_name="mtm")
+@click.pass_context
+def cli(ctx: click.Context, config_path: str | None) -> None:
+    """mtm: schema-per-tenant PostgreSQL migrations.
+
+    A public schema plus one schema per tenant; migrations in two namespaces, public
+    and tenant; one command rolls every schema forward.
+    """
+    ctx.ensure_object(dict)
+    ctx.obj["config_path"] = config_path
+
+
+@cli.command()
+@click.argument("directory", default=".", type=click.Path(file_okay=False))
+def init(directory: str) -> None:
+    """Write a commented mtm.toml and the migrations/public and migrations/tenant folders."""
+    result = commands.init(directory)
+    for path in result.created:
+        click.echo(f"created {path}")
+
+
+@cli.command()
+@click.argument("namespace", type=click.Choice(["public", "tenant"]))
+@click.argument("message")
+@click.option("--sql", is_flag=True, help="Write an SQL migration instead of a Python one.")
+@click.pass_context
+def new(ctx: click.Context, namespace: str, message: str, sql: bool) -> None:
+    """Write a new migration file named with a UTC timestamp and a slug of MESSAGE."""
+    click.echo(str(commands.new(_config(ctx), namespace, message, sql=sql)))
+
+
+@cli.command()
+@click.argument("schema")
+@click.option("--domain", "domains", multiple=True, help="A host name of the tenant (repeatable).")
+@click.option("--name", help="Display name of the tenant.")
+@click.option("--no-migrate", is_flag=True, help="Create the schema without applying migrations.")
+@click.pass_context
+def create(ctx: click.Context, schema: str, domains: tuple[str, ...], name: str | None,
+           no_migrate: bool) -> None:
+    """Register tenant SCHEMA, create its schema and apply every tenant migration, in one
+    transaction."""
+    result = commands.create(_config(ctx), schema, domains=domains, name=name,
+                             migrate=not no_migrate)
+    click.echo(f"created tenant {result.tenant.schema} with {len(result.applied)} migrations "
+               f"in {result.seconds:.2f}s"
+               + (f" (domains: {', '.join(result.tenant.domains)})" if result.tenant.domains
+                  else ""))
+
+
+@cli.command("tenants")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def tenants_cmd(ctx: click.Context, as_json: bool) -> None:
+    """List tenants: schema, name, domains, created."""
+    items = commands.tenants(_config(ctx))
+    if as_json:
+        dump_json([{"schema": t.schema, "name": t.name, "domains": list(t.domains),
+                    "created_at": t.created_at} for t in items])
+    else:
+        _console().print(tenants_table(items))
+
+
+@cli.command()
+@click.argument("schema")
+@click.option("--yes", is_flag=True, help="Really drop the schema and all its data.")
+@click.pass_context
+def drop(ctx: click.Context, schema: str, yes: bool) -> None:
+    """Drop tenant SCHEMA: its schema with all data, and its registry row (needs --yes)."""
+    commands.drop(_config(ctx), schema, yes=yes)
+    click.echo(f"dropped tenant {schema}")
+
+
+def _migrate_options(f: Any) -> Any:
+    options = [
+        click.option("--tenant", "tenants", multiple=True, help="Only this tenant (repeatable)."),
+        click.option("--dry-run", is_flag=True, help="Print the plan; change nothing."),
+        click.option("--jobs", "-j", type=int, help="Tenants migrated at once (config: jobs)."),
+        click.option("--continue-on-error", is_flag=True,
+                     help="Migrate every tenant it can; report every failure at the end."),
+        click.option("--allow-out-of-order", is_flag=True,
+                     help="Apply migrations that sort before one already applied."),
+        click.option("--lock-wait", type=float, default=0.0, show_default=True,
+                     help="Seconds to wait for another run's lock."),
+        click.option("--lock-timeout", help="Per-migration lock_timeout, e.g. 5s."),
+        click.option("--statement-timeout", help="Per-migration statement_timeout, e.g. 5min."),
+        click.option("--retries", type=int, help="Retries of a step that hit a lock timeout."),
+        click.option("--json", "as_json", is_flag=True, help="Print a JSON result."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+@cli.command()
+@_migrate_options
+@click.pass_context
+def migrate(ctx: click.Context, /, **kwargs: Any) -> None:
+    """Apply pending migrations: public first, then every tenant (alias: up)."""
+    _run_migrate(ctx, **kwargs)
+
+
+@cli.command("up", hidden=True)
+@_migrate_options
+@click.pass_context
+def up(ctx: click.Context, /, **kwargs: Any) -> None:
+    """Alias of migrate."""
+    _run_migrate(ctx, **kwargs)
+
+
+def _run_migrate(ctx: click.Context, tenants: tuple[str, ...], dry_run: bool, jobs: int | None,
+                 continue_on_error: bool, allow_out_of_order: bool, lock_wait: float,
+                 lock_timeout: str | None, statement_timeout: str | None, retries: int | None,
+                 as_json: bool) -> None:
+    config = _config(ctx)
+    result = commands.migrate(
+        config, tenants=list(tenants) or None, dry_run=dry_run, jobs=jobs,
+        continue_on_error=continue_on_error, allow_out_of_order=allow_out_of_order,
+        lock_wait=lock_wait, lock_timeout=lock_timeout, statement_timeout=statement_timeout,
+        retries=retries, progress=_progress(config, as_json),
+    )
+    if as_json:
+        dump_json(migrate_json(result))
+    else:
+        for line in migrate_summary(result, config.public_schema_display_name):
+            click.echo(line, err=line.startswith("FAILED"))
+    if result.outcome.interrupted:
+        ctx.exit(130)
+    if not result.ok:
+        ctx.exit(1)
+
+
+@cli.command()
+@click.option("--tenant", "tenants", multiple=True, help="Only this tenant (repeatable).")
+@click.option("--all", "list_all", is_flag=True, help="One row per tenant, however many.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--check", is_flag=True, help="Exit 1 when anything is pending.")
+@click.pass_context
+def status(ctx: click.Context, tenants: tuple[str, ...], list_all: bool, as_json: bool,
+           check: bool) -> None:
+    """Where every schema stands: applied/total, last applied, pending."""
+    result = commands.status(_config(ctx), tenants=list(tenants) or None)
+    if as_json:
+        dump_json(status_json(result))
+    else:
+        console = _console()
+        for renderable in status_table(result, list_all=list_all or bool(tenants)):
+            console.print(renderable)
+    if check and result.pending:
+        ctx.exit(1)
+
+
+@cli.command()
+@click.option("--tenant", "tenants", multiple=True, help="Revert in this tenant (repeatable).")
+@click.option("--all-tenants", is_flag=True, help="Revert in every tenant.")
+@click.option("--public", is_flag=True, help="Revert in the public schema.")
+@click.option("--steps", type=int, help="How many migrations to revert (default 1).")
+@click.option("--to", "to", help="Revert everything applied after this migration.")
+@click.pass_context
+def down(ctx: click.Context, tenants: tuple[str, ...], all_tenants: bool, public: bool,
+         steps: int | None, to: str | None) -> None:
+    """Revert the most recently applied migrations, newest first, one transaction each."""
+    config = _config(ctx)
+    result = commands.down(config, tenants=list(tenants) or None, all_tenants=all_tenants,
+                           public=public, steps=steps, to=to)
+    name = config.public_schema_display_name
+    for r in result.results:
+        label = name if r.schema == "public" else r.schema
+        if r.ok:
+            click.echo(f"{label}: reverted {', '.join(r.reverted)}")
+        else:
+            done = f" (reverted {', '.join(r.reverted)} first)" if r.reverted else ""
+            click.echo(f"FAILED {label}: reverting {r.failed_migration}: {r.error}{done}",
+                       err=True)
+    if not result.results:
+        click.echo("nothing to revert")
+    if not result.ok:
+        ctx.exit(1)
+
+
+@cli.command()
+@click.option("--tenant", help="The tenant whose ledger to show.")
+@click.option("--public", is_flag=True, help="Show the public schema's ledger.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def history(ctx: click.Context, tenant: str | None, public: bool, as_json: bool) -> None:
+    """The ledger of one schema: applied migrations, when, how long."""
+    rows = commands.history(_config(ctx), tenant=tenant, public=public)
+    if as_json:
+        dump_json([r.__dict__ for r in rows])
+    else:
+        _console().print(history_table(rows))
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def validate(ctx: click.Context, as_json: bool) -> None:
+    """Check applied migrations against the files and the registry against the schemas."""
+    result = commands.validate(_config(ctx))
+    if as_json:
+        dump_json({"ok": result.ok, "schemas_checked": result.schemas_checked,
+                   "problems": result.problems})
+    else:
+        for p in result.problems:
+            click.echo(p)
+        click.echo(f"{result.schemas_checked:,} schemas checked: "
+                   + ("no problems" if result.ok else f"{len(result.problems)} problems"))
+    if not result.ok:
+        ctx.exit(1)
+
+
+@cli.group()
+def db() -> None:
+    """The embedded PostgreSQL used when no database is configured."""
+
+
+@db.command("start")
+@click.pass_context
+def db_start(ctx: click.Context) -> None:
+    """Start the embedded server (initialising it on first use)."""
+    click.echo(commands.db_start(_config(ctx)))
+
+
+@db.command("stop")
+@click.pass_context
+def db_stop(ctx: click.Context) -> None:
+    """Stop the embedded server."""
+    stopped = commands.db_stop(_config(ctx))
+    click.echo("stopped" if stopped else "not running")
+
+
+@db.command("status")
+@click.pass_context
+def db_status(ctx: click.Context) -> None:
+    """Whether the embedded server runs, and where."""
+    config = _config(ctx)
+    if config.database_url:
+        click.echo(f"configured database: {mask_url(config.database_url)}")
+        return
+    st = commands.db_status(config)
+    if st.running:
+        click.echo(f"running (pid {st.pid}) data {st.data_dir}\n{st.url}")
+    else:
+        state = "stopped" if st.initialized else "not initialised"
+        click.echo(f"{state}: data {st.data_dir}")
+        ctx.exit(3)
+
+
+@db.command("url")
+@click.pass_context
+def db_url(ctx: click.Context) -> None:
+    """Print the database URL (starting the embedded server if it is the one used)."""
+    click.echo(commands.db_url(_config(ctx)))
+
+
+def main() -> None:
+    cli(prog_name="mtm")
+
+
+if __name__ == "__main__":
+    main()

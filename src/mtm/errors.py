@@ -1,0 +1,65 @@
+"""Errors mtm reports to people: each carries one clear message and an exit code.
+
+Anything raised as an ``MtmError`` is an expected failure (bad input, a held lock, a
+failed migration); the command line prints its message on one line and exits with its
+code. Anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class MtmError(Exception):
+    """An expected failure with a message meant for the person running mtm."""
+
+    exit_code = 1
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class ConfigError(MtmError):
+    """The configuration file or environment is wrong."""
+
+    exit_code = 2
+
+
+class InvalidName(MtmError):
+    """A schema name or domain that mtm refuses to put anywhere near SQL."""
+
+    exit_code = 2
+
+
+class MigrationFileError(MtmError):
+    """A migration file that cannot be read, loaded or placed in a namespace."""
+
+    exit_code = 2
+
+
+class DatabaseUnavailable(MtmError):
+    """The database cannot be reached."""
+
+
+class LockHeld(MtmError):
+    """Another mtm run holds the migration lock."""
+
+
+class TenantError(MtmError):
+    """A tenant operation refused: unknown tenant, existing schema, domain taken..."""
+
+
+class ValidationFailed(MtmError):
+    """Applied migrations disagree with the files (edited, missing, out of order)."""
+
+
+class StepFailed(MtmError):
+    """A migration failed in a schema; the step was rolled back."""
+
+    def __init__(self, schema: str, migration: str, error: str) -> None:
+        super().__init__(f"{schema}: migration {migration} failed: {error}")
+        self.schema = schema
+        self.migration = migration
+        self.error = error

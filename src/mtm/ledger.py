@@ -1,0 +1,147 @@
+"""The per-schema ledger of applied migrations, and its summary in the public schema.
+
+Every schema (public included) has a ledger table (``migrations_table``): one row per
+applied migration with its checksum, when it was applied and how long it took. The
+ledger is the source of truth. The state table in public keeps one row per schema
+(count, newest name, fingerprint) and is rewritten from the ledger in the same
+transaction as every step, so it can never say more than the ledger does.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from .config import Config
+from .identifiers import quote_ident, quote_literal
+from .migrations import Migration, Namespace
+from .plan import LedgerRow
+
+PUBLIC = "public"
+
+
+@dataclass(frozen=True)
+class AppliedMigration:
+    name: str
+    checksum: str
+    applied_at: datetime
+    duration_ms: float | None
+
+
+def ledger_ref(config: Config, schema: str) -> str:
+    return f"{quote_ident(schema)}.{quote_ident(config.migrations_table)}"
+
+
+def ledger_ddl(config: Config, schema: str) -> str:
+    return (
+        f"CREATE TABLE IF NOT EXISTS {ledger_ref(config, schema)} ("
+        "name text PRIMARY KEY, checksum text NOT NULL, "
+        "applied_at timestamptz NOT NULL DEFAULT clock_timestamp(), "
+        "duration_ms double precision)"
+    )
+
+
+def state_ddl(config: Config) -> str:
+    return (
+        f"CREATE TABLE IF NOT EXISTS {quote_ident(PUBLIC)}.{quote_ident(config.state_table)} ("
+        "schema_name text PRIMARY KEY, namespace text NOT NULL, applied integer NOT NULL, "
+        "last_migration text, fingerprint text NOT NULL, "
+        "updated_at timestamptz NOT NULL DEFAULT now())"
+    )
+
+
+def state_ref(config: Config) -> str:
+    return f"{quote_ident(PUBLIC)}.{quote_ident(config.state_table)}"
+
+
+def insert_sql(config: Config, schema: str, migration: Migration) -> str:
+    """The ledger row of a step, written before the migration body in the same transaction.
+
+    Written first so that a concurrent run that already applied it fails on the primary
+    key before touching anything; ``finish_sql`` then records the duration.
+    """
+    return (
+        f"INSERT INTO {ledger_ref(config, schema)} (name, checksum) VALUES "
+        f"({quote_literal(migration.name)}, {quote_literal(migration.checksum)})"
+    )
+
+
+def finish_sql(config: Config, schema: str, migration: Migration) -> str:
+    return (
+        f"UPDATE {ledger_ref(config, schema)} SET applied_at = clock_timestamp(), "
+        "duration_ms = 1000 * extract(epoch FROM clock_timestamp() - now()) "
+        f"WHERE name = {quote_literal(migration.name)}"
+    )
+
+
+def delete_sql(config: Config, schema: str, name: str) -> str:
+    return f"DELETE FROM {ledger_ref(config, schema)} WHERE name = {quote_literal(name)}"
+
+
+def state_upsert_sql(config: Config, schema: str, namespace: Namespace) -> str:
+    """Rewrite a schema's summary row from its ledger (must match ``plan.fingerprint``)."""
+    return (
+        f"INSERT INTO {state_ref(config)} AS s "
+        "(schema_name, namespace, applied, last_migration, fingerprint, updated_at) "
+        f"SELECT {quote_literal(schema)}, {quote_literal(namespace)}, count(*), "
+        'max(name COLLATE "C"), '
+        "md5(coalesce(string_agg(name || ':' || checksum, ',' ORDER BY name COLLATE \"C\"), '')), "
+        f"now() FROM {ledger_ref(config, schema)} "
+        "ON CONFLICT (schema_name) DO UPDATE SET namespace = excluded.namespace, "
+        "applied = excluded.applied, last_migration = excluded.last_migration, "
+        "fingerprint = excluded.fingerprint, updated_at = excluded.updated_at"
+    )
+
+
+def state_delete_sql(config: Config, schema: str) -> str:
+    return f"DELETE FROM {state_ref(config)} WHERE schema_name = {quote_literal(schema)}"
+
+
+def read_history(conn: Connection, config: Config, schema: str) -> list[AppliedMigration]:
+    """A schema's ledger, oldest first."""
+    rows = conn.execute(
+        sa.text(
+            f"SELECT name, checksum, applied_at, duration_ms FROM {ledger_ref(config, schema)} "
+            'ORDER BY applied_at, name COLLATE "C"'
+        )
+    ).all()
+    return [AppliedMigration(r[0], r[1], r[2], r[3]) for r in rows]
+
+
+def read_ledgers(
+    conn: Connection, config: Config, schemas: Sequence[str], *, batch: int = 500
+) -> dict[str, list[LedgerRow]]:
+    """Many schemas' ledgers in a few queries (UNION ALL in batches), not one per schema.
+
+    Schemas without a ledger table are returned with an empty list.
+    """
+    out: dict[str, list[LedgerRow]] = defaultdict(list)
+    existing = existing_ledgers(conn, config, schemas)
+    wanted = [s for s in schemas if s in existing]
+    for i in range(0, len(wanted), batch):
+        chunk = wanted[i : i + batch]
+        sql = " UNION ALL ".join(
+            f"SELECT {quote_literal(s)} AS schema_name, name, checksum "
+            f"FROM {ledger_ref(config, s)}"
+            for s in chunk
+        )
+        for schema, name, checksum in conn.execute(sa.text(sql)):
+            out[schema].append(LedgerRow(name, checksum))
+    return {s: out.get(s, []) for s in schemas}
+
+
+def existing_ledgers(conn: Connection, config: Config, schemas: Iterable[str]) -> set[str]:
+    """Which of ``schemas`` have a ledger table."""
+    rows = conn.execute(
+        sa.text(
+            "SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE c.relname = :t AND c.relkind IN ('r', 'p') AND n.nspname = ANY(:s)"
+        ),
+        {"t": config.migrations_table, "s": list(schemas)},
+    )
+    return {r[0] for r in rows}

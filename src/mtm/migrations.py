@@ -1,0 +1,246 @@
+"""Migration files on disk: discovery, namespaces, checksums, loading.
+
+Two layouts are read: subfolders (``migrations/public/0001_x.sql``,
+``migrations/tenant/0001_y.py``) and the original tool's flat layout with prefixes
+(``migrations/tenant:1546110701000-create-table-A.py``). A migration's name is its
+file name without the namespace prefix and the extension; within a namespace,
+migrations run in name order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import inspect
+import re
+import sys
+import traceback
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Literal
+
+from .errors import MigrationFileError
+
+Namespace = Literal["public", "tenant"]
+NAMESPACES: tuple[Namespace, ...] = ("public", "tenant")
+EXTENSIONS = (".py", ".sql")
+# Files that may sit in a migrations folder without being migrations.
+_IGNORED_SUFFIXES = {".md", ".txt", ".rst", ".pyc"}
+_IGNORED_NAMES = {"__init__.py", "__pycache__"}
+
+_DOWN_MARKER = re.compile(r"^\s*--\s*mtm:down\s*$", re.IGNORECASE | re.MULTILINE)
+_NO_TX_MARKER = re.compile(r"^\s*--\s*mtm:no-transaction\s*$", re.IGNORECASE | re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class StepContext:
+    """What a Python migration may ask about where it runs (its optional 2nd argument)."""
+
+    schema: str
+    namespace: Namespace
+    tenant: str | None
+
+
+@dataclass
+class Migration:
+    """One migration file of one namespace."""
+
+    name: str
+    namespace: Namespace
+    path: Path
+    checksum: str
+    kind: Literal["sql", "python"]
+    transactional: bool = True
+    up_sql: str = ""
+    down_sql: str | None = None
+    _module: ModuleType | None = field(default=None, repr=False)
+
+    @property
+    def has_down(self) -> bool:
+        if self.kind == "sql":
+            return self.down_sql is not None
+        return callable(getattr(self.load(), "down", None))
+
+    def load(self) -> ModuleType:
+        """Import a Python migration once; import failures become MigrationFileError."""
+        if self.kind != "python":
+            raise TypeError("only Python migrations are loaded")
+        if self._module is None:
+            self._module = _import_file(self.path, self.namespace, self.name)
+            if not callable(getattr(self._module, "up", None)):
+                raise MigrationFileError(f"{self.path}: defines no up(op) function")
+            self.transactional = bool(getattr(self._module, "transactional", True))
+        return self._module
+
+    def call(self, which: Literal["up", "down"], op: Any, ctx: StepContext) -> None:
+        """Run a Python migration's up or down with Alembic's ``op`` (and the context)."""
+        fn: Callable[..., Any] = getattr(self.load(), which)
+        if _accepts_two(fn):
+            fn(op, ctx)
+        else:
+            fn(op)
+
+
+@dataclass
+class MigrationSet:
+    """Every migration of a project, per namespace, in run order."""
+
+    directory: Path
+    public: list[Migration]
+    tenant: list[Migration]
+
+    def of(self, namespace: Namespace) -> list[Migration]:
+        return self.public if namespace == "public" else self.tenant
+
+    def find(self, namespace: Namespace, name: str) -> Migration | None:
+        for m in self.of(namespace):
+            if m.name == name:
+                return m
+        return None
+
+    def load_all(self) -> None:
+        """Import every Python migration now, so a broken file stops a run before it starts."""
+        for m in [*self.public, *self.tenant]:
+            if m.kind == "python":
+                m.load()
+
+    def __iter__(self) -> Iterator[Migration]:
+        yield from self.public
+        yield from self.tenant
+
+
+def discover(directory: Path) -> MigrationSet:
+    """Read the migrations folder (both layouts) into a MigrationSet, or explain what is wrong."""
+    if not directory.is_dir():
+        raise MigrationFileError(
+            f"migrations directory {directory} does not exist (create it, or run 'mtm init')"
+        )
+    found: dict[Namespace, dict[str, Migration]] = {"public": {}, "tenant": {}}
+
+    def add(migration: Migration) -> None:
+        seen = found[migration.namespace].get(migration.name)
+        if seen is not None:
+            raise MigrationFileError(
+                f"two {migration.namespace} migrations are named {migration.name!r}: "
+                f"{seen.path} and {migration.path}"
+            )
+        found[migration.namespace][migration.name] = migration
+
+    for entry in sorted(directory.iterdir()):
+        if _ignored(entry):
+            continue
+        if entry.is_dir():
+            if entry.name in NAMESPACES:
+                ns: Namespace = "public" if entry.name == "public" else "tenant"
+                for file in sorted(entry.iterdir()):
+                    if _ignored(file) or file.is_dir():
+                        continue
+                    if file.suffix not in EXTENSIONS:
+                        raise MigrationFileError(
+                            f"{file}: not a migration (expected a .py or .sql file)"
+                        )
+                    add(_read_migration(file, ns, file.stem))
+            elif any(p.suffix in EXTENSIONS for p in entry.rglob("*")):
+                raise MigrationFileError(
+                    f"{entry}: folder fits no namespace (use {directory / 'public'} "
+                    f"or {directory / 'tenant'})"
+                )
+            continue
+        if entry.suffix not in EXTENSIONS:
+            continue
+        prefix, sep, rest = entry.name.partition(":")
+        if not sep or prefix not in NAMESPACES:
+            raise MigrationFileError(
+                f"{entry}: fits no namespace (name it 'public:{entry.name}' or "
+                f"'tenant:{entry.name}', or move it into public/ or tenant/)"
+            )
+        ns = "public" if prefix == "public" else "tenant"
+        add(_read_migration(entry, ns, Path(rest).stem))
+    return MigrationSet(
+        directory=directory,
+        public=[found["public"][k] for k in sorted(found["public"])],
+        tenant=[found["tenant"][k] for k in sorted(found["tenant"])],
+    )
+
+
+def _ignored(path: Path) -> bool:
+    return (
+        path.name.startswith(".")
+        or path.name in _IGNORED_NAMES
+        or path.suffix in _IGNORED_SUFFIXES
+    )
+
+
+def _read_migration(path: Path, namespace: Namespace, name: str) -> Migration:
+    if not name:
+        raise MigrationFileError(f"{path}: migration has an empty name")
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise MigrationFileError(f"cannot read {path}: {exc.strerror}") from None
+    checksum = hashlib.sha256(data).hexdigest()
+    if path.suffix == ".py":
+        return Migration(name, namespace, path, checksum, "python")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise MigrationFileError(f"{path}: not UTF-8 text") from None
+    transactional = _NO_TX_MARKER.search(text) is None
+    parts = _DOWN_MARKER.split(text, maxsplit=1)
+    up = parts[0]
+    down = parts[1] if len(parts) > 1 else None
+    if not _has_statement(up):
+        raise MigrationFileError(f"{path}: the up script is empty")
+    return Migration(
+        name, namespace, path, checksum, "sql",
+        transactional=transactional, up_sql=up, down_sql=down,
+    )
+
+
+def _has_statement(sql: str) -> bool:
+    for line in sql.splitlines():
+        stripped = line.strip()
+        if stripped and not stripped.startswith("--"):
+            return True
+    return False
+
+
+def _import_file(path: Path, namespace: str, name: str) -> ModuleType:
+    safe = re.sub(r"\W", "_", name)
+    module_name = f"mtm_migration_{namespace}_{safe}"
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None:
+        raise MigrationFileError(f"{path}: cannot be loaded as Python")
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except SyntaxError as exc:
+        raise MigrationFileError(
+            f"{path}:{exc.lineno}: syntax error: {exc.msg}"
+        ) from None
+    except Exception as exc:
+        where = _last_frame_in(path, exc)
+        raise MigrationFileError(
+            f"{path}{where}: failed to import: {type(exc).__name__}: {exc}"
+        ) from None
+    sys.modules.pop(module_name, None)
+    return module
+
+
+def _last_frame_in(path: Path, exc: BaseException) -> str:
+    line = None
+    for frame in traceback.extract_tb(exc.__traceback__):
+        if Path(frame.filename) == path:
+            line = frame.lineno
+    return f":{line}" if line else ""
+
+
+def _accepts_two(fn: Callable[..., Any]) -> bool:
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return len(positional) >= 2 or any(p.kind == p.VAR_POSITIONAL for p in params)

@@ -1,0 +1,132 @@
+"""The tenant registry (the "mapper"): tenants and their domains, in the public schema.
+
+Applications read it through ``MapperTable`` to find the tenant of a request's host.
+Domains are stored normalised (lower case, no port, no trailing dot) and every value
+travels as a bound parameter.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from .config import Config
+from .identifiers import normalize_host, quote_ident
+
+PUBLIC = "public"
+
+
+@dataclass(frozen=True)
+class Tenant:
+    """A registry row: the tenant's schema, display name, domains and timestamps."""
+
+    schema: str
+    name: str | None
+    domains: tuple[str, ...]
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+
+
+def tenant_ref(config: Config) -> str:
+    return f"{quote_ident(PUBLIC)}.{quote_ident(config.tenant_table)}"
+
+
+def domain_ref(config: Config) -> str:
+    return f"{quote_ident(PUBLIC)}.{quote_ident(config.domain_table)}"
+
+
+def registry_ddl(config: Config) -> list[str]:
+    index = quote_ident(f"{config.domain_table}_schema_name_idx")
+    return [
+        f"CREATE TABLE IF NOT EXISTS {tenant_ref(config)} ("
+        "schema_name text PRIMARY KEY CHECK (schema_name ~ '^[a-z_][a-z0-9_]*$' "
+        "AND octet_length(schema_name) <= 63), "
+        "name text, "
+        "created_at timestamptz NOT NULL DEFAULT now(), "
+        "updated_at timestamptz NOT NULL DEFAULT now())",
+        f"CREATE TABLE IF NOT EXISTS {domain_ref(config)} ("
+        "domain text PRIMARY KEY CHECK (domain = lower(domain) AND length(domain) <= 253), "
+        f"schema_name text NOT NULL REFERENCES {tenant_ref(config)} (schema_name) "
+        "ON DELETE CASCADE ON UPDATE CASCADE, "
+        "created_at timestamptz NOT NULL DEFAULT now())",
+        f"CREATE INDEX IF NOT EXISTS {index} ON {domain_ref(config)} (schema_name)",
+    ]
+
+
+def _tenant_query(config: Config, where: str = "") -> sa.TextClause:
+    return sa.text(
+        "SELECT t.schema_name, t.name, t.created_at, t.updated_at, "
+        f"ARRAY(SELECT d.domain FROM {domain_ref(config)} d "
+        "WHERE d.schema_name = t.schema_name ORDER BY d.domain) "
+        f"FROM {tenant_ref(config)} t {where} ORDER BY t.schema_name"
+    )
+
+
+def _row(row: Any) -> Tenant:
+    return Tenant(row[0], row[1], tuple(row[4]), row[2], row[3])
+
+
+def list_tenants(conn: Connection, config: Config) -> list[Tenant]:
+    return [_row(r) for r in conn.execute(_tenant_query(config))]
+
+
+def get_tenant(conn: Connection, config: Config, schema: str) -> Tenant | None:
+    row = conn.execute(
+        _tenant_query(config, "WHERE t.schema_name = :s"), {"s": schema}
+    ).first()
+    return _row(row) if row else None
+
+
+def tenant_of_domain(conn: Connection, config: Config, domain: str) -> str | None:
+    return conn.execute(
+        sa.text(f"SELECT schema_name FROM {domain_ref(config)} WHERE domain = :d"),
+        {"d": domain},
+    ).scalar()
+
+
+def registry_exists(conn: Connection, config: Config) -> bool:
+    return bool(
+        conn.execute(
+            sa.text("SELECT to_regclass(:t) IS NOT NULL AND to_regclass(:d) IS NOT NULL"),
+            {"t": tenant_ref(config), "d": domain_ref(config)},
+        ).scalar()
+    )
+
+
+class MapperTable:
+    """Look tenants up by host name, as an application does for each request.
+
+    ``MapperTable(engine, config)``; ``lookup("Acme.Example.com:8443")`` returns the
+    ``Tenant`` owning ``acme.example.com`` or None. Every call is one indexed query.
+    """
+
+    def __init__(self, engine: Engine, config: Config | None = None) -> None:
+        self.engine = engine
+        self.config = config or Config()
+
+    def lookup(self, host: str) -> Tenant | None:
+        domain = normalize_host(host)
+        if not domain:
+            return None
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                _tenant_query(
+                    self.config,
+                    f"WHERE t.schema_name = (SELECT schema_name FROM {domain_ref(self.config)} "
+                    "WHERE domain = :d)",
+                ),
+                {"d": domain},
+            ).first()
+        return _row(row) if row else None
+
+    def get(self, schema: str) -> Tenant | None:
+        with self.engine.connect() as conn:
+            return get_tenant(conn, self.config, schema)
+
+    def tenants(self) -> list[Tenant]:
+        with self.engine.connect() as conn:
+            return list_tenants(conn, self.config)

@@ -1,0 +1,131 @@
+"""Test fixtures: one real PostgreSQL per session, a fresh database per test.
+
+The server is the embedded one unless MTM_TEST_DATABASE_URL names another (CI runs the
+suite a second time against the machine's PostgreSQL 15 that way).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from click.testing import CliRunner, Result
+from sqlalchemy.engine import make_url
+
+from mtm import Config
+from mtm.cli import cli
+from mtm.embedded import EmbeddedServer
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _libpq(url: str) -> str:
+    """A SQLAlchemy-style URL as one psycopg accepts."""
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+@pytest.fixture(scope="session")
+def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    configured = os.environ.get("MTM_TEST_DATABASE_URL")
+    if configured:
+        yield configured
+        return
+    server = EmbeddedServer(tmp_path_factory.mktemp("pg") / "pgdata")
+    url = server.start()
+    try:
+        yield url
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def database_url(server_url: str) -> Iterator[str]:
+    """A fresh, empty database for one test, dropped afterwards."""
+    name = f"mtm_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(_libpq(server_url), autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    url = make_url(server_url).set(database=name).render_as_string(hide_password=False)
+    try:
+        yield url
+    finally:
+        with psycopg.connect(_libpq(server_url), autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@dataclass
+class Project:
+    """A project folder with an mtm.toml pointing at the test's database."""
+
+    root: Path
+    url: str
+
+    @property
+    def migrations(self) -> Path:
+        return self.root / "migrations"
+
+    @property
+    def config(self) -> Config:
+        return Config.load(self.root / "mtm.toml", env={})
+
+    def write(self, namespace: str, filename: str, content: str) -> Path:
+        """Write a migration; namespace '' writes into the migrations folder itself."""
+        folder = self.migrations / namespace if namespace else self.migrations
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / filename
+        path.write_text(textwrap.dedent(content).lstrip(), encoding="utf-8")
+        return path
+
+    def cli(self, *args: str, input: str | None = None) -> Result:
+        """Run the command line in-process (click's runner), from the project folder."""
+        runner = CliRunner()
+        old = Path.cwd()
+        os.chdir(self.root)
+        try:
+            return runner.invoke(cli, list(args), input=input, catch_exceptions=False,
+                                 env={"MTM_DATABASE_URL": None})
+        finally:
+            os.chdir(old)
+
+    def run(self, *args: str, env: dict[str, str] | None = None,
+            timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        """Run ``python -m mtm`` as a real subprocess in the project folder."""
+        full_env = {k: v for k, v in os.environ.items() if k != "MTM_DATABASE_URL"}
+        full_env.update(env or {})
+        return subprocess.run([sys.executable, "-m", "mtm", *args], cwd=self.root,
+                              capture_output=True, text=True, env=full_env, timeout=timeout)
+
+    def query(self, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
+        with psycopg.connect(_libpq(self.url), autocommit=True) as conn:
+            cur = conn.execute(sql, params)
+            return cur.fetchall() if cur.description else []
+
+    def scalar(self, sql: str, params: Any = None) -> Any:
+        rows = self.query(sql, params)
+        return rows[0][0] if rows else None
+
+    def schemas(self) -> set[str]:
+        return {r[0] for r in self.query(
+            "SELECT nspname FROM pg_namespace WHERE nspname NOT LIKE 'pg\\_%' "
+            "AND nspname NOT IN ('information_schema', 'public')")}
+
+
+def make_project(root: Path, url: str, extra: str = "") -> Project:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "mtm.toml").write_text(f'database_url = "{url}"\n{extra}', encoding="utf-8")
+    (root / "migrations" / "public").mkdir(parents=True, exist_ok=True)
+    (root / "migrations" / "tenant").mkdir(parents=True, exist_ok=True)
+    return Project(root, url)
+
+
+@pytest.fixture
+def project(tmp_path: Path, database_url: str) -> Project:
+    return make_project(tmp_path / "app", database_url)
