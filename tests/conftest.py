@@ -90,18 +90,26 @@ class Project:
         old = Path.cwd()
         os.chdir(self.root)
         try:
-            return runner.invoke(cli, list(args), input=input, catch_exceptions=False,
-                                 env={"MTM_DATABASE_URL": None})
+            return runner.invoke(
+                cli, list(args), input=input, catch_exceptions=False, env={"MTM_DATABASE_URL": None}
+            )
         finally:
             os.chdir(old)
 
-    def run(self, *args: str, env: dict[str, str] | None = None,
-            timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    def run(
+        self, *args: str, env: dict[str, str] | None = None, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
         """Run ``python -m mtm`` as a real subprocess in the project folder."""
         full_env = {k: v for k, v in os.environ.items() if k != "MTM_DATABASE_URL"}
         full_env.update(env or {})
-        return subprocess.run([sys.executable, "-m", "mtm", *args], cwd=self.root,
-                              capture_output=True, text=True, env=full_env, timeout=timeout)
+        return subprocess.run(
+            [sys.executable, "-m", "mtm", *args],
+            cwd=self.root,
+            capture_output=True,
+            text=True,
+            env=full_env,
+            timeout=timeout,
+        )
 
     def query(self, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
         with psycopg.connect(_libpq(self.url), autocommit=True) as conn:
@@ -113,9 +121,13 @@ class Project:
         return rows[0][0] if rows else None
 
     def schemas(self) -> set[str]:
-        return {r[0] for r in self.query(
-            "SELECT nspname FROM pg_namespace WHERE nspname NOT LIKE 'pg\\_%' "
-            "AND nspname NOT IN ('information_schema', 'public')")}
+        return {
+            r[0]
+            for r in self.query(
+                "SELECT nspname FROM pg_namespace WHERE nspname NOT LIKE 'pg\\_%' "
+                "AND nspname NOT IN ('information_schema', 'public')"
+            )
+        }
 
 
 def make_project(root: Path, url: str, extra: str = "") -> Project:

@@ -64,9 +64,13 @@ def _progress(config: Config, as_json: bool) -> Progress:
 
 
 @click.group(cls=MtmGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--config", "config_path", type=click.Path(dir_okay=False),
-              help="Config file (mtm.toml, pyproject.toml or the original tool's .json). "
-                   "Default: found by walking up from the current directory.")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    help="Config file (mtm.toml, pyproject.toml or the original tool's .json). "
+    "Default: found by walking up from the current directory.",
+)
 @click.version_option(package_name="multi-tenant-migrate", prog_name="mtm")
 @click.pass_context
 def cli(ctx: click.Context, config_path: str | None) -> None:
@@ -104,16 +108,19 @@ def new(ctx: click.Context, namespace: str, message: str, sql: bool) -> None:
 @click.option("--name", help="Display name of the tenant.")
 @click.option("--no-migrate", is_flag=True, help="Create the schema without applying migrations.")
 @click.pass_context
-def create(ctx: click.Context, schema: str, domains: tuple[str, ...], name: str | None,
-           no_migrate: bool) -> None:
+def create(
+    ctx: click.Context, schema: str, domains: tuple[str, ...], name: str | None, no_migrate: bool
+) -> None:
     """Register tenant SCHEMA, create its schema and apply every tenant migration, in one
     transaction."""
-    result = commands.create(_config(ctx), schema, domains=domains, name=name,
-                             migrate=not no_migrate)
-    click.echo(f"created tenant {result.tenant.schema} with {len(result.applied)} migrations "
-               f"in {result.seconds:.2f}s"
-               + (f" (domains: {', '.join(result.tenant.domains)})" if result.tenant.domains
-                  else ""))
+    result = commands.create(
+        _config(ctx), schema, domains=domains, name=name, migrate=not no_migrate
+    )
+    click.echo(
+        f"created tenant {result.tenant.schema} with {len(result.applied)} migrations "
+        f"in {result.seconds:.2f}s"
+        + (f" (domains: {', '.join(result.tenant.domains)})" if result.tenant.domains else "")
+    )
 
 
 @cli.command("tenants")
@@ -123,8 +130,17 @@ def tenants_cmd(ctx: click.Context, as_json: bool) -> None:
     """List tenants: schema, name, domains, created."""
     items = commands.tenants(_config(ctx))
     if as_json:
-        dump_json([{"schema": t.schema, "name": t.name, "domains": list(t.domains),
-                    "created_at": t.created_at} for t in items])
+        dump_json(
+            [
+                {
+                    "schema": t.schema,
+                    "name": t.name,
+                    "domains": list(t.domains),
+                    "created_at": t.created_at,
+                }
+                for t in items
+            ]
+        )
     else:
         _console().print(tenants_table(items))
 
@@ -144,12 +160,23 @@ def _migrate_options(f: Any) -> Any:
         click.option("--tenant", "tenants", multiple=True, help="Only this tenant (repeatable)."),
         click.option("--dry-run", is_flag=True, help="Print the plan; change nothing."),
         click.option("--jobs", "-j", type=int, help="Tenants migrated at once (config: jobs)."),
-        click.option("--continue-on-error", is_flag=True,
-                     help="Migrate every tenant it can; report every failure at the end."),
-        click.option("--allow-out-of-order", is_flag=True,
-                     help="Apply migrations that sort before one already applied."),
-        click.option("--lock-wait", type=float, default=0.0, show_default=True,
-                     help="Seconds to wait for another run's lock."),
+        click.option(
+            "--continue-on-error",
+            is_flag=True,
+            help="Migrate every tenant it can; report every failure at the end.",
+        ),
+        click.option(
+            "--allow-out-of-order",
+            is_flag=True,
+            help="Apply migrations that sort before one already applied.",
+        ),
+        click.option(
+            "--lock-wait",
+            type=float,
+            default=0.0,
+            show_default=True,
+            help="Seconds to wait for another run's lock.",
+        ),
         click.option("--lock-timeout", help="Per-migration lock_timeout, e.g. 5s."),
         click.option("--statement-timeout", help="Per-migration statement_timeout, e.g. 5min."),
         click.option("--retries", type=int, help="Retries of a step that hit a lock timeout."),
@@ -176,16 +203,32 @@ def up(ctx: click.Context, /, **kwargs: Any) -> None:
     _run_migrate(ctx, **kwargs)
 
 
-def _run_migrate(ctx: click.Context, tenants: tuple[str, ...], dry_run: bool, jobs: int | None,
-                 continue_on_error: bool, allow_out_of_order: bool, lock_wait: float,
-                 lock_timeout: str | None, statement_timeout: str | None, retries: int | None,
-                 as_json: bool) -> None:
+def _run_migrate(
+    ctx: click.Context,
+    tenants: tuple[str, ...],
+    dry_run: bool,
+    jobs: int | None,
+    continue_on_error: bool,
+    allow_out_of_order: bool,
+    lock_wait: float,
+    lock_timeout: str | None,
+    statement_timeout: str | None,
+    retries: int | None,
+    as_json: bool,
+) -> None:
     config = _config(ctx)
     result = commands.migrate(
-        config, tenants=list(tenants) or None, dry_run=dry_run, jobs=jobs,
-        continue_on_error=continue_on_error, allow_out_of_order=allow_out_of_order,
-        lock_wait=lock_wait, lock_timeout=lock_timeout, statement_timeout=statement_timeout,
-        retries=retries, progress=_progress(config, as_json),
+        config,
+        tenants=list(tenants) or None,
+        dry_run=dry_run,
+        jobs=jobs,
+        continue_on_error=continue_on_error,
+        allow_out_of_order=allow_out_of_order,
+        lock_wait=lock_wait,
+        lock_timeout=lock_timeout,
+        statement_timeout=statement_timeout,
+        retries=retries,
+        progress=_progress(config, as_json),
     )
     if as_json:
         dump_json(migrate_json(result))
@@ -204,8 +247,9 @@ def _run_migrate(ctx: click.Context, tenants: tuple[str, ...], dry_run: bool, jo
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.option("--check", is_flag=True, help="Exit 1 when anything is pending.")
 @click.pass_context
-def status(ctx: click.Context, tenants: tuple[str, ...], list_all: bool, as_json: bool,
-           check: bool) -> None:
+def status(
+    ctx: click.Context, tenants: tuple[str, ...], list_all: bool, as_json: bool, check: bool
+) -> None:
     """Where every schema stands: applied/total, last applied, pending."""
     result = commands.status(_config(ctx), tenants=list(tenants) or None)
     if as_json:
@@ -225,12 +269,24 @@ def status(ctx: click.Context, tenants: tuple[str, ...], list_all: bool, as_json
 @click.option("--steps", type=int, help="How many migrations to revert (default 1).")
 @click.option("--to", "to", help="Revert everything applied after this migration.")
 @click.pass_context
-def down(ctx: click.Context, tenants: tuple[str, ...], all_tenants: bool, public: bool,
-         steps: int | None, to: str | None) -> None:
+def down(
+    ctx: click.Context,
+    tenants: tuple[str, ...],
+    all_tenants: bool,
+    public: bool,
+    steps: int | None,
+    to: str | None,
+) -> None:
     """Revert the most recently applied migrations, newest first, one transaction each."""
     config = _config(ctx)
-    result = commands.down(config, tenants=list(tenants) or None, all_tenants=all_tenants,
-                           public=public, steps=steps, to=to)
+    result = commands.down(
+        config,
+        tenants=list(tenants) or None,
+        all_tenants=all_tenants,
+        public=public,
+        steps=steps,
+        to=to,
+    )
     name = config.public_schema_display_name
     for r in result.results:
         label = name if r.schema == "public" else r.schema
@@ -238,8 +294,7 @@ def down(ctx: click.Context, tenants: tuple[str, ...], all_tenants: bool, public
             click.echo(f"{label}: reverted {', '.join(r.reverted)}")
         else:
             done = f" (reverted {', '.join(r.reverted)} first)" if r.reverted else ""
-            click.echo(f"FAILED {label}: reverting {r.failed_migration}: {r.error}{done}",
-                       err=True)
+            click.echo(f"FAILED {label}: reverting {r.failed_migration}: {r.error}{done}", err=True)
     if not result.results:
         click.echo("nothing to revert")
     if not result.ok:
@@ -267,13 +322,20 @@ def validate(ctx: click.Context, as_json: bool) -> None:
     """Check applied migrations against the files and the registry against the schemas."""
     result = commands.validate(_config(ctx))
     if as_json:
-        dump_json({"ok": result.ok, "schemas_checked": result.schemas_checked,
-                   "problems": result.problems})
+        dump_json(
+            {
+                "ok": result.ok,
+                "schemas_checked": result.schemas_checked,
+                "problems": result.problems,
+            }
+        )
     else:
         for p in result.problems:
             click.echo(p)
-        click.echo(f"{result.schemas_checked:,} schemas checked: "
-                   + ("no problems" if result.ok else f"{len(result.problems)} problems"))
+        click.echo(
+            f"{result.schemas_checked:,} schemas checked: "
+            + ("no problems" if result.ok else f"{len(result.problems)} problems")
+        )
     if not result.ok:
         ctx.exit(1)
 

@@ -66,9 +66,9 @@ class UsageError(MtmError):
 
 
 @contextmanager
-def _session(config: Config, *, pool_size: int = 1, purpose: str = "mtm") -> Iterator[
-    tuple[Engine, Connection]
-]:
+def _session(
+    config: Config, *, pool_size: int = 1, purpose: str = "mtm"
+) -> Iterator[tuple[Engine, Connection]]:
     engine = create_engine(config, pool_size=pool_size, purpose=purpose)
     try:
         with connect(engine) as conn:
@@ -79,8 +79,10 @@ def _session(config: Config, *, pool_size: int = 1, purpose: str = "mtm") -> Ite
 
 def _existing(conn: Connection, config: Config) -> dict[str, bool]:
     row = conn.execute(
-        sa.text("SELECT to_regclass(:t) IS NOT NULL, to_regclass(:s) IS NOT NULL, "
-                "to_regclass(:l) IS NOT NULL"),
+        sa.text(
+            "SELECT to_regclass(:t) IS NOT NULL, to_regclass(:s) IS NOT NULL, "
+            "to_regclass(:l) IS NOT NULL"
+        ),
         {"t": tenant_ref(config), "s": state_ref(config), "l": ledger_ref(config, PUBLIC)},
     ).one()
     return {"registry": row[0], "state": row[1], "ledger": row[2]}
@@ -91,18 +93,28 @@ def ensure_bootstrap(conn: Connection, config: Config) -> None:
     if all(_existing(conn, config).values()):
         return
     statements = [*registry_ddl(config), state_ddl(config), ledger_ddl(config, PUBLIC)]
-    run_script(conn, "BEGIN;\n" + database.schema_lock_sql(PUBLIC) + ";\n"
-               + ";\n".join(statements) + ";\nCOMMIT")
+    run_script(
+        conn,
+        "BEGIN;\n"
+        + database.schema_lock_sql(PUBLIC)
+        + ";\n"
+        + ";\n".join(statements)
+        + ";\nCOMMIT",
+    )
 
 
-def _settings(config: Config, lock_timeout: str | None, statement_timeout: str | None,
-              retries: int | None) -> Settings:
+def _settings(
+    config: Config, lock_timeout: str | None, statement_timeout: str | None, retries: int | None
+) -> Settings:
     merged = Config(
-        root=config.root, database_url=config.database_url,
-        tenant_table=config.tenant_table, migrations_table=config.migrations_table,
+        root=config.root,
+        database_url=config.database_url,
+        tenant_table=config.tenant_table,
+        migrations_table=config.migrations_table,
         lock_timeout=lock_timeout if lock_timeout is not None else config.lock_timeout,
-        statement_timeout=(statement_timeout if statement_timeout is not None
-                           else config.statement_timeout),
+        statement_timeout=(
+            statement_timeout if statement_timeout is not None else config.statement_timeout
+        ),
         retries=retries if retries is not None else config.retries,
     )  # built only to validate the overrides the same way as the config file
     return Settings(merged.lock_timeout, merged.statement_timeout, merged.retries)
@@ -191,8 +203,9 @@ SQL_TEMPLATE = """-- {message}
 """
 
 
-def new(config: Config, namespace: str, message: str, *, sql: bool = False,
-        now: datetime | None = None) -> Path:
+def new(
+    config: Config, namespace: str, message: str, *, sql: bool = False, now: datetime | None = None
+) -> Path:
     """Write a new migration file named with a UTC timestamp and a slug of the message."""
     if namespace not in ("public", "tenant"):
         raise UsageError(f"namespace must be public or tenant, got {namespace!r}")
@@ -230,9 +243,15 @@ class CreateResult:
     seconds: float
 
 
-def create(config: Config, schema: str, *, domains: Sequence[str] = (),
-           name: str | None = None, migrate: bool = True,
-           migrations: MigrationSet | None = None) -> CreateResult:
+def create(
+    config: Config,
+    schema: str,
+    *,
+    domains: Sequence[str] = (),
+    name: str | None = None,
+    migrate: bool = True,
+    migrations: MigrationSet | None = None,
+) -> CreateResult:
     """Register a tenant, create its schema and bring it to head, in one transaction."""
     schema = validate_schema_name(schema)
     clean: list[str] = []
@@ -276,13 +295,16 @@ def _refuse_existing(conn: Connection, config: Config, schema: str, domains: lis
             raise TenantError(f"domain {d!r} already belongs to tenant {owner!r}")
 
 
-def _explain_create_failure(conn: Connection, config: Config, schema: str,
-                            domains: list[str], result: SchemaResult) -> None:
+def _explain_create_failure(
+    conn: Connection, config: Config, schema: str, domains: list[str], result: SchemaResult
+) -> None:
     """Turn a failed create into the clearest message (a race may have taken a name)."""
     _refuse_existing(conn, config, schema, domains)
     where = f"migration {result.failed_migration}" if result.failed_migration else "creating it"
-    raise MtmError(f"tenant {schema!r} was not created: {where} failed: {result.error} "
-                   "(nothing was left behind)")
+    raise MtmError(
+        f"tenant {schema!r} was not created: {where} failed: {result.error} "
+        "(nothing was left behind)"
+    )
 
 
 def tenants(config: Config) -> list[Tenant]:
@@ -312,19 +334,23 @@ def drop(config: Config, schema: str, *, yes: bool = False) -> DropResult:
                 f"refusing to drop tenant {schema!r} without --yes: this deletes schema "
                 f"{schema!r} and all its data"
             )
-        run_script(conn, "BEGIN;\n" + database.schema_lock_sql(schema) + ";\n"
-                   f"DROP SCHEMA IF EXISTS {quote_ident(schema)} CASCADE;\n"
-                   f"DELETE FROM {tenant_ref(config)} "
-                   f"WHERE schema_name = {quote_literal(schema)};\n"
-                   f"{state_delete_sql(config, schema)};\nCOMMIT")
+        run_script(
+            conn,
+            "BEGIN;\n" + database.schema_lock_sql(schema) + ";\n"
+            f"DROP SCHEMA IF EXISTS {quote_ident(schema)} CASCADE;\n"
+            f"DELETE FROM {tenant_ref(config)} "
+            f"WHERE schema_name = {quote_literal(schema)};\n"
+            f"{state_delete_sql(config, schema)};\nCOMMIT",
+        )
     return DropResult(schema, True)
 
 
 # --- planning ----------------------------------------------------------------------------
 
 
-def _tenant_rows(conn: Connection, config: Config, only: Sequence[str] | None,
-                 not_at: str | None = None) -> list[tuple[str, str | None]]:
+def _tenant_rows(
+    conn: Connection, config: Config, only: Sequence[str] | None, not_at: str | None = None
+) -> list[tuple[str, str | None]]:
     """(schema, fingerprint) of registered tenants; ``not_at`` keeps those not at that
     fingerprint, which is how a run with nothing to do costs one query."""
     ex = _existing(conn, config)
@@ -335,9 +361,14 @@ def _tenant_rows(conn: Connection, config: Config, only: Sequence[str] | None,
     where: list[str] = []
     params: dict[str, object] = {}
     if only:
-        known = set(conn.execute(sa.text(f"SELECT schema_name FROM {tenant_ref(config)} "
-                                          "WHERE schema_name = ANY(:only)"),
-                                 {"only": list(only)}).scalars())
+        known = set(
+            conn.execute(
+                sa.text(
+                    f"SELECT schema_name FROM {tenant_ref(config)} WHERE schema_name = ANY(:only)"
+                ),
+                {"only": list(only)},
+            ).scalars()
+        )
         missing = [s for s in only if s not in known]
         if missing:
             raise TenantError(f"no tenant {missing[0]!r} is registered")
@@ -346,17 +377,27 @@ def _tenant_rows(conn: Connection, config: Config, only: Sequence[str] | None,
     if not_at is not None and ex["state"]:
         where.append("s.fingerprint IS DISTINCT FROM :fp")
         params["fp"] = not_at
-    join = (f"LEFT JOIN {state_ref(config)} s ON s.schema_name = t.schema_name"
-            if ex["state"] else "")
+    join = (
+        f"LEFT JOIN {state_ref(config)} s ON s.schema_name = t.schema_name" if ex["state"] else ""
+    )
     fp = "s.fingerprint" if ex["state"] else "NULL"
-    sql = (f"SELECT t.schema_name, {fp} FROM {tenant_ref(config)} t {join} "
-           + ("WHERE " + " AND ".join(where) if where else "") + " ORDER BY t.schema_name")
+    sql = (
+        f"SELECT t.schema_name, {fp} FROM {tenant_ref(config)} t {join} "
+        + ("WHERE " + " AND ".join(where) if where else "")
+        + " ORDER BY t.schema_name"
+    )
     return [(r[0], r[1]) for r in conn.execute(sa.text(sql), params)]
 
 
-def _plans(conn: Connection, config: Config, migrations: list[Migration], namespace: Namespace,
-           rows: Sequence[tuple[str, str | None]], *, allow_out_of_order: bool = False,
-           ) -> list[SchemaPlan]:
+def _plans(
+    conn: Connection,
+    config: Config,
+    migrations: list[Migration],
+    namespace: Namespace,
+    rows: Sequence[tuple[str, str | None]],
+    *,
+    allow_out_of_order: bool = False,
+) -> list[SchemaPlan]:
     """Plans from fingerprints where they match a prefix of the files, else from ledgers."""
     prefixes = prefix_fingerprints(migrations)
     plans: dict[str, SchemaPlan] = {}
@@ -370,23 +411,32 @@ def _plans(conn: Connection, config: Config, migrations: list[Migration], namesp
     if slow:
         ledgers = read_ledgers(conn, config, slow)
         for schema in slow:
-            plans[schema] = plan_from_ledger(schema, namespace, migrations, ledgers[schema],
-                                             allow_out_of_order=allow_out_of_order)
+            plans[schema] = plan_from_ledger(
+                schema,
+                namespace,
+                migrations,
+                ledgers[schema],
+                allow_out_of_order=allow_out_of_order,
+            )
     return [plans[s] for s, _ in rows]
 
 
-def _public_plan(conn: Connection, config: Config, mset: MigrationSet, *,
-                 allow_out_of_order: bool = False) -> SchemaPlan:
+def _public_plan(
+    conn: Connection, config: Config, mset: MigrationSet, *, allow_out_of_order: bool = False
+) -> SchemaPlan:
     ledgers = read_ledgers(conn, config, [PUBLIC])
-    return plan_from_ledger(PUBLIC, "public", mset.public, ledgers[PUBLIC],
-                            allow_out_of_order=allow_out_of_order)
+    return plan_from_ledger(
+        PUBLIC, "public", mset.public, ledgers[PUBLIC], allow_out_of_order=allow_out_of_order
+    )
 
 
 def _replanner(config: Config, mset: MigrationSet, allow_out_of_order: bool):  # type: ignore[no-untyped-def]
     def replan(conn: Connection, schema: str, namespace: Namespace) -> SchemaPlan:
         ledger = read_ledgers(conn, config, [schema])[schema]
-        return plan_from_ledger(schema, namespace, mset.of(namespace), ledger,
-                                allow_out_of_order=allow_out_of_order)
+        return plan_from_ledger(
+            schema, namespace, mset.of(namespace), ledger, allow_out_of_order=allow_out_of_order
+        )
+
     return replan
 
 
@@ -394,10 +444,15 @@ def _refuse_problems(plans: Sequence[SchemaPlan]) -> None:
     problems = [p for plan in plans for p in plan.problems]
     if problems:
         shown = problems[:20]
-        more = (f"\n... and {len(problems) - 20} more (see 'mtm validate')"
-                if len(problems) > 20 else "")
-        raise ValidationFailed("refusing to migrate: applied migrations disagree with the "
-                               "files:\n  " + "\n  ".join(shown) + more)
+        more = (
+            f"\n... and {len(problems) - 20} more (see 'mtm validate')"
+            if len(problems) > 20
+            else ""
+        )
+        raise ValidationFailed(
+            "refusing to migrate: applied migrations disagree with the "
+            "files:\n  " + "\n  ".join(shown) + more
+        )
 
 
 # --- migrate -----------------------------------------------------------------------------
@@ -424,19 +479,31 @@ class MigrateResult:
 
     @property
     def ok(self) -> bool:
-        return not self.failures and not self.outcome.interrupted \
+        return (
+            not self.failures
+            and not self.outcome.interrupted
             and not self.outcome.connection_errors
+        )
 
     @property
     def steps(self) -> int:
         return self.outcome.steps + (len(self.public.applied) if self.public else 0)
 
 
-def migrate(config: Config, *, tenants: Sequence[str] | None = None, dry_run: bool = False,
-            jobs: int | None = None, continue_on_error: bool = False,
-            allow_out_of_order: bool = False, lock_wait: float = 0.0,
-            lock_timeout: str | None = None, statement_timeout: str | None = None,
-            retries: int | None = None, progress: Progress | None = None) -> MigrateResult:
+def migrate(
+    config: Config,
+    *,
+    tenants: Sequence[str] | None = None,
+    dry_run: bool = False,
+    jobs: int | None = None,
+    continue_on_error: bool = False,
+    allow_out_of_order: bool = False,
+    lock_wait: float = 0.0,
+    lock_timeout: str | None = None,
+    statement_timeout: str | None = None,
+    retries: int | None = None,
+    progress: Progress | None = None,
+) -> MigrateResult:
     """Public migrations first, then every tenant's pending ones on ``jobs`` connections.
 
     Refuses to start if any applied migration disagrees with its file. Each step is its
@@ -458,43 +525,68 @@ def migrate(config: Config, *, tenants: Sequence[str] | None = None, dry_run: bo
         try:
             if not dry_run:
                 ensure_bootstrap(conn, config)
-            public_plan = (_public_plan(conn, config, mset, allow_out_of_order=allow_out_of_order)
-                           if _existing(conn, config)["ledger"] or not dry_run else
-                           plan_from_ledger(PUBLIC, "public", mset.public, []))
+            public_plan = (
+                _public_plan(conn, config, mset, allow_out_of_order=allow_out_of_order)
+                if _existing(conn, config)["ledger"] or not dry_run
+                else plan_from_ledger(PUBLIC, "public", mset.public, [])
+            )
             rows = _tenant_rows(conn, config, only, not_at=head)
             total = _count_tenants(conn, config) if only is None else len(only)
-            every = _plans(conn, config, mset.tenant, "tenant", rows,
-                           allow_out_of_order=allow_out_of_order)
+            every = _plans(
+                conn, config, mset.tenant, "tenant", rows, allow_out_of_order=allow_out_of_order
+            )
             plans = [p for p in every if not p.at_head]
             _refuse_problems([public_plan, *plans])
             if not dry_run:
                 # At head, yet its summary said otherwise (or was missing): rewrite it.
                 stale = [p.schema for p in every if p.at_head]
                 for i in range(0, len(stale), 200):
-                    run_script(conn, "BEGIN;\n" + "".join(
-                        state_upsert_sql(config, s, "tenant") + ";\n"
-                        for s in stale[i:i + 200]) + "COMMIT")
+                    run_script(
+                        conn,
+                        "BEGIN;\n"
+                        + "".join(
+                            state_upsert_sql(config, s, "tenant") + ";\n"
+                            for s in stale[i : i + 200]
+                        )
+                        + "COMMIT",
+                    )
             outcome = FleetOutcome()
             if dry_run:
-                return MigrateResult(True, None, public_plan, plans, total, outcome,
-                                     time.perf_counter() - started)
-            runner = Runner(engine, config, settings, progress,
-                            replan=_replanner(config, mset, allow_out_of_order))
-            progress.begin(len(plans) + (1 if public_plan.pending else 0),
-                           len(public_plan.pending) + sum(len(p.pending) for p in plans))
+                return MigrateResult(
+                    True, None, public_plan, plans, total, outcome, time.perf_counter() - started
+                )
+            runner = Runner(
+                engine,
+                config,
+                settings,
+                progress,
+                replan=_replanner(config, mset, allow_out_of_order),
+            )
+            progress.begin(
+                len(plans) + (1 if public_plan.pending else 0),
+                len(public_plan.pending) + sum(len(p.pending) for p in plans),
+            )
             public_result = None
             try:
                 if public_plan.pending:
                     public_result = runner.apply_plan(conn, public_plan, None)
                 if public_result is None or public_result.ok:
-                    outcome = runner.run_fleet(plans, jobs=jobs,
-                                               continue_on_error=continue_on_error)
+                    outcome = runner.run_fleet(
+                        plans, jobs=jobs, continue_on_error=continue_on_error
+                    )
                 else:
                     outcome.not_started = len(plans)
             finally:
                 progress.end()
-            return MigrateResult(False, public_result, public_plan, plans, total, outcome,
-                                 time.perf_counter() - started)
+            return MigrateResult(
+                False,
+                public_result,
+                public_plan,
+                plans,
+                total,
+                outcome,
+                time.perf_counter() - started,
+            )
         finally:
             if not dry_run:
                 try:
@@ -546,8 +638,9 @@ class StatusResult:
         for t in self.tenants:
             key = (t.applied, tuple(t.pending), bool(t.problems))
             counts[key] = counts.get(key, 0) + 1
-        return sorted(((n, k[0], k[1], k[2]) for k, n in counts.items()),
-                      key=lambda g: (-g[1], g[2]))
+        return sorted(
+            ((n, k[0], k[1], k[2]) for k, n in counts.items()), key=lambda g: (-g[1], g[2])
+        )
 
 
 def status(config: Config, *, tenants: Sequence[str] | None = None) -> StatusResult:
@@ -560,16 +653,21 @@ def status(config: Config, *, tenants: Sequence[str] | None = None) -> StatusRes
     only = [validate_schema_name(t) for t in tenants] if tenants else None
     with _session(config) as (_, conn):
         ex = _existing(conn, config)
-        public_plan = (_public_plan(conn, config, mset) if ex["ledger"]
-                       else plan_from_ledger(PUBLIC, "public", mset.public, []))
+        public_plan = (
+            _public_plan(conn, config, mset)
+            if ex["ledger"]
+            else plan_from_ledger(PUBLIC, "public", mset.public, [])
+        )
         rows = _tenant_rows(conn, config, only)
         plans = _plans(conn, config, mset.tenant, "tenant", rows)
         info: dict[str, tuple[str | None, tuple[str, ...]]] = {}
         if rows:
-            sql = (f"SELECT t.schema_name, t.name, ARRAY(SELECT d.domain FROM {domain_ref(config)} "
-                   "d WHERE d.schema_name = t.schema_name ORDER BY d.domain) "
-                   f"FROM {tenant_ref(config)} t"
-                   + (" WHERE t.schema_name = ANY(:only)" if only else ""))
+            sql = (
+                f"SELECT t.schema_name, t.name, ARRAY(SELECT d.domain FROM {domain_ref(config)} "
+                "d WHERE d.schema_name = t.schema_name ORDER BY d.domain) "
+                f"FROM {tenant_ref(config)} t"
+                + (" WHERE t.schema_name = ANY(:only)" if only else "")
+            )
             for r in conn.execute(sa.text(sql), {"only": only} if only else {}):
                 info[r[0]] = (r[1], tuple(r[2]))
     return StatusResult(
@@ -581,8 +679,17 @@ def status(config: Config, *, tenants: Sequence[str] | None = None) -> StatusRes
 
 
 def _schema_status(plan: SchemaPlan, name: str | None, domains: tuple[str, ...]) -> SchemaStatus:
-    return SchemaStatus(plan.schema, plan.namespace, name, domains, plan.applied, plan.total,
-                        plan.last_applied, [m.name for m in plan.pending], plan.problems)
+    return SchemaStatus(
+        plan.schema,
+        plan.namespace,
+        name,
+        domains,
+        plan.applied,
+        plan.total,
+        plan.last_applied,
+        [m.name for m in plan.pending],
+        plan.problems,
+    )
 
 
 # --- down --------------------------------------------------------------------------------
@@ -597,9 +704,16 @@ class DownResult:
         return all(r.ok for r in self.results)
 
 
-def down(config: Config, *, tenants: Sequence[str] | None = None, all_tenants: bool = False,
-         public: bool = False, steps: int | None = None, to: str | None = None,
-         progress: Progress | None = None) -> DownResult:
+def down(
+    config: Config,
+    *,
+    tenants: Sequence[str] | None = None,
+    all_tenants: bool = False,
+    public: bool = False,
+    steps: int | None = None,
+    to: str | None = None,
+    progress: Progress | None = None,
+) -> DownResult:
     """Revert the newest applied migrations of the chosen schemas, newest first.
 
     Everything is checked before anything changes: each migration in the range must
@@ -657,8 +771,9 @@ def down(config: Config, *, tenants: Sequence[str] | None = None, all_tenants: b
     return DownResult(results)
 
 
-def _ordered_ledgers(conn: Connection, config: Config,
-                     schemas: Sequence[str]) -> dict[str, list[AppliedMigration]]:
+def _ordered_ledgers(
+    conn: Connection, config: Config, schemas: Sequence[str]
+) -> dict[str, list[AppliedMigration]]:
     present = existing_ledgers(conn, config, schemas)
     return {s: list(reversed(read_history(conn, config, s))) for s in schemas if s in present}
 
@@ -666,8 +781,9 @@ def _ordered_ledgers(conn: Connection, config: Config,
 # --- history -----------------------------------------------------------------------------
 
 
-def history(config: Config, *, tenant: str | None = None,
-            public: bool = False) -> list[AppliedMigration]:
+def history(
+    config: Config, *, tenant: str | None = None, public: bool = False
+) -> list[AppliedMigration]:
     """The ledger of one schema, oldest first."""
     if bool(tenant) == public:
         raise UsageError("choose one of --tenant SCHEMA or --public")
@@ -713,23 +829,29 @@ def validate(config: Config) -> ValidateResult:
             if schema not in present:
                 result.problems.append(f"{schema}: registered tenant has no schema")
         orphans = conn.execute(
-            sa.text("SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = "
-                    "c.relnamespace WHERE c.relname = :t AND n.nspname <> 'public' "
-                    "AND NOT n.nspname = ANY(:r) ORDER BY 1"),
+            sa.text(
+                "SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = "
+                "c.relnamespace WHERE c.relname = :t AND n.nspname <> 'public' "
+                "AND NOT n.nspname = ANY(:r) ORDER BY 1"
+            ),
             {"t": config.migrations_table, "r": registered},
         ).scalars()
         for schema in orphans:
             result.problems.append(f"{schema}: schema has a ledger but no registry row")
         if ex["state"]:
-            states: dict[str, str] = dict(conn.execute(sa.text(
-                f"SELECT schema_name, fingerprint FROM {state_ref(config)}")).tuples())
+            states: dict[str, str] = dict(
+                conn.execute(
+                    sa.text(f"SELECT schema_name, fingerprint FROM {state_ref(config)}")
+                ).tuples()
+            )
             for schema in schemas:
                 rows = ledgers[schema]
                 actual = fingerprint((r.name, r.checksum) for r in rows)
                 if schema in states and states[schema] != actual:
                     result.problems.append(
                         f"{schema}: state summary disagrees with the ledger (run 'mtm migrate' "
-                        "to rewrite it)")
+                        "to rewrite it)"
+                    )
                 elif schema not in states and rows:
                     result.problems.append(f"{schema}: ledger has no state summary")
     return result
@@ -759,5 +881,7 @@ def db_url(config: Config) -> str:
 
 def _refuse_configured(config: Config) -> None:
     if config.database_url:
-        raise UsageError("a database is configured (database_url or MTM_DATABASE_URL); "
-                         "mtm db manages only the embedded one")
+        raise UsageError(
+            "a database is configured (database_url or MTM_DATABASE_URL); "
+            "mtm db manages only the embedded one"
+        )

@@ -151,8 +151,11 @@ class Config:
                 )
             values[key] = value
         url = values.get("database_url")
-        parts = {k: values[k] for k in ("db_user", "db_password", "db_name", "db_host", "db_port")
-                 if k in values}
+        parts = {
+            k: values[k]
+            for k in ("db_user", "db_password", "db_name", "db_host", "db_port")
+            if k in values
+        }
         if url is not None and parts:
             raise ConfigError(
                 f"{source}: give either database_url or the db_* keys, not both "
@@ -293,8 +296,14 @@ def mask_url(url: str) -> str:
 
 
 def _type_name(t: type) -> str:
-    return {str: "a string", int: "an integer", bool: "a boolean", float: "a number",
-            list: "a list", dict: "a table"}.get(t, t.__name__)
+    return {
+        str: "a string",
+        int: "an integer",
+        bool: "a boolean",
+        float: "a number",
+        list: "a list",
+        dict: "a table",
+    }.get(t, t.__name__)
 
 
 def _reason(exc: Exception) -> str:

@@ -131,8 +131,9 @@ def acquire_run_lock(conn: Connection, config: Config, *, wait: float, command: 
 
     Waits up to ``wait`` seconds, polling, then names the holder and since when.
     """
-    conn.execute(sa.text("SELECT set_config('application_name', :n, false)"),
-                 {"n": run_label(command)})
+    conn.execute(
+        sa.text("SELECT set_config('application_name', :n, false)"), {"n": run_label(command)}
+    )
     deadline = time.monotonic() + max(wait, 0.0)
     key = run_lock_key(config)
     while True:
@@ -148,8 +149,10 @@ def acquire_run_lock(conn: Connection, config: Config, *, wait: float, command: 
             else:
                 since = holder.since.strftime("%Y-%m-%d %H:%M:%S %Z") if holder.since else "?"
                 where = f" from {holder.client}" if holder.client else ""
-                who = (f"{holder.application_name or 'another session'} "
-                       f"(backend pid {holder.pid}{where}, connected since {since})")
+                who = (
+                    f"{holder.application_name or 'another session'} "
+                    f"(backend pid {holder.pid}{where}, connected since {since})"
+                )
             waited = f" after waiting {wait:g}s" if wait > 0 else ""
             raise LockHeld(
                 f"another mtm run holds the migration lock{waited}: {who}; "

@@ -126,8 +126,7 @@ def read_ledgers(
     for i in range(0, len(wanted), batch):
         chunk = wanted[i : i + batch]
         sql = " UNION ALL ".join(
-            f"SELECT {quote_literal(s)} AS schema_name, name, checksum "
-            f"FROM {ledger_ref(config, s)}"
+            f"SELECT {quote_literal(s)} AS schema_name, name, checksum FROM {ledger_ref(config, s)}"
             for s in chunk
         )
         for schema, name, checksum in conn.execute(sa.text(sql)):

@@ -167,9 +167,7 @@ def discover(directory: Path) -> MigrationSet:
 
 def _ignored(path: Path) -> bool:
     return (
-        path.name.startswith(".")
-        or path.name in _IGNORED_NAMES
-        or path.suffix in _IGNORED_SUFFIXES
+        path.name.startswith(".") or path.name in _IGNORED_NAMES or path.suffix in _IGNORED_SUFFIXES
     )
 
 
@@ -194,8 +192,14 @@ def _read_migration(path: Path, namespace: Namespace, name: str) -> Migration:
     if not _has_statement(up):
         raise MigrationFileError(f"{path}: the up script is empty")
     return Migration(
-        name, namespace, path, checksum, "sql",
-        transactional=transactional, up_sql=up, down_sql=down,
+        name,
+        namespace,
+        path,
+        checksum,
+        "sql",
+        transactional=transactional,
+        up_sql=up,
+        down_sql=down,
     )
 
 
@@ -217,9 +221,7 @@ def _import_file(path: Path, namespace: str, name: str) -> ModuleType:
     try:
         spec.loader.exec_module(module)
     except SyntaxError as exc:
-        raise MigrationFileError(
-            f"{path}:{exc.lineno}: syntax error: {exc.msg}"
-        ) from None
+        raise MigrationFileError(f"{path}:{exc.lineno}: syntax error: {exc.msg}") from None
     except Exception as exc:
         where = _last_frame_in(path, exc)
         raise MigrationFileError(

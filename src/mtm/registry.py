@@ -75,9 +75,7 @@ def list_tenants(conn: Connection, config: Config) -> list[Tenant]:
 
 
 def get_tenant(conn: Connection, config: Config, schema: str) -> Tenant | None:
-    row = conn.execute(
-        _tenant_query(config, "WHERE t.schema_name = :s"), {"s": schema}
-    ).first()
+    row = conn.execute(_tenant_query(config, "WHERE t.schema_name = :s"), {"s": schema}).first()
     return _row(row) if row else None
 
 

@@ -70,8 +70,13 @@ class LiveProgress:
     def begin(self, schemas: int, steps: int) -> None:
         self.c = _Counts()
         self.c.total, self.c.steps_total = schemas, steps
-        self.live = Live(self._render(), console=self.console, refresh_per_second=8,
-                         transient=False, get_renderable=self._render)
+        self.live = Live(
+            self._render(),
+            console=self.console,
+            refresh_per_second=8,
+            transient=False,
+            get_renderable=self._render,
+        )
         self.live.start()
 
     def step(self, worker: int, schema: str, migration: str) -> None:
@@ -95,7 +100,8 @@ class LiveProgress:
         filled = int(width * c.done / c.total) if c.total else width
         bar = Text("[" + "#" * filled + "." * (width - filled) + "]")
         head = Text.assemble(
-            bar, f" {c.done:,}/{c.total:,} schemas  {c.steps:,}/{c.steps_total:,} steps  ",
+            bar,
+            f" {c.done:,}/{c.total:,} schemas  {c.steps:,}/{c.steps_total:,} steps  ",
             f"{_fmt_rate(c.done, elapsed)}  ETA {_fmt_eta(c.done, c.total, elapsed)}  ",
             (f"{len(c.failed)} failed", "bold red" if c.failed else "green"),
         )
@@ -103,8 +109,12 @@ class LiveProgress:
         for w in sorted(c.workers):
             lines.append(Text(f"  worker {w + 1}: {c.workers[w]}", style="dim"))
         for f in c.failed[-3:]:
-            lines.append(Text(f"  FAILED {self._name(f.schema)} at {f.failed_migration}: "
-                              f"{f.error}", style="red"))
+            lines.append(
+                Text(
+                    f"  FAILED {self._name(f.schema)} at {f.failed_migration}: {f.error}",
+                    style="red",
+                )
+            )
         return Group(*lines)
 
 
@@ -135,13 +145,17 @@ class PlainProgress:
         with self.c.lock:
             self.c.record(result)
             if not result.ok:
-                self._line(f"{self._name(result.schema)}: FAILED at {result.failed_migration}: "
-                           f"{result.error}")
+                self._line(
+                    f"{self._name(result.schema)}: FAILED at {result.failed_migration}: "
+                    f"{result.error}"
+                )
             elif self.c.total <= LIST_LIMIT:
                 done = result.applied or result.reverted
                 verb = "reverted" if result.reverted else "applied"
-                self._line(f"{self._name(result.schema)}: {verb} {len(done)} "
-                           f"({', '.join(done)}) in {result.seconds:.2f}s")
+                self._line(
+                    f"{self._name(result.schema)}: {verb} {len(done)} "
+                    f"({', '.join(done)}) in {result.seconds:.2f}s"
+                )
             now = time.perf_counter()
             if self.c.total > LIST_LIMIT and now - self.last >= self.every:
                 self.last = now
@@ -150,8 +164,10 @@ class PlainProgress:
     def _summary(self) -> None:
         c = self.c
         elapsed = time.perf_counter() - c.started
-        self._line(f"{c.done:,}/{c.total:,} schemas, {c.steps:,} steps, {len(c.failed)} failed, "
-                   f"{_fmt_rate(c.done, elapsed)}, ETA {_fmt_eta(c.done, c.total, elapsed)}")
+        self._line(
+            f"{c.done:,}/{c.total:,} schemas, {c.steps:,} steps, {len(c.failed)} failed, "
+            f"{_fmt_rate(c.done, elapsed)}, ETA {_fmt_eta(c.done, c.total, elapsed)}"
+        )
 
     def end(self) -> None:
         if self.c.total > LIST_LIMIT:
@@ -181,9 +197,11 @@ def migrate_summary(result: MigrateResult, display_name: str) -> list[str]:
         if len(result.tenant_plans) > LIST_LIMIT:
             lines.append(f"... and {len(result.tenant_plans) - LIST_LIMIT:,} more tenants")
         steps = (len(pp.pending) if pp else 0) + sum(len(p.pending) for p in result.tenant_plans)
-        lines.append(f"dry run: {steps:,} steps in {len(result.tenant_plans):,} of "
-                     f"{result.tenants_total:,} tenants (+ public: {len(pp.pending) if pp else 0})"
-                     "; nothing was changed")
+        lines.append(
+            f"dry run: {steps:,} steps in {len(result.tenant_plans):,} of "
+            f"{result.tenants_total:,} tenants (+ public: {len(pp.pending) if pp else 0})"
+            "; nothing was changed"
+        )
         return lines
     o = result.outcome
     for f in result.failures:
@@ -193,8 +211,10 @@ def migrate_summary(result: MigrateResult, display_name: str) -> list[str]:
     migrated = o.schemas - len(o.failures)
     at_head = result.tenants_total - len(result.tenant_plans)
     if result.steps == 0 and not result.failures and not o.connection_errors:
-        lines.append(f"nothing to do: public and {result.tenants_total:,} tenants at head "
-                     f"({result.seconds:.2f}s)")
+        lines.append(
+            f"nothing to do: public and {result.tenants_total:,} tenants at head "
+            f"({result.seconds:.2f}s)"
+        )
         return lines
     parts = [f"{result.steps:,} steps applied"]
     if result.public is not None:
@@ -209,8 +229,10 @@ def migrate_summary(result: MigrateResult, display_name: str) -> list[str]:
     if o.interrupted:
         lines.append("interrupted: running steps finished; run 'mtm migrate' again to go on")
     elif result.failures:
-        lines.append("every schema is at a clean step; fix the migration and run 'mtm migrate' "
-                     "again to go on from where each stopped")
+        lines.append(
+            "every schema is at a clean step; fix the migration and run 'mtm migrate' "
+            "again to go on from where each stopped"
+        )
     return lines
 
 
@@ -226,30 +248,48 @@ def migrate_json(result: MigrateResult) -> dict[str, Any]:
         "tenants_migrated": o.schemas - len(o.failures),
         "not_started": o.not_started,
         "interrupted": o.interrupted,
-        "public": ({"applied": result.public.applied, "ok": result.public.ok}
-                   if result.public else None),
-        "plan": ({"public": [m.name for m in result.public_plan.pending]
-                  if result.public_plan else [],
-                  "tenants": {p.schema: [m.name for m in p.pending] for p in result.tenant_plans}}
-                 if result.dry_run else None),
-        "failures": [{"schema": f.schema, "migration": f.failed_migration, "error": f.error}
-                     for f in result.failures]
+        "public": (
+            {"applied": result.public.applied, "ok": result.public.ok} if result.public else None
+        ),
+        "plan": (
+            {
+                "public": [m.name for m in result.public_plan.pending]
+                if result.public_plan
+                else [],
+                "tenants": {p.schema: [m.name for m in p.pending] for p in result.tenant_plans},
+            }
+            if result.dry_run
+            else None
+        ),
+        "failures": [
+            {"schema": f.schema, "migration": f.failed_migration, "error": f.error}
+            for f in result.failures
+        ]
         + [{"schema": None, "migration": None, "error": e} for e in o.connection_errors],
     }
 
 
 def status_json(result: StatusResult) -> dict[str, Any]:
     def one(s: SchemaStatus) -> dict[str, Any]:
-        return {"schema": s.schema, "name": s.name, "domains": list(s.domains),
-                "applied": s.applied, "total": s.total, "last_applied": s.last_applied,
-                "pending": s.pending, "problems": s.problems}
+        return {
+            "schema": s.schema,
+            "name": s.name,
+            "domains": list(s.domains),
+            "applied": s.applied,
+            "total": s.total,
+            "last_applied": s.last_applied,
+            "pending": s.pending,
+            "problems": s.problems,
+        }
 
     return {
         "public": one(result.public),
         "tenants": [one(t) for t in result.tenants],
-        "summary": {"tenants": len(result.tenants),
-                    "at_head": sum(1 for t in result.tenants if t.at_head),
-                    "pending": result.pending},
+        "summary": {
+            "tenants": len(result.tenants),
+            "at_head": sum(1 for t in result.tenants if t.at_head),
+            "pending": result.pending,
+        },
     }
 
 
@@ -264,8 +304,14 @@ def status_table(result: StatusResult, *, list_all: bool = False) -> list[Any]:
     def row(s: SchemaStatus, label: str) -> None:
         pending = str(len(s.pending)) if not s.problems else "DRIFT"
         style = None if s.at_head else ("red" if s.problems else "yellow")
-        table.add_row(label, ", ".join(s.domains), f"{s.applied}/{s.total}",
-                      s.last_applied or "-", pending, style=style)
+        table.add_row(
+            label,
+            ", ".join(s.domains),
+            f"{s.applied}/{s.total}",
+            s.last_applied or "-",
+            pending,
+            style=style,
+        )
 
     row(result.public, result.display_name)
     if listing:
@@ -289,8 +335,11 @@ def status_table(result: StatusResult, *, list_all: bool = False) -> list[Any]:
     at_head = sum(1 for t in result.tenants if t.at_head)
     behind = len(result.tenants) - at_head
     pub = "at head" if result.public.at_head else f"{len(result.public.pending)} pending"
-    out.append(Text(f"{len(result.tenants):,} tenants: {at_head:,} at head, {behind:,} behind; "
-                    f"public {pub}"))
+    out.append(
+        Text(
+            f"{len(result.tenants):,} tenants: {at_head:,} at head, {behind:,} behind; public {pub}"
+        )
+    )
     for s in [result.public, *result.tenants]:
         for p in s.problems[:10]:
             out.append(Text(p, style="red"))
@@ -319,5 +368,3 @@ def history_table(rows: list[AppliedMigration]) -> Table:
 
 def dump_json(data: Any, out: IO[str] | None = None) -> None:
     (out or sys.stdout).write(json.dumps(data, indent=2, default=str) + "\n")
-
-

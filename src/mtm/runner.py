@@ -95,8 +95,13 @@ class NoProgress:
 class StepError(Exception):
     """A failed step: which migration, and the database's (or Python's) words."""
 
-    def __init__(self, migration: str | None, message: str, sqlstate: str | None = None,
-                 already_applied: bool = False) -> None:
+    def __init__(
+        self,
+        migration: str | None,
+        message: str,
+        sqlstate: str | None = None,
+        already_applied: bool = False,
+    ) -> None:
         super().__init__(message)
         self.migration = migration
         self.message = message
@@ -158,8 +163,14 @@ class Settings:
 class Runner:
     """Applies and reverts migrations in schemas, sequentially or on N workers."""
 
-    def __init__(self, engine: Engine, config: Config, settings: Settings | None = None,
-                 progress: Progress | None = None, replan: Replanner | None = None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        config: Config,
+        settings: Settings | None = None,
+        progress: Progress | None = None,
+        replan: Replanner | None = None,
+    ) -> None:
         self.engine = engine
         self.config = config
         self.settings = settings or Settings(
@@ -181,8 +192,10 @@ class Runner:
         return ";\n".join(parts)
 
     def _begin(self, schema: str) -> str:
-        return (f"BEGIN;\n{schema_lock_sql(schema)};\n"
-                f"SET LOCAL standard_conforming_strings = on;\n{self._locals(schema)};\n")
+        return (
+            f"BEGIN;\n{schema_lock_sql(schema)};\n"
+            f"SET LOCAL standard_conforming_strings = on;\n{self._locals(schema)};\n"
+        )
 
     def _expect_sql(self, schema: str, expected: str) -> str:
         """Fail the step (SQLSTATE MTM01) unless the ledger is exactly what was planned.
@@ -215,8 +228,15 @@ class Runner:
                     continue
                 raise
 
-    def apply_step(self, conn: Connection, schema: str, namespace: Namespace,
-                   migration: Migration, tenant: str | None, expected: str | None = None) -> None:
+    def apply_step(
+        self,
+        conn: Connection,
+        schema: str,
+        namespace: Namespace,
+        migration: Migration,
+        tenant: str | None,
+        expected: str | None = None,
+    ) -> None:
         """Apply one migration to one schema in its own transaction (or none, if it asks).
 
         ``expected`` is the fingerprint the schema's ledger must have when the step starts.
@@ -225,8 +245,10 @@ class Runner:
             self._apply_outside_transaction(conn, schema, namespace, migration, tenant, expected)
             return
         cfg = self.config
-        tail = (f"{finish_sql(cfg, schema, migration)};\n"
-                f"{state_upsert_sql(cfg, schema, namespace)};\nCOMMIT")
+        tail = (
+            f"{finish_sql(cfg, schema, migration)};\n"
+            f"{state_upsert_sql(cfg, schema, namespace)};\nCOMMIT"
+        )
         head = self._begin(schema)
         if expected is not None:
             head += self._expect_sql(schema, expected)
@@ -242,8 +264,14 @@ class Runner:
 
         self._guarded(conn, schema, migration, attempt)
 
-    def revert_step(self, conn: Connection, schema: str, namespace: Namespace,
-                    migration: Migration, tenant: str | None) -> None:
+    def revert_step(
+        self,
+        conn: Connection,
+        schema: str,
+        namespace: Namespace,
+        migration: Migration,
+        tenant: str | None,
+    ) -> None:
         """Revert one applied migration and remove its ledger row, in one transaction."""
         cfg = self.config
         head = self._begin(schema) + delete_sql(cfg, schema, migration.name) + ";\n"
@@ -260,28 +288,44 @@ class Runner:
 
         self._guarded(conn, schema, migration, attempt)
 
-    def _guarded(self, conn: Connection, schema: str, migration: Migration,
-                 attempt: Callable[[], None]) -> None:
+    def _guarded(
+        self, conn: Connection, schema: str, migration: Migration, attempt: Callable[[], None]
+    ) -> None:
         try:
             self._with_retries(attempt, conn)
         except (psycopg.Error, sa.exc.DBAPIError) as exc:
             rollback_quietly(conn)
             raise StepError(
-                migration.name, describe_error(exc, migration), _sqlstate(exc),
+                migration.name,
+                describe_error(exc, migration),
+                _sqlstate(exc),
                 already_applied=_is_ledger_conflict(exc, self.config, schema),
             ) from exc
         except Exception as exc:
             rollback_quietly(conn)
             raise StepError(migration.name, describe_error(exc, migration)) from exc
 
-    def _call_python(self, conn: Connection, migration: Migration, which: Literal["up", "down"],
-                     schema: str, namespace: Namespace, tenant: str | None) -> None:
+    def _call_python(
+        self,
+        conn: Connection,
+        migration: Migration,
+        which: Literal["up", "down"],
+        schema: str,
+        namespace: Namespace,
+        tenant: str | None,
+    ) -> None:
         ctx = MigrationContext.configure(connection=conn)
         migration.call(which, Operations(ctx), StepContext(schema, namespace, tenant))
 
-    def _apply_outside_transaction(self, conn: Connection, schema: str, namespace: Namespace,
-                                   migration: Migration, tenant: str | None,
-                                   expected: str | None) -> None:
+    def _apply_outside_transaction(
+        self,
+        conn: Connection,
+        schema: str,
+        namespace: Namespace,
+        migration: Migration,
+        tenant: str | None,
+        expected: str | None,
+    ) -> None:
         """For CREATE INDEX CONCURRENTLY and friends: statements in autocommit, then the
         ledger row in a transaction of its own. Such migrations should be idempotent."""
         cfg = self.config
@@ -318,8 +362,9 @@ class Runner:
 
     # --- one schema --------------------------------------------------------------
 
-    def apply_plan(self, conn: Connection, plan: SchemaPlan, tenant: str | None,
-                   worker: int = 0) -> SchemaResult:
+    def apply_plan(
+        self, conn: Connection, plan: SchemaPlan, tenant: str | None, worker: int = 0
+    ) -> SchemaResult:
         """Apply a schema's pending migrations in order; stop at the first failure."""
         result = SchemaResult(plan.schema, plan.namespace)
         started = time.perf_counter()
@@ -330,8 +375,14 @@ class Runner:
             migration = pending.pop(0)
             self.progress.step(worker, plan.schema, migration.name)
             try:
-                self.apply_step(conn, plan.schema, plan.namespace, migration, tenant,
-                                expected=fingerprint(pairs))
+                self.apply_step(
+                    conn,
+                    plan.schema,
+                    plan.namespace,
+                    migration,
+                    tenant,
+                    expected=fingerprint(pairs),
+                )
             except StepError as exc:
                 moved = exc.sqlstate == LEDGER_MOVED or exc.already_applied
                 if moved and self.replan is not None and replans < 3:
@@ -360,15 +411,27 @@ class Runner:
 
     def _registered(self, conn: Connection, schema: str) -> bool:
         try:
-            return bool(conn.execute(
-                sa.text(f"SELECT EXISTS (SELECT 1 FROM {tenant_ref(self.config)} "
-                        "WHERE schema_name = :s)"), {"s": schema}).scalar())
+            return bool(
+                conn.execute(
+                    sa.text(
+                        f"SELECT EXISTS (SELECT 1 FROM {tenant_ref(self.config)} "
+                        "WHERE schema_name = :s)"
+                    ),
+                    {"s": schema},
+                ).scalar()
+            )
         except sa.exc.DBAPIError:
             rollback_quietly(conn)
             return True
 
-    def revert(self, conn: Connection, schema: str, namespace: Namespace,
-               migrations: list[Migration], tenant: str | None) -> SchemaResult:
+    def revert(
+        self,
+        conn: Connection,
+        schema: str,
+        namespace: Namespace,
+        migrations: list[Migration],
+        tenant: str | None,
+    ) -> SchemaResult:
         result = SchemaResult(schema, namespace)
         started = time.perf_counter()
         for migration in migrations:
@@ -386,8 +449,14 @@ class Runner:
 
     # --- a new tenant ------------------------------------------------------------
 
-    def create_tenant(self, conn: Connection, schema: str, name: str | None,
-                      domains: list[str], migrations: list[Migration]) -> SchemaResult:
+    def create_tenant(
+        self,
+        conn: Connection,
+        schema: str,
+        name: str | None,
+        domains: list[str],
+        migrations: list[Migration],
+    ) -> SchemaResult:
         """Register a tenant, create its schema and ledger, and apply ``migrations``: all in
         one transaction, so a failure leaves no row and no schema behind.
 
@@ -416,18 +485,36 @@ class Runner:
             result.seconds = time.perf_counter() - started
             return result
         result.applied = [m.name for m in inside]
-        rest = migrations[len(inside):]
+        rest = migrations[len(inside) :]
         if rest:
-            tail = self.apply_plan(conn, SchemaPlan(
-                schema, "tenant", len(migrations), len(inside), None, list(rest),
-                applied_pairs=tuple((m.name, m.checksum) for m in inside)), schema)
+            tail = self.apply_plan(
+                conn,
+                SchemaPlan(
+                    schema,
+                    "tenant",
+                    len(migrations),
+                    len(inside),
+                    None,
+                    list(rest),
+                    applied_pairs=tuple((m.name, m.checksum) for m in inside),
+                ),
+                schema,
+            )
             result.applied += tail.applied
             result.failed_migration, result.error = tail.failed_migration, tail.error
         result.seconds = time.perf_counter() - started
         return result
 
-    def _create_once(self, conn: Connection, schema: str, name: str | None,
-                     domains: list[str], migrations: list[Migration], *, batch: bool) -> None:
+    def _create_once(
+        self,
+        conn: Connection,
+        schema: str,
+        name: str | None,
+        domains: list[str],
+        migrations: list[Migration],
+        *,
+        batch: bool,
+    ) -> None:
         cfg = self.config
         lit = quote_literal
         head = [
@@ -448,8 +535,17 @@ class Runner:
             if m.kind == "python":
                 units.append(("", m))
             else:
-                units.append((insert_sql(cfg, schema, m) + ";\n" + m.up_sql + "\n;\n"
-                              + finish_sql(cfg, schema, m) + ";\n", m))
+                units.append(
+                    (
+                        insert_sql(cfg, schema, m)
+                        + ";\n"
+                        + m.up_sql
+                        + "\n;\n"
+                        + finish_sql(cfg, schema, m)
+                        + ";\n",
+                        m,
+                    )
+                )
         units.append((f"{state_upsert_sql(cfg, schema, 'tenant')};\nCOMMIT", None))
         chunks: list[tuple[str, Migration | None]] = []
         for sql, owner in units:
@@ -470,18 +566,25 @@ class Runner:
                     run_script(conn, sql)
         except (psycopg.Error, sa.exc.DBAPIError) as exc:
             rollback_quietly(conn)
-            raise StepError(current.name if current else None,
-                            describe_error(exc, current), _sqlstate(exc)) from exc
+            raise StepError(
+                current.name if current else None, describe_error(exc, current), _sqlstate(exc)
+            ) from exc
         except Exception as exc:
             rollback_quietly(conn)
-            raise StepError(current.name if current else None,
-                            describe_error(exc, current)) from exc
+            raise StepError(
+                current.name if current else None, describe_error(exc, current)
+            ) from exc
 
     # --- many schemas ------------------------------------------------------------
 
-    def run_fleet(self, plans: Iterable[SchemaPlan], *, jobs: int,
-                  continue_on_error: bool = False,
-                  on_result: Callable[[SchemaResult], None] | None = None) -> FleetOutcome:
+    def run_fleet(
+        self,
+        plans: Iterable[SchemaPlan],
+        *,
+        jobs: int,
+        continue_on_error: bool = False,
+        on_result: Callable[[SchemaResult], None] | None = None,
+    ) -> FleetOutcome:
         """Apply plans on ``jobs`` connections. After the first failure no new schema starts
         (running ones finish) unless ``continue_on_error``. Ctrl-C does the same."""
         work: queue.Queue[SchemaPlan | None] = queue.Queue(maxsize=jobs * 4)
@@ -521,8 +624,10 @@ class Runner:
             finally:
                 conn.close()
 
-        threads = [threading.Thread(target=worker, args=(i,), daemon=True, name=f"mtm-{i}")
-                   for i in range(jobs)]
+        threads = [
+            threading.Thread(target=worker, args=(i,), daemon=True, name=f"mtm-{i}")
+            for i in range(jobs)
+        ]
         for t in threads:
             t.start()
         try:

@@ -27,7 +27,6 @@ def tenant_connection(engine: Engine, schema: str) -> Iterator[Connection]:
         finally:
             if conn.in_transaction():
                 conn.rollback()
-            conn.execute(sa.text("SELECT set_config('search_path', :p, false)"),
-                         {"p": previous})
+            conn.execute(sa.text("SELECT set_config('search_path', :p, false)"), {"p": previous})
             if conn.in_transaction():
                 conn.commit()

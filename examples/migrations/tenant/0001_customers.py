@@ -9,8 +9,9 @@ def up(op):
         sa.Column("id", sa.BigInteger, primary_key=True),
         sa.Column("name", sa.Text, nullable=False),
         sa.Column("email", sa.Text, nullable=False, unique=True),
-        sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.func.now(),
-                  nullable=False),
+        sa.Column(
+            "created_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False
+        ),
     )
 
 
