@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from conftest import Project
 
 import mtm
+from conftest import Project
 from mtm import MapperTable, tenant_connection
 from mtm.config import sqlalchemy_url
 from mtm.errors import MtmError, TenantError
