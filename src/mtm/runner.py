@@ -632,15 +632,10 @@ class Runner:
             t.start()
         try:
             for plan in plans:
-                while True:
-                    try:
-                        work.put(plan, timeout=0.2)
-                        break
-                    except queue.Full:
-                        if not any(t.is_alive() for t in threads):
-                            break
-                if stop.is_set():
-                    break
+                if stop.is_set() or not _put_until_dead(work, plan, threads):
+                    with lock:
+                        outcome.not_started += 1  # never handed to a worker
+                    continue
             for _ in threads:
                 _put_until_dead(work, None, threads)
             for t in threads:
@@ -695,11 +690,12 @@ def _drain(work: queue.Queue[Any]) -> None:
             return
 
 
-def _put_until_dead(work: queue.Queue[Any], item: Any, threads: list[threading.Thread]) -> None:
+def _put_until_dead(work: queue.Queue[Any], item: Any, threads: list[threading.Thread]) -> bool:
+    """Queue ``item`` unless every worker has died; say whether it was queued."""
     while True:
         try:
             work.put(item, timeout=0.2)
-            return
+            return True
         except queue.Full:
             if not any(t.is_alive() for t in threads):
-                return
+                return False
