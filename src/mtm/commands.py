@@ -735,7 +735,7 @@ def down(
             only = [validate_schema_name(t) for t in tenants] if tenants else None
             targets = [(s, "tenant") for s, _ in _tenant_rows(conn, config, only)]
         ledgers = _ordered_ledgers(conn, config, [s for s, _ in targets])
-        work: list[tuple[str, Namespace, list[Migration]]] = []
+        work: list[tuple[str, Namespace, list[Migration], list[tuple[str, str]]]] = []
         problems: list[str] = []
         for schema, ns in targets:
             applied = ledgers.get(schema, [])
@@ -756,15 +756,16 @@ def down(
                     problems.append(f"{schema}: migration {name} has no down")
                 else:
                     migrations.append(m)
-            work.append((schema, ns, migrations))
+            work.append((schema, ns, migrations, [(a.name, a.checksum) for a in applied]))
         if problems:
             raise ValidationFailed("refusing to revert anything:\n  " + "\n  ".join(problems[:20]))
         runner = Runner(engine, config, progress=progress)
         results = []
-        for schema, ns, migrations in work:
+        for schema, ns, migrations, pairs in work:
             if not migrations:
                 continue
-            res = runner.revert(conn, schema, ns, migrations, schema if ns == "tenant" else None)
+            tenant = schema if ns == "tenant" else None
+            res = runner.revert(conn, schema, ns, migrations, tenant, pairs)
             results.append(res)
             if not res.ok:
                 break
@@ -839,11 +840,12 @@ def validate(config: Config) -> ValidateResult:
         for schema in orphans:
             result.problems.append(f"{schema}: schema has a ledger but no registry row")
         if ex["state"]:
-            states: dict[str, str] = dict(
-                conn.execute(
+            states: dict[str, str] = {
+                r[0]: r[1]
+                for r in conn.execute(
                     sa.text(f"SELECT schema_name, fingerprint FROM {state_ref(config)}")
-                ).tuples()
-            )
+                )
+            }
             for schema in schemas:
                 rows = ledgers[schema]
                 actual = fingerprint((r.name, r.checksum) for r in rows)

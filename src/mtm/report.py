@@ -208,7 +208,7 @@ def migrate_summary(result: MigrateResult, display_name: str) -> list[str]:
         lines.append(f"FAILED {name(f.schema)}: migration {f.failed_migration}: {f.error}")
     for e in o.connection_errors:
         lines.append(f"FAILED to open a worker connection: {e}")
-    migrated = o.schemas - len(o.failures)
+    migrated = o.schemas - len(o.failures) - len(o.dropped)
     at_head = result.tenants_total - len(result.tenant_plans)
     if result.steps == 0 and not result.failures and not o.connection_errors:
         lines.append(
@@ -224,6 +224,8 @@ def migrate_summary(result: MigrateResult, display_name: str) -> list[str]:
         parts.append(f"{len(o.failures):,} failed")
     if o.not_started:
         parts.append(f"{o.not_started:,} not started")
+    if o.dropped:
+        parts.append(f"{len(o.dropped):,} dropped during the run")
     parts.append(f"{at_head:,} already at head")
     lines.append(", ".join(parts) + f" in {result.seconds:.2f}s")
     if o.interrupted:
@@ -248,6 +250,7 @@ def migrate_json(result: MigrateResult) -> dict[str, Any]:
         "tenants_migrated": o.schemas - len(o.failures),
         "not_started": o.not_started,
         "interrupted": o.interrupted,
+        "dropped": list(o.dropped),
         "public": (
             {"applied": result.public.applied, "ok": result.public.ok} if result.public else None
         ),

@@ -271,10 +271,17 @@ class Runner:
         namespace: Namespace,
         migration: Migration,
         tenant: str | None,
+        expected: str | None = None,
     ) -> None:
-        """Revert one applied migration and remove its ledger row, in one transaction."""
+        """Revert one applied migration and remove its ledger row, in one transaction.
+
+        ``expected`` is the fingerprint the schema's ledger must have when the step starts.
+        """
         cfg = self.config
-        head = self._begin(schema) + delete_sql(cfg, schema, migration.name) + ";\n"
+        head = self._begin(schema)
+        if expected is not None:
+            head += self._expect_sql(schema, expected)
+        head += delete_sql(cfg, schema, migration.name) + ";\n"
         tail = f"{state_upsert_sql(cfg, schema, namespace)};\nCOMMIT"
 
         def attempt() -> None:
@@ -431,18 +438,32 @@ class Runner:
         namespace: Namespace,
         migrations: list[Migration],
         tenant: str | None,
+        applied: Iterable[tuple[str, str]] | None = None,
     ) -> SchemaResult:
+        """Revert ``migrations`` (newest first). With ``applied``, the (name, checksum)
+        pairs the ledger held when the revert was planned, a step refuses (MTM01) if the
+        ledger has changed since, rather than revert under a migration it did not see."""
         result = SchemaResult(schema, namespace)
         started = time.perf_counter()
+        pairs = dict(applied) if applied is not None else None
         for migration in migrations:
             self.progress.step(0, schema, migration.name)
+            expected = fingerprint(pairs.items()) if pairs is not None else None
             try:
-                self.revert_step(conn, schema, namespace, migration, tenant)
+                self.revert_step(conn, schema, namespace, migration, tenant, expected)
             except StepError as exc:
                 result.failed_migration = migration.name
                 result.error = exc.message
+                if exc.sqlstate == LEDGER_MOVED:
+                    result.error = (
+                        f"the ledger of schema {schema} changed since down read it "
+                        "(another command ran); nothing more was reverted, check "
+                        "'mtm history' and run down again"
+                    )
                 break
             result.reverted.append(migration.name)
+            if pairs is not None:
+                pairs.pop(migration.name, None)
         result.seconds = time.perf_counter() - started
         self.progress.schema_done(0, result)
         return result
@@ -662,12 +683,15 @@ class FleetOutcome:
     not_started: int = 0
     interrupted: bool = False
     connection_errors: list[str] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)  # tenants dropped while the run went on
 
     def record(self, result: SchemaResult) -> None:
         self.schemas += 1
         self.steps += len(result.applied)
         if not result.ok:
             self.failures.append(result)
+        if result.dropped:
+            self.dropped.append(result.schema)
 
 
 def _is_sql(chunk: tuple[str, Migration | None]) -> bool:

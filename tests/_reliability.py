@@ -1,0 +1,86 @@
+"""Helpers of the reliability tests: real mtm processes, waiting, and consistency checks."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+from conftest import Project
+from mtm.database import RUN_LOCK_CLASS, SCHEMA_LOCK_CLASS
+
+
+def spawn(project: Project, *args: str) -> subprocess.Popen[str]:
+    """Start ``python -m mtm ARGS`` as a real process in the project folder."""
+    env = {k: v for k, v in os.environ.items() if k != "MTM_DATABASE_URL"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "mtm", *args],
+        cwd=project.root,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+
+
+def wait_until(what: Callable[[], object], timeout: float = 10.0, message: str = "") -> None:
+    """Poll ``what`` until it is true, or fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if what():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {message or what}")
+
+
+def run_lock_pids(project: Project) -> list[int]:
+    """Backends holding mtm's run lock in the project's database."""
+    return [
+        r[0]
+        for r in project.query(
+            "SELECT l.pid FROM pg_locks l WHERE l.locktype = 'advisory' AND l.granted "
+            "AND l.classid = %s AND l.objsubid = 2 "
+            "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+            (RUN_LOCK_CLASS,),
+        )
+    ]
+
+
+def schema_lock_held(project: Project, schema: str) -> bool:
+    """Whether some session holds the per-schema lock of ``schema`` right now."""
+    return bool(
+        project.scalar(
+            "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted "
+            "AND classid = %s AND objid = hashtext(%s)::oid AND objsubid = 2)",
+            (SCHEMA_LOCK_CLASS, schema),
+        )
+    )
+
+
+def ledger(project: Project, schema: str) -> list[str]:
+    """Names in a schema's ledger, in order ([] when it has none)."""
+    if not project.scalar("SELECT to_regclass(%s) IS NOT NULL", (f'"{schema}".mtm_migrations',)):
+        return []
+    return [
+        r[0] for r in project.query(f'SELECT name FROM "{schema}".mtm_migrations ORDER BY name')
+    ]
+
+
+def tables(project: Project, schema: str) -> set[str]:
+    """Tables of a schema other than the ledger."""
+    return {
+        r[0]
+        for r in project.query(
+            "SELECT tablename FROM pg_tables "
+            "WHERE schemaname = %s AND tablename <> 'mtm_migrations'",
+            (schema,),
+        )
+    }
+
+
+def fingerprint_row(project: Project, schema: str) -> str | None:
+    return project.scalar(
+        "SELECT fingerprint FROM public.mtm_migrations_state WHERE schema_name = %s", (schema,)
+    )

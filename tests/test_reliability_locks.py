@@ -1,0 +1,273 @@
+"""One runner at a time, and commands that are safe while a migrate runs (real processes).
+
+A "gate" is an advisory lock the test holds: a migration that takes it waits there, so
+the test decides exactly when a running mtm moves on, without sleeps that race.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import psycopg
+
+from _reliability import ledger, run_lock_pids, schema_lock_held, spawn, tables, wait_until
+from conftest import Project, _libpq
+from mtm.database import SCHEMA_LOCK_CLASS
+
+GATE = 4242
+
+
+@contextmanager
+def gate(project: Project) -> Iterator[psycopg.Connection]:
+    """Hold the gate until the block ends (or the returned connection unlocks it)."""
+    conn = psycopg.connect(_libpq(project.url), autocommit=True)
+    conn.execute("SELECT pg_advisory_lock(%s)", (GATE,))
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+def waiting_on_gate(project: Project) -> int:
+    return int(
+        project.scalar(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted "
+            "AND classid = 0 AND objid = %s",
+            (GATE,),
+        )
+    )
+
+
+def test_second_migrate_fails_fast_naming_the_holder_then_waits_with_lock_wait(
+    project: Project,
+) -> None:
+    project.write("public", "0001_gated.sql", f"SELECT pg_advisory_xact_lock({GATE});")
+    with gate(project) as g:
+        first = spawn(project, "migrate", "--lock-timeout", "60s")
+        try:
+            wait_until(lambda: waiting_on_gate(project) == 1, message="the first run at the gate")
+            assert len(run_lock_pids(project)) == 1
+
+            started = time.monotonic()
+            second = project.run("migrate")
+            assert time.monotonic() - started < 8  # failed fast instead of queueing
+            assert second.returncode == 1, second.stderr
+            message = second.stderr
+            assert "another mtm run holds the migration lock" in message
+            assert f"mtm migrate pid={first.pid} host=" in message  # who
+            assert "connected since 20" in message  # since when
+            assert "--lock-wait" in message
+            assert ledger(project, "public") == []
+
+            # With --lock-wait the second run queues, and goes on once the first is done.
+            third = spawn(project, "migrate", "--lock-wait", "30")
+            time.sleep(1.0)
+            assert third.poll() is None  # still waiting for the lock
+            g.execute("SELECT pg_advisory_unlock(%s)", (GATE,))
+            out, err = first.communicate(timeout=30)
+            assert first.returncode == 0, err
+            out, err = third.communicate(timeout=30)
+            assert third.returncode == 0, err
+            assert "nothing to do" in out
+        finally:
+            for p in (first,):
+                if p.poll() is None:
+                    p.kill()
+    assert ledger(project, "public") == ["0001_gated"]  # applied once, by the first run
+    assert run_lock_pids(project) == []
+
+
+def test_create_down_and_drop_while_a_migrate_runs(project: Project) -> None:
+    """Tenants created, reverted or dropped mid-run end at head or are reported dropped."""
+    project.write(
+        "tenant", "0001_items.sql", "CREATE TABLE items (id int);\n-- mtm:down\nDROP TABLE items;"
+    )
+    for schema in ("a_slow", "b_down", "c_drop"):
+        assert project.cli("create", schema).exit_code == 0
+    project.write(
+        "tenant",
+        "0002_two.sql",
+        f"SELECT pg_advisory_xact_lock({GATE}) WHERE current_schema() = 'a_slow';\n"
+        "CREATE TABLE two (id int);",
+    )
+    project.write("tenant", "0003_three.sql", "CREATE TABLE three (id int);")
+
+    with gate(project) as g:
+        run = spawn(project, "migrate", "--jobs", "1", "--lock-timeout", "60s", "--json")
+        try:
+            wait_until(lambda: waiting_on_gate(project) == 1, message="migrate inside a_slow")
+            assert schema_lock_held(project, "a_slow")
+
+            # While the run is stuck in a_slow: revert b_down, drop c_drop, create newt.
+            r = project.run("down", "--tenant", "b_down")
+            assert r.returncode == 0, r.stderr
+            assert ledger(project, "b_down") == []
+            r = project.run("drop", "c_drop", "--yes")
+            assert r.returncode == 0, r.stderr
+            r = project.run("create", "newt")
+            assert r.returncode == 0, r.stderr
+            assert ledger(project, "newt") == ["0001_items", "0002_two", "0003_three"]
+
+            # And drop a_slow itself: it waits for the running step, then drops.
+            dropper = spawn(project, "drop", "a_slow", "--yes")
+            wait_until(
+                lambda: (
+                    project.scalar(
+                        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+                        "AND NOT granted AND classid = %s",
+                        (SCHEMA_LOCK_CLASS,),
+                    )
+                    == 1
+                ),
+                message="drop waiting for a_slow's lock",
+            )
+            g.execute("SELECT pg_advisory_unlock(%s)", (GATE,))
+            _, err = dropper.communicate(timeout=30)
+            assert dropper.returncode == 0, err
+            out, err = run.communicate(timeout=30)
+        finally:
+            if run.poll() is None:
+                run.kill()
+    assert run.returncode == 0, out + err
+    report = json.loads(out)
+    assert report["ok"] is True
+    assert report["failures"] == []
+    assert sorted(report["dropped"]) == ["a_slow", "c_drop"]
+
+    head = ["0001_items", "0002_two", "0003_three"]
+    assert project.schemas() == {"b_down", "newt"}
+    for schema in ("b_down", "newt"):
+        assert ledger(project, schema) == head
+        assert tables(project, schema) == {"items", "two", "three"}
+    registered = {r[0] for r in project.query("SELECT schema_name FROM public.tenants")}
+    assert registered == {"b_down", "newt"}
+    r = project.cli("validate")
+    assert r.exit_code == 0, r.output
+
+
+def test_down_never_reverts_under_a_step_it_did_not_plan_for(project: Project) -> None:
+    """down plans from the ledger; if a migrate adds a step before down gets the schema's
+    lock, down refuses instead of reverting a migration that is no longer the newest."""
+    project.write(
+        "tenant", "0001_items.sql", "CREATE TABLE items (id int);\n-- mtm:down\nDROP TABLE items;"
+    )
+    project.write(
+        "tenant", "0002_more.sql", "CREATE TABLE more (id int);\n-- mtm:down\nDROP TABLE more;"
+    )
+    assert project.cli("create", "acme").exit_code == 0
+    project.write(
+        "tenant",
+        "0003_gated.sql",
+        f"SELECT pg_advisory_xact_lock({GATE});\nCREATE TABLE gated (id int);\n"
+        "-- mtm:down\nDROP TABLE gated;",
+    )
+    with gate(project) as g:
+        run = spawn(project, "migrate", "--lock-timeout", "60s")
+        try:
+            wait_until(lambda: waiting_on_gate(project) == 1, message="migrate inside acme")
+            down = spawn(project, "down", "--tenant", "acme")
+            wait_until(
+                lambda: (
+                    project.scalar(
+                        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+                        "AND NOT granted AND classid = %s",
+                        (SCHEMA_LOCK_CLASS,),
+                    )
+                    == 1
+                ),
+                message="down waiting for acme's lock",
+            )
+            g.execute("SELECT pg_advisory_unlock(%s)", (GATE,))
+            _, err = run.communicate(timeout=30)
+            assert run.returncode == 0, err
+            _, err = down.communicate(timeout=30)
+        finally:
+            for p in (run,):
+                if p.poll() is None:
+                    p.kill()
+    assert down.returncode == 1
+    assert "acme" in err and "changed" in err
+    assert ledger(project, "acme") == ["0001_items", "0002_more", "0003_gated"]
+    assert tables(project, "acme") == {"items", "more", "gated"}
+
+
+# --- lock_timeout, retries, statement_timeout ------------------------------------------
+
+
+def _blocked_project(project: Project) -> psycopg.Connection:
+    project.write("tenant", "0001_items.sql", "CREATE TABLE items (id int);")
+    assert project.cli("create", "acme").exit_code == 0
+    project.write("tenant", "0002_note.sql", "ALTER TABLE items ADD COLUMN note text;")
+    blocker = psycopg.connect(_libpq(project.url))
+    blocker.execute("LOCK TABLE acme.items IN ACCESS SHARE MODE")  # as a long query would
+    return blocker
+
+
+def _columns(project: Project) -> set[str]:
+    return {
+        r[0]
+        for r in project.query(
+            "SELECT column_name FROM information_schema.columns "
+            "WHERE table_schema = 'acme' AND table_name = 'items'"
+        )
+    }
+
+
+def test_lock_timeout_fails_the_step_cleanly(project: Project) -> None:
+    blocker = _blocked_project(project)
+    try:
+        started = time.monotonic()
+        r = project.cli("migrate", "--lock-timeout", "200ms", "--retries", "0")
+        assert time.monotonic() - started < 5
+    finally:
+        blocker.close()
+    assert r.exit_code == 1
+    assert "FAILED acme: migration 0002_note: canceling statement due to lock timeout" in r.output
+    assert ledger(project, "acme") == ["0001_items"]
+    assert _columns(project) == {"id"}
+    assert project.cli("validate").exit_code == 0  # the state row agrees with the ledger
+    assert project.cli("migrate").exit_code == 0
+    assert _columns(project) == {"id", "note"}
+
+
+def test_lock_timeout_is_retried_until_the_blocker_goes(project: Project) -> None:
+    blocker = _blocked_project(project)
+    release = threading.Timer(0.6, blocker.close)
+    release.start()
+    try:
+        r = project.cli("migrate", "--lock-timeout", "200ms", "--retries", "3")
+    finally:
+        release.cancel()
+        blocker.close()
+    assert r.exit_code == 0, r.output
+    assert ledger(project, "acme") == ["0001_items", "0002_note"]
+    assert _columns(project) == {"id", "note"}
+
+
+def test_lock_timeout_from_the_config_file(project: Project) -> None:
+    with (project.root / "mtm.toml").open("a") as f:
+        f.write('lock_timeout = "150ms"\nretries = 0\n')
+    blocker = _blocked_project(project)
+    try:
+        r = project.cli("migrate")
+    finally:
+        blocker.close()
+    assert r.exit_code == 1
+    assert "lock timeout" in r.output and "acme" in r.output
+
+
+def test_statement_timeout(project: Project) -> None:
+    project.write("tenant", "0001_items.sql", "CREATE TABLE items (id int);")
+    assert project.cli("create", "acme").exit_code == 0
+    project.write("tenant", "0002_slow.sql", "CREATE TABLE slow (id int);\nSELECT pg_sleep(5);")
+    started = time.monotonic()
+    r = project.cli("migrate", "--statement-timeout", "300ms")
+    assert time.monotonic() - started < 4  # not retried: a slow statement stays slow
+    assert r.exit_code == 1
+    assert "canceling statement due to statement timeout" in r.output
+    assert ledger(project, "acme") == ["0001_items"]
+    assert tables(project, "acme") == {"items"}
