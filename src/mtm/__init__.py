@@ -2,8 +2,10 @@
 
 The Python API mirrors the command line: ``mtm.migrate(config)``, ``mtm.status(config)``,
 ... each take a ``Config`` (``mtm.Config.load()``) and return a result object.
-Applications use ``MapperTable`` to find a tenant by host name and ``tenant_connection``
-to work inside its schema.
+Applications use ``TenantResolver`` (cached; ``MapperTable`` is the uncached lookup) to
+find a tenant by host name, ``TenantMiddleware``/``WSGITenantMiddleware`` to do it per
+request, and ``tenant_connection``/``tenant_session`` (and their ``async_`` forms) to
+work inside its schema; see docs/applications.md.
 """
 
 from __future__ import annotations
@@ -26,15 +28,38 @@ from .commands import (
 )
 from .config import Config
 from .errors import MtmError
+from .identifiers import tenant_role_name
+from .middleware import TenantMiddleware, WSGITenantMiddleware, current_tenant
 from .registry import MapperTable, Tenant
-from .session import tenant_connection
+from .resolver import AsyncTenantResolver, TenantCache, TenantResolver
+from .session import (
+    async_tenant_connection,
+    async_tenant_session,
+    bind_connection,
+    create_app_engine,
+    create_async_app_engine,
+    tenant_connection,
+    tenant_role,
+    tenant_session,
+)
 
 __all__ = [
+    "AsyncTenantResolver",
     "Config",
     "MapperTable",
     "MtmError",
     "Tenant",
+    "TenantCache",
+    "TenantMiddleware",
+    "TenantResolver",
+    "WSGITenantMiddleware",
+    "async_tenant_connection",
+    "async_tenant_session",
+    "bind_connection",
     "create",
+    "create_app_engine",
+    "create_async_app_engine",
+    "current_tenant",
     "db_start",
     "db_status",
     "db_stop",
@@ -47,6 +72,9 @@ __all__ = [
     "new",
     "status",
     "tenant_connection",
+    "tenant_role",
+    "tenant_role_name",
+    "tenant_session",
     "tenants",
     "validate",
 ]

@@ -107,19 +107,30 @@ def new(ctx: click.Context, namespace: str, message: str, sql: bool) -> None:
 @click.option("--domain", "domains", multiple=True, help="A host name of the tenant (repeatable).")
 @click.option("--name", help="Display name of the tenant.")
 @click.option("--no-migrate", is_flag=True, help="Create the schema without applying migrations.")
+@click.option(
+    "--role",
+    is_flag=True,
+    help="Also create a PostgreSQL role that can use only this tenant's schema.",
+)
 @click.pass_context
 def create(
-    ctx: click.Context, schema: str, domains: tuple[str, ...], name: str | None, no_migrate: bool
+    ctx: click.Context,
+    schema: str,
+    domains: tuple[str, ...],
+    name: str | None,
+    no_migrate: bool,
+    role: bool,
 ) -> None:
     """Register tenant SCHEMA, create its schema and apply every tenant migration, in one
     transaction."""
     result = commands.create(
-        _config(ctx), schema, domains=domains, name=name, migrate=not no_migrate
+        _config(ctx), schema, domains=domains, name=name, migrate=not no_migrate, role=role
     )
     click.echo(
         f"created tenant {result.tenant.schema} with {len(result.applied)} migrations "
         f"in {result.seconds:.2f}s"
         + (f" (domains: {', '.join(result.tenant.domains)})" if result.tenant.domains else "")
+        + (f" and role {result.role}" if result.role else "")
     )
 
 
@@ -151,8 +162,8 @@ def tenants_cmd(ctx: click.Context, as_json: bool) -> None:
 @click.pass_context
 def drop(ctx: click.Context, schema: str, yes: bool) -> None:
     """Drop tenant SCHEMA: its schema with all data, and its registry row (needs --yes)."""
-    commands.drop(_config(ctx), schema, yes=yes)
-    click.echo(f"dropped tenant {schema}")
+    result = commands.drop(_config(ctx), schema, yes=yes)
+    click.echo(f"dropped tenant {schema}" + (f" and role {result.role}" if result.role else ""))
 
 
 def _migrate_options(f: Any) -> Any:

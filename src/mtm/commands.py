@@ -18,7 +18,7 @@ from pathlib import Path
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from . import database
+from . import database, roles
 from .config import CONFIG_FILE, Config
 from .database import connect, create_engine, run_script
 from .embedded import EmbeddedServer, EmbeddedStatus
@@ -241,6 +241,7 @@ class CreateResult:
     tenant: Tenant
     applied: list[str]
     seconds: float
+    role: str | None = None
 
 
 def create(
@@ -251,8 +252,13 @@ def create(
     name: str | None = None,
     migrate: bool = True,
     migrations: MigrationSet | None = None,
+    role: bool = False,
 ) -> CreateResult:
-    """Register a tenant, create its schema and bring it to head, in one transaction."""
+    """Register a tenant, create its schema and bring it to head, in one transaction.
+
+    With ``role``, that transaction also creates the tenant's PostgreSQL role (see
+    ``mtm.roles``), which can use only this schema.
+    """
     schema = validate_schema_name(schema)
     clean: list[str] = []
     for d in domains:
@@ -267,8 +273,9 @@ def create(
     with _session(config, purpose="mtm create") as (engine, conn):
         ensure_bootstrap(conn, config)
         _refuse_existing(conn, config, schema, clean)
+        setup = _role_setup(conn, config, schema) if role else []
         runner = Runner(engine, config)
-        result = runner.create_tenant(conn, schema, name, clean, pending)
+        result = runner.create_tenant(conn, schema, name, clean, pending, setup)
         if not result.ok and not result.applied:
             _explain_create_failure(conn, config, schema, clean, result)
         if not result.ok:
@@ -278,7 +285,8 @@ def create(
             )
         tenant = get_tenant(conn, config, schema)
     assert tenant is not None
-    return CreateResult(tenant, result.applied, result.seconds)
+    role_name = roles.role_for(config, schema) if role else None
+    return CreateResult(tenant, result.applied, result.seconds, role_name)
 
 
 def _refuse_existing(conn: Connection, config: Config, schema: str, domains: list[str]) -> None:
@@ -293,6 +301,17 @@ def _refuse_existing(conn: Connection, config: Config, schema: str, domains: lis
         owner = tenant_of_domain(conn, config, d)
         if owner is not None:
             raise TenantError(f"domain {d!r} already belongs to tenant {owner!r}")
+
+
+def _role_setup(conn: Connection, config: Config, schema: str) -> list[str]:
+    name = roles.role_for(config, schema)
+    if roles.role_exists(conn, name):
+        raise TenantError(
+            f"role {name!r} already exists (roles are shared by every database of the "
+            "server; set tenant_role_prefix to keep databases apart)"
+        )
+    database = str(conn.execute(sa.text("SELECT current_database()")).scalar())
+    return roles.create_role_sql(config, schema, database)
 
 
 def _explain_create_failure(
@@ -319,6 +338,7 @@ def tenants(config: Config) -> list[Tenant]:
 class DropResult:
     schema: str
     dropped: bool
+    role: str | None = None
 
 
 def drop(config: Config, schema: str, *, yes: bool = False) -> DropResult:
@@ -334,15 +354,17 @@ def drop(config: Config, schema: str, *, yes: bool = False) -> DropResult:
                 f"refusing to drop tenant {schema!r} without --yes: this deletes schema "
                 f"{schema!r} and all its data"
             )
+        role = roles.owned_role(conn, config, schema)
+        role_sql = "".join(f"{s};\n" for s in roles.drop_role_sql(role)) if role else ""
         run_script(
             conn,
             "BEGIN;\n" + database.schema_lock_sql(schema) + ";\n"
             f"DROP SCHEMA IF EXISTS {quote_ident(schema)} CASCADE;\n"
             f"DELETE FROM {tenant_ref(config)} "
             f"WHERE schema_name = {quote_literal(schema)};\n"
-            f"{state_delete_sql(config, schema)};\nCOMMIT",
+            f"{state_delete_sql(config, schema)};\n{role_sql}COMMIT",
         )
-    return DropResult(schema, True)
+    return DropResult(schema, True, role)
 
 
 # --- planning ----------------------------------------------------------------------------

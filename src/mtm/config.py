@@ -19,7 +19,8 @@ from typing import Any
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
-from .errors import ConfigError
+from .errors import ConfigError, InvalidName
+from .identifiers import validate_role_prefix
 
 CONFIG_FILE = "mtm.toml"
 PYPROJECT = "pyproject.toml"
@@ -41,6 +42,7 @@ _KEYS: dict[str, tuple[type, Any]] = {
     "lock_timeout": (str, "5s"),
     "statement_timeout": (str, None),
     "retries": (int, 2),
+    "tenant_role_prefix": (str, "mtm_tenant_"),
 }
 
 # The original tool's JSON keys.
@@ -75,6 +77,7 @@ class Config:
     lock_timeout: str = "5s"
     statement_timeout: str | None = None
     retries: int = 2
+    tenant_role_prefix: str = "mtm_tenant_"
 
     def __post_init__(self) -> None:
         source = str(self.path) if self.path else "config"
@@ -96,6 +99,10 @@ class Config:
                 )
         if self.database_url is not None:
             sqlalchemy_url(self.database_url, source)
+        try:
+            validate_role_prefix(self.tenant_role_prefix)
+        except InvalidName as exc:
+            raise ConfigError(f"{source}: tenant_role_prefix: {exc.message}") from None
         if not self.migrations_directory.is_absolute():
             object.__setattr__(self, "migrations_directory", self.root / self.migrations_directory)
 
@@ -188,6 +195,7 @@ class Config:
             lock_timeout=values.get("lock_timeout", "5s"),
             statement_timeout=values.get("statement_timeout"),
             retries=values.get("retries", 2),
+            tenant_role_prefix=values.get("tenant_role_prefix", "mtm_tenant_"),
         )
 
     # --- derived ---------------------------------------------------------------------

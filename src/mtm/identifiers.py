@@ -7,6 +7,7 @@ normalised and validated here and only ever travel as bound parameters.
 
 from __future__ import annotations
 
+import hashlib
 import re
 
 from .errors import InvalidName
@@ -127,3 +128,34 @@ def validate_domain(domain: object) -> str:
                 "(labels of letters, digits and inner hyphens, separated by dots)"
             )
     return host
+
+
+DEFAULT_ROLE_PREFIX = "mtm_tenant_"
+_ROLE_PREFIX_RE = re.compile(r"[a-z_][a-z0-9_]{0,29}")
+
+
+def validate_role_prefix(prefix: object) -> str:
+    """Return ``prefix`` if it can start a tenant role name (a-z, 0-9, _; 1-30 bytes)."""
+    if not isinstance(prefix, str) or not _ROLE_PREFIX_RE.fullmatch(prefix):
+        raise InvalidName(
+            f"role prefix {prefix!r} must be 1-30 characters of a-z, 0-9 and _, "
+            "not starting with a digit"
+        )
+    if prefix.startswith("pg_"):
+        raise InvalidName(f"role prefix {prefix!r} starts with pg_, which PostgreSQL reserves")
+    return prefix
+
+
+def tenant_role_name(schema: str, prefix: str = DEFAULT_ROLE_PREFIX) -> str:
+    """The PostgreSQL role of a tenant: ``prefix + schema``, at most 63 bytes.
+
+    A name that would be longer keeps the start of the schema and ends in 8 hex digits
+    of a hash of the whole schema name, so two long schemas never share a role.
+    """
+    schema = validate_schema_name(schema)
+    prefix = validate_role_prefix(prefix)
+    name = prefix + schema
+    if len(name) <= MAX_IDENTIFIER_BYTES:
+        return name
+    digest = hashlib.sha256(schema.encode("ascii")).hexdigest()[:8]
+    return name[: MAX_IDENTIFIER_BYTES - 9] + "_" + digest

@@ -12,7 +12,7 @@ import queue
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -477,9 +477,11 @@ class Runner:
         name: str | None,
         domains: list[str],
         migrations: list[Migration],
+        setup: Sequence[str] = (),
     ) -> SchemaResult:
         """Register a tenant, create its schema and ledger, and apply ``migrations``: all in
-        one transaction, so a failure leaves no row and no schema behind.
+        one transaction, so a failure leaves no row and no schema behind. ``setup`` are
+        statements run in that transaction right after the ledger (the tenant role).
 
         SQL migrations are sent together in one round trip. If that fails, the create is
         tried again one migration per round trip, only to name the migration that failed.
@@ -494,11 +496,11 @@ class Runner:
         result = SchemaResult(schema, "tenant")
         started = time.perf_counter()
         try:
-            self._create_once(conn, schema, name, domains, inside, batch=True)
+            self._create_once(conn, schema, name, domains, inside, setup, batch=True)
         except StepError as first:
             if first.migration is None and any(m.kind == "sql" for m in inside):
                 try:
-                    self._create_once(conn, schema, name, domains, inside, batch=False)
+                    self._create_once(conn, schema, name, domains, inside, setup, batch=False)
                 except StepError as second:
                     first = second
             result.failed_migration = first.migration
@@ -533,6 +535,7 @@ class Runner:
         name: str | None,
         domains: list[str],
         migrations: list[Migration],
+        setup: Sequence[str],
         *,
         batch: bool,
     ) -> None:
@@ -549,7 +552,7 @@ class Runner:
         if domains:
             values = ", ".join(f"({lit(d)}, {lit(schema)})" for d in domains)
             head.append(f"INSERT INTO {domain_ref(cfg)} (domain, schema_name) VALUES {values}")
-        head += [f"CREATE SCHEMA {quote_ident(schema)}", ledger_ddl(cfg, schema)]
+        head += [f"CREATE SCHEMA {quote_ident(schema)}", ledger_ddl(cfg, schema), *setup]
         # (sql, the migration it belongs to); a Python migration has no SQL of its own.
         units: list[tuple[str, Migration | None]] = [(";\n".join(head) + ";\n", None)]
         for m in migrations:

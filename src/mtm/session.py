@@ -1,32 +1,257 @@
-"""Connections bound to a tenant's schema, for applications."""
+"""Connections and ORM sessions bound to a tenant's schema, for applications.
+
+``tenant_connection(engine, "acme")`` gives a SQLAlchemy ``Connection`` whose
+``search_path`` is ``"acme", public`` (and, with ``role=True``, whose current role is
+the tenant's role); ``tenant_session`` gives an ORM ``Session`` on such a connection;
+``async_tenant_connection`` and ``async_tenant_session`` are the asyncio forms.
+
+How the binding is made, and why:
+
+* The settings are made at session level (``set_config(..., false)``) in one round trip,
+  sent in autocommit mode, before the block starts. So they hold for the whole block,
+  across the block's own commits and rollbacks. (``SET LOCAL`` would vanish at the first
+  ``commit()`` inside the block, and the statements after it would silently run against
+  ``public``; a plain ``SET`` inside a transaction would vanish at a rollback.)
+* When the block ends, however it ends (normally, after a commit, or with an exception
+  in the middle of a transaction), any open transaction is rolled back and the role and
+  ``search_path`` are reset, again in one round trip, before the connection goes back to
+  the pool. If that reset cannot be done, the connection is invalidated (closed and
+  dropped from the pool) rather than returned: the next user of a pooled connection
+  never inherits a tenant.
+* Schema names are validated (``validate_schema_name``) and quoted; the values travel
+  as bound parameters.
+
+``SET ROLE`` from a pool that logs in as a superuser (or as the schema owner) is a
+safety net against mistakes, not a security boundary: code on that connection could
+``RESET ROLE``. Real isolation needs the application to log in as a role that is not
+a superuser and is a member of only the tenant roles it may use (see
+docs/applications.md).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from typing import TYPE_CHECKING, Any
 
+import psycopg
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.orm import Session
 
-from .identifiers import quote_ident, validate_schema_name
+from .config import Config, sqlalchemy_url
+from .identifiers import (
+    DEFAULT_ROLE_PREFIX,
+    quote_ident,
+    tenant_role_name,
+    validate_schema_name,
+)
+from .registry import Tenant
+
+if TYPE_CHECKING:  # the asyncio extension needs greenlet, which only async users install
+    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
+
+_BIND_SQL = "SELECT set_config('search_path', %(path)s, false)"
+_BIND_ROLE_SQL = (
+    "SELECT set_config('search_path', %(path)s, false), set_config('role', %(role)s, false)"
+)
+# RESET ROLE and RESET search_path in one statement: 'none' is what RESET ROLE sets, and
+# pg_settings.reset_val is what RESET would restore (the server, database, role or
+# connection-string default).
+_RESET_SQL = (
+    "SELECT set_config('role', 'none', false), set_config('search_path', reset_val, false) "
+    "FROM pg_settings WHERE name = 'search_path'"
+)
+
+
+def search_path_for(schema: str) -> str:
+    """The ``search_path`` value of a tenant: its schema, then public."""
+    return f"{quote_ident(validate_schema_name(schema))}, public"
+
+
+def _schema_of(tenant: str | Tenant) -> str:
+    return validate_schema_name(tenant.schema if isinstance(tenant, Tenant) else tenant)
+
+
+def _role_of(schema: str, role: bool | str) -> str | None:
+    if role is True:
+        return tenant_role_name(schema, DEFAULT_ROLE_PREFIX)
+    if role is False or role is None:
+        return None
+    if not isinstance(role, str) or not role or "\x00" in role:
+        raise ValueError(f"role must be True, False or a role name, got {role!r}")
+    return role
+
+
+def _bind_params(schema: str, role: str | None) -> tuple[str, dict[str, str]]:
+    params = {"path": search_path_for(schema)}
+    if role is None:
+        return _BIND_SQL, params
+    params["role"] = role
+    return _BIND_ROLE_SQL, params
+
+
+def _autocommit_execute(dbapi: Any, sql: str, params: dict[str, str] | None = None) -> None:
+    """Run one statement outside any transaction on a DBAPI connection (psycopg, or
+    SQLAlchemy's asyncio adapter of it, which offers the same sync interface)."""
+    try:
+        was = dbapi.autocommit
+        dbapi.autocommit = True
+    except Exception:  # in a transaction the driver knows of and SQLAlchemy does not
+        dbapi.rollback()
+        was = dbapi.autocommit
+        dbapi.autocommit = True
+    try:
+        cursor = dbapi.cursor()
+        try:
+            cursor.execute(sql, params)
+        finally:
+            cursor.close()
+    except psycopg.Error as exc:  # raised as SQLAlchemy raises driver errors
+        raise sa.exc.DBAPIError.instance(sql, params, exc, psycopg.Error) from exc
+    finally:
+        dbapi.autocommit = was
+
+
+def _bind(conn: Connection, schema: str, role: str | None) -> None:
+    sql, params = _bind_params(schema, role)
+    _autocommit_execute(conn.connection.dbapi_connection, sql, params)
+
+
+def _unbind(conn: Connection) -> None:
+    """Roll back, reset role and search_path; on any failure invalidate the connection."""
+    try:
+        if conn.in_transaction():
+            conn.rollback()
+        _autocommit_execute(conn.connection.dbapi_connection, _RESET_SQL)
+    except Exception:
+        conn.invalidate()
 
 
 @contextmanager
-def tenant_connection(engine: Engine, schema: str) -> Iterator[Connection]:
-    """A connection whose search_path is ``schema`` then public; restored afterwards.
+def bind_connection(
+    conn: Connection, tenant: str | Tenant, *, role: bool | str = False
+) -> Iterator[Connection]:
+    """Bind an already checked-out connection (not in a transaction) to a tenant for the
+    length of the block; reset it afterwards."""
+    schema = _schema_of(tenant)
+    role_name = _role_of(schema, role)
+    if conn.in_transaction():
+        raise RuntimeError("bind the connection to a tenant before beginning a transaction")
+    try:
+        _bind(conn, schema, role_name)
+        yield conn
+    finally:
+        _unbind(conn)
 
-    The schema name is validated and quoted; the previous search_path is put back before
-    the connection returns to the pool, so the next user never inherits the tenant.
+
+@contextmanager
+def tenant_connection(
+    engine: Engine, tenant: str | Tenant, *, role: bool | str = False
+) -> Iterator[Connection]:
+    """A connection whose search_path is the tenant's schema, then public.
+
+    ``tenant`` is a schema name or a ``Tenant``. ``role=True`` also switches to the
+    tenant's role (``mtm_tenant_<schema>``, made by ``mtm create --role``); a string
+    names the role (for a custom ``tenant_role_prefix``, use ``tenant_role(config,
+    schema)``). Uncommitted work is rolled back at the end of the block, like
+    ``engine.connect()``; the settings are reset before the connection returns to the
+    pool.
     """
-    schema = validate_schema_name(schema)
+    schema = _schema_of(tenant)
+    role_name = _role_of(schema, role)
     with engine.connect() as conn:
-        previous = conn.execute(sa.text("SELECT current_setting('search_path')")).scalar()
-        conn.execute(sa.text(f"SET search_path TO {quote_ident(schema)}, public"))
         try:
+            _bind(conn, schema, role_name)
             yield conn
         finally:
-            if conn.in_transaction():
-                conn.rollback()
-            conn.execute(sa.text("SELECT set_config('search_path', :p, false)"), {"p": previous})
-            if conn.in_transaction():
-                conn.commit()
+            _unbind(conn)
+
+
+@contextmanager
+def tenant_session(
+    engine: Engine, tenant: str | Tenant, *, role: bool | str = False, **session_options: Any
+) -> Iterator[Session]:
+    """An ORM ``Session`` on a ``tenant_connection``; ``session.commit()`` commits.
+
+    Work not committed when the block ends is rolled back. ``session_options`` go to
+    ``Session`` (``expire_on_commit=False`` ...).
+    """
+    with tenant_connection(engine, tenant, role=role) as conn:
+        with Session(bind=conn, **session_options) as session:
+            yield session
+
+
+async def _abind(conn: AsyncConnection, schema: str, role: str | None) -> None:
+    sql, params = _bind_params(schema, role)
+    await conn.run_sync(
+        lambda sync: _autocommit_execute(sync.connection.dbapi_connection, sql, params)
+    )
+
+
+async def _aunbind(conn: AsyncConnection) -> None:
+    try:
+        if conn.in_transaction():
+            await conn.rollback()
+        await conn.run_sync(
+            lambda sync: _autocommit_execute(sync.connection.dbapi_connection, _RESET_SQL)
+        )
+    except Exception:
+        await conn.invalidate()
+
+
+@asynccontextmanager
+async def async_tenant_connection(
+    engine: AsyncEngine, tenant: str | Tenant, *, role: bool | str = False
+) -> AsyncIterator[AsyncConnection]:
+    """The asyncio form of ``tenant_connection``, on an ``AsyncEngine``
+    (``create_async_engine("postgresql+psycopg://...")``)."""
+    schema = _schema_of(tenant)
+    role_name = _role_of(schema, role)
+    async with engine.connect() as conn:
+        try:
+            await _abind(conn, schema, role_name)
+            yield conn
+        finally:
+            await _aunbind(conn)
+
+
+@asynccontextmanager
+async def async_tenant_session(
+    engine: AsyncEngine, tenant: str | Tenant, *, role: bool | str = False, **session_options: Any
+) -> AsyncIterator[AsyncSession]:
+    """The asyncio form of ``tenant_session``: an ``AsyncSession`` bound to the tenant."""
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+    async with async_tenant_connection(engine, tenant, role=role) as conn:
+        async with AsyncSession(bind=conn, **session_options) as session:
+            yield session
+
+
+def tenant_role(config: Config, tenant: str | Tenant) -> str:
+    """The role ``mtm create --role`` made for a tenant under ``config``'s prefix."""
+    return tenant_role_name(_schema_of(tenant), config.tenant_role_prefix)
+
+
+def app_url(url_or_config: str | Config) -> sa.URL:
+    """A database URL (``postgres://``, ``postgresql://``, Unix-socket forms too) or a
+    Config, as a SQLAlchemy URL for psycopg 3."""
+    if isinstance(url_or_config, Config):
+        from .database import resolve_url
+
+        return sqlalchemy_url(resolve_url(url_or_config))
+    return sqlalchemy_url(url_or_config)
+
+
+def create_app_engine(url_or_config: str | Config, **kwargs: Any) -> Engine:
+    """``sqlalchemy.create_engine`` for an application, with mtm's URL handling."""
+    kwargs.setdefault("pool_pre_ping", True)
+    return sa.create_engine(app_url(url_or_config), **kwargs)
+
+
+def create_async_app_engine(url_or_config: str | Config, **kwargs: Any) -> AsyncEngine:
+    """``create_async_engine`` (psycopg 3 in asyncio mode) with mtm's URL handling."""
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    kwargs.setdefault("pool_pre_ping", True)
+    return create_async_engine(app_url(url_or_config), **kwargs)

@@ -1,0 +1,199 @@
+"""Find the tenant of a request from its host name, with an in-process cache.
+
+``TenantResolver(engine)`` (sync) and ``AsyncTenantResolver(async_engine)`` (asyncio)
+turn a Host header into the ``Tenant`` that owns it: the host is normalised (lower
+case, no port, no trailing dot), looked up in the registry with one indexed query, and
+the answer is cached, so in the steady state a request costs no query at all.
+
+The cache is bounded (least recently used entries go first), entries expire after
+``ttl`` seconds, and unknown hosts are cached too, for ``negative_ttl`` seconds, so a
+flood of requests for a host nobody owns cannot hammer the database. It is safe to
+share between threads (and between tasks). After changing the registry in this process
+call ``invalidate()``; other processes see the change within ``ttl``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from .config import Config
+from .identifiers import normalize_host
+from .registry import Tenant, _row, _tenant_query, domain_ref
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
+MISSING: Any = object()  # a cache miss, as opposed to a cached "no tenant" (None)
+
+
+class TenantCache:
+    """A thread-safe LRU cache of host -> Tenant (or None) with per-entry expiry."""
+
+    def __init__(
+        self,
+        maxsize: int = 10_000,
+        ttl: float = 60.0,
+        negative_ttl: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if maxsize < 1:
+            raise ValueError("maxsize must be at least 1")
+        self.maxsize = maxsize
+        self.ttl = ttl
+        self.negative_ttl = negative_ttl
+        self.clock = clock
+        self._entries: OrderedDict[str, tuple[float, Tenant | None]] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, host: str) -> Tenant | None:
+        """The cached answer for a normalised host, or ``MISSING``."""
+        with self._lock:
+            entry = self._entries.get(host)
+            if entry is not None:
+                expires, tenant = entry
+                if expires > self.clock():
+                    self._entries.move_to_end(host)
+                    self.hits += 1
+                    return tenant
+                del self._entries[host]
+            self.misses += 1
+            return MISSING  # type: ignore[no-any-return]
+
+    def put(self, host: str, tenant: Tenant | None) -> None:
+        ttl = self.ttl if tenant is not None else self.negative_ttl
+        if ttl <= 0:
+            return
+        with self._lock:
+            self._entries[host] = (self.clock() + ttl, tenant)
+            self._entries.move_to_end(host)
+            while len(self._entries) > self.maxsize:
+                self._entries.popitem(last=False)
+
+    def invalidate(self, host: str | None = None, *, schema: str | None = None) -> None:
+        """Forget one host, every host of one tenant schema, or (no arguments) all."""
+        with self._lock:
+            if host is None and schema is None:
+                self._entries.clear()
+                return
+            if host is not None:
+                self._entries.pop(normalize_host(host), None)
+            if schema is not None:
+                for key in [
+                    k for k, (_, t) in self._entries.items() if t is not None and t.schema == schema
+                ]:
+                    del self._entries[key]
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._entries)
+
+
+def _lookup_query(config: Config) -> sa.TextClause:
+    return _tenant_query(
+        config,
+        f"WHERE t.schema_name = (SELECT schema_name FROM {domain_ref(config)} WHERE domain = :d)",
+    )
+
+
+class _Base:
+    def __init__(
+        self,
+        config: Config | None,
+        cache: TenantCache | None,
+        maxsize: int,
+        ttl: float,
+        negative_ttl: float,
+    ) -> None:
+        self.config = config or Config()
+        self.cache = cache or TenantCache(maxsize, ttl, negative_ttl)
+        self._query = _lookup_query(self.config)
+        self.queries = 0
+
+    def cached(self, host: str) -> Tenant | None:
+        """The cached answer for a host (not normalised yet), or ``MISSING``; no query."""
+        domain = normalize_host(host)
+        if not domain:
+            return None
+        return self.cache.get(domain)
+
+    def invalidate(self, host: str | None = None, *, schema: str | None = None) -> None:
+        """Forget one host, every host of one tenant schema, or (no arguments) all."""
+        self.cache.invalidate(host, schema=schema)
+
+
+class TenantResolver(_Base):
+    """Host -> Tenant over the registry, cached; ``resolve()`` is safe from any thread.
+
+    ``TenantResolver(engine, config, maxsize=10_000, ttl=60, negative_ttl=5)``; pass a
+    ``TenantCache`` to share one cache between resolvers.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        config: Config | None = None,
+        *,
+        cache: TenantCache | None = None,
+        maxsize: int = 10_000,
+        ttl: float = 60.0,
+        negative_ttl: float = 5.0,
+    ) -> None:
+        super().__init__(config, cache, maxsize, ttl, negative_ttl)
+        self.engine = engine
+
+    def resolve(self, host: str | None) -> Tenant | None:
+        """The tenant owning ``host`` (a Host header: any case, maybe a port), or None."""
+        domain = normalize_host(host or "")
+        if not domain:
+            return None
+        found = self.cache.get(domain)
+        if found is not MISSING:
+            return found
+        with self.engine.connect() as conn:
+            row = conn.execute(self._query, {"d": domain}).first()
+        self.queries += 1
+        tenant = _row(row) if row else None
+        self.cache.put(domain, tenant)
+        return tenant
+
+
+class AsyncTenantResolver(_Base):
+    """The asyncio form of ``TenantResolver``, over an ``AsyncEngine``
+    (``create_async_engine("postgresql+psycopg://...")``); ``await resolve(host)``."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        config: Config | None = None,
+        *,
+        cache: TenantCache | None = None,
+        maxsize: int = 10_000,
+        ttl: float = 60.0,
+        negative_ttl: float = 5.0,
+    ) -> None:
+        super().__init__(config, cache, maxsize, ttl, negative_ttl)
+        self.engine = engine
+
+    async def resolve(self, host: str | None) -> Tenant | None:
+        """The tenant owning ``host``, or None; a cached answer costs no await on I/O."""
+        domain = normalize_host(host or "")
+        if not domain:
+            return None
+        found = self.cache.get(domain)
+        if found is not MISSING:
+            return found
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(self._query, {"d": domain})).first()
+        self.queries += 1
+        tenant = _row(row) if row else None
+        self.cache.put(domain, tenant)
+        return tenant
