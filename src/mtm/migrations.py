@@ -21,6 +21,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Literal
 
+import sqlparse
+
 from .errors import MigrationFileError
 
 Namespace = Literal["public", "tenant"]
@@ -191,6 +193,16 @@ def _read_migration(path: Path, namespace: Namespace, name: str) -> Migration:
     down = parts[1] if len(parts) > 1 else None
     if not _has_statement(up):
         raise MigrationFileError(f"{path}: the up script is empty")
+    if transactional:
+        for script, which in ((up, "up"), (down, "down")):
+            found = _transaction_control(script) if script is not None else None
+            if found is not None:
+                raise MigrationFileError(
+                    f"{path}: the {which} script contains {found!r}; mtm runs each migration "
+                    "in a transaction of its own and records it in that same transaction, so "
+                    "a migration must not begin, commit or roll back one (remove it, or mark "
+                    "the file '-- mtm:no-transaction' to run it statement by statement)"
+                )
     return Migration(
         name,
         namespace,
@@ -201,6 +213,32 @@ def _read_migration(path: Path, namespace: Namespace, name: str) -> Migration:
         up_sql=up,
         down_sql=down,
     )
+
+
+_TX_WORDS = re.compile(r"\b(begin|start|commit|end|rollback|abort|prepare)\b", re.IGNORECASE)
+
+
+def _transaction_control(sql: str) -> str | None:
+    """The first statement of ``sql`` that begins, commits or rolls back a transaction.
+
+    ``DO $$ BEGIN ... END $$``, function bodies (dollar-quoted or BEGIN ATOMIC) and
+    ``ROLLBACK TO SAVEPOINT`` are not transaction control and are accepted.
+    """
+    if not _TX_WORDS.search(sql):
+        return None  # the common case, without parsing
+    for statement in sqlparse.split(sql):
+        text = " ".join(sqlparse.format(statement, strip_comments=True).split())
+        words = text.upper().replace(";", " ").split()
+        if not words:
+            continue
+        first, second = words[0], words[1] if len(words) > 1 else ""
+        if (
+            first in ("BEGIN", "START", "COMMIT", "END", "ABORT")
+            or (first == "ROLLBACK" and second != "TO")
+            or (first == "PREPARE" and second == "TRANSACTION")
+        ) and not (first == "START" and second != "TRANSACTION"):
+            return text[:60]
+    return None
 
 
 def _has_statement(sql: str) -> bool:

