@@ -114,7 +114,7 @@ class _Base:
         negative_ttl: float,
     ) -> None:
         self.config = config or Config()
-        self.cache = cache or TenantCache(maxsize, ttl, negative_ttl)
+        self.cache = cache if cache is not None else TenantCache(maxsize, ttl, negative_ttl)
         self._query = _lookup_query(self.config)
         self.queries = 0
 
