@@ -45,6 +45,9 @@ _KEYS: dict[str, tuple[type, Any]] = {
     "tenant_role_prefix": (str, "mtm_tenant_"),
 }
 
+# Keys whose values are never shown in a message.
+_SECRET_KEYS = {"database_url", "db_password"}
+
 # The original tool's JSON keys.
 LEGACY_JSON_KEYS = {
     "dbUser": "db_user",
@@ -152,9 +155,10 @@ class Config:
                 raise ConfigError(f"{source}: unknown key {key!r} (known keys: {known})")
             expected, _ = _KEYS[key]
             if not isinstance(value, expected) or isinstance(value, bool):
+                shown = "" if key in _SECRET_KEYS else f" {value!r}"
                 raise ConfigError(
                     f"{source}: key {key!r} must be {_type_name(expected)}, "
-                    f"got {_type_name(type(value))} {value!r}"
+                    f"got {_type_name(type(value))}{shown}"
                 )
             values[key] = value
         url = values.get("database_url")
@@ -286,7 +290,7 @@ def sqlalchemy_url(url: str, source: str = "database_url") -> URL:
     """Parse a database URL and point it at psycopg 3 (``postgresql+psycopg``)."""
     try:
         parsed = make_url(url)
-    except ArgumentError:
+    except (ArgumentError, ValueError):
         raise ConfigError(f"{source}: not a database URL: {mask_url(url)!r}") from None
     if parsed.drivername in ("postgres", "postgresql", "postgresql+psycopg"):
         return parsed.set(drivername="postgresql+psycopg")
@@ -295,12 +299,25 @@ def sqlalchemy_url(url: str, source: str = "database_url") -> URL:
     )
 
 
-def mask_url(url: str) -> str:
-    """The URL with its password replaced by ***, for every message and log line."""
+# user:password@ in a URL anywhere in a text (up to the @ that ends the host's word: a
+# password may hold an unencoded @ or space), and password=... as a URL query parameter
+# or libpq keyword. When in doubt, more is masked, never less.
+_URL_PASSWORD = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^\s:/@]*:)[^\n]*?@(?![^\s/]*@)", re.IGNORECASE)
+_PASSWORD_PARAM = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s&'\"]+)", re.IGNORECASE)
+
+
+def mask_url(text: str) -> str:
+    """A URL, or any message holding one, with every password replaced by ***.
+
+    Used for every message and log line mtm shows: the user:password@ part of URLs and
+    ``password=`` parameters (in a URL's query or a libpq connection string).
+    """
     try:
-        return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
-        return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+        text = make_url(text).render_as_string(hide_password=True)
+    except (ArgumentError, ValueError):
+        pass
+    text = _URL_PASSWORD.sub(lambda m: m.group(1) + "***@", text)
+    return _PASSWORD_PARAM.sub(lambda m: m.group(1) + "***", text)
 
 
 def _type_name(t: type) -> str:

@@ -86,6 +86,7 @@ def quote_literal(value: str) -> str:
 
 _LABEL_RE = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?")
 MAX_DOMAIN_LENGTH = 253
+_HOST_PORT_RE = re.compile(r"[^:\[\]]+:[0-9]{1,5}")
 
 
 def normalize_host(host: str) -> str:
@@ -114,6 +115,12 @@ def validate_domain(domain: object) -> str:
     if not isinstance(domain, str):
         raise InvalidName(f"domain must be text, got {type(domain).__name__}")
     shown = repr(domain)
+    raw = domain.strip()
+    if ":" in raw and not _HOST_PORT_RE.fullmatch(raw):
+        # normalize_host reads "http://acme.com" as host "http" with a port: refuse it.
+        raise InvalidName(
+            f"domain {shown} is not a host name (no scheme or path; a port, if any, is digits)"
+        )
     host = normalize_host(domain)
     if not host:
         raise InvalidName(f"domain {shown} is empty")

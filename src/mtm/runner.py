@@ -127,7 +127,7 @@ def describe_error(exc: BaseException, migration: Migration | None = None) -> st
         for frame in traceback.extract_tb(exc.__traceback__):
             if Path(frame.filename) == migration.path:
                 where = f" (at {migration.path.name}:{frame.lineno})"
-    return f"{type(exc).__name__}: {exc}{where}"
+    return mask_url(f"{type(exc).__name__}: {exc}") + where
 
 
 def _sqlstate(exc: BaseException) -> str | None:
