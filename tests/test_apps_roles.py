@@ -121,13 +121,22 @@ def test_role_uses_only_its_schema_including_later_tables(rproject: Project) -> 
 
 
 def test_a_login_member_cannot_switch_to_another_tenant(rproject: Project) -> None:
-    """The real isolation setup: the app logs in as a non-superuser that is a member of
-    one tenant's role only."""
+    """The real isolation setup: the app logs in as a non-superuser that inherits nothing
+    and is a member of tenant roles (tenant_role_member), here of alpha's only."""
     p = rproject
-    for t in ("alpha", "beta"):
-        assert p.cli("create", t, "--role").exit_code == 0
-    login = f"{p.config.tenant_role_prefix}login_alpha"
-    p.query(f'CREATE ROLE "{login}" NOLOGIN IN ROLE "{_role(p, "alpha")}"')
+    login = f"{p.config.tenant_role_prefix}app"
+    p.query(f'CREATE ROLE "{login}" NOLOGIN NOINHERIT')
+    config = p.root / "mtm.toml"
+    config.write_text(config.read_text() + f'tenant_role_member = "{login}"\n')
+    assert p.cli("create", "alpha", "--role").exit_code == 0
+    config.write_text(config.read_text().replace(f'tenant_role_member = "{login}"\n', ""))
+    assert p.cli("create", "beta", "--role").exit_code == 0
+    members = p.query(
+        "SELECT r.rolname FROM pg_auth_members m JOIN pg_roles r ON r.oid = m.roleid "
+        "JOIN pg_roles u ON u.oid = m.member WHERE u.rolname = %s",
+        (login,),
+    )
+    assert members == [(_role(p, "alpha"),)]
 
     engine = mtm.create_app_engine(p.url, pool_size=1, max_overflow=0)
 
@@ -138,18 +147,44 @@ def test_a_login_member_cannot_switch_to_another_tenant(rproject: Project) -> No
 
     try:
         with mtm.tenant_connection(engine, "alpha", role=_role(p, "alpha")) as conn:
-            assert conn.execute(sa.text("SELECT count(*) FROM items")).scalar() == 0
+            conn.execute(sa.text("INSERT INTO items (label) VALUES ('by the app')"))
+            conn.commit()
             with pytest.raises(sa.exc.ProgrammingError, match="permission denied"):
                 conn.execute(sa.text("SELECT * FROM beta.items"))
         with pytest.raises(sa.exc.ProgrammingError, match="permission denied"):
             with mtm.tenant_connection(engine, "beta", role=_role(p, "beta")):
                 pass
-        with engine.connect() as conn:  # unbound: the login role still sees no other tenant
+        with engine.connect() as conn:  # unbound, the login role alone sees no tenant
             assert conn.execute(sa.text("SELECT current_user")).scalar() == login
-            with pytest.raises(sa.exc.ProgrammingError, match="permission denied"):
-                conn.execute(sa.text("SELECT * FROM beta.items"))
+            for t in ("alpha", "beta"):
+                with pytest.raises(sa.exc.ProgrammingError, match="permission denied"):
+                    conn.execute(sa.text(f"SELECT * FROM {t}.items"))
+                conn.rollback()
     finally:
         engine.dispose()
+    assert p.scalar("SELECT label FROM alpha.items") == "by the app"
+
+
+def test_drop_is_all_or_nothing_when_the_role_cannot_go(rproject: Project, server_url: str) -> None:
+    p = rproject
+    assert p.cli("create", "alpha", "--role").exit_code == 0
+    role = _role(p, "alpha")
+    other = f"{p.config.tenant_role_prefix}other"
+    with psycopg.connect(_libpq(server_url), autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{other}"')
+    other_url = sa.make_url(p.url).set(database=other).render_as_string(hide_password=False)
+    try:
+        with psycopg.connect(_libpq(other_url), autocommit=True) as conn:
+            conn.execute(f'CREATE SCHEMA shared; GRANT USAGE ON SCHEMA shared TO "{role}"')
+        r = p.cli("drop", "alpha", "--yes")
+        assert r.exit_code != 0
+        assert "was not dropped" in r.output and role in r.output
+        assert "alpha" in p.schemas() and role in _roles(p)
+    finally:
+        with psycopg.connect(_libpq(server_url), autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE "{other}" WITH (FORCE)')
+    assert p.cli("drop", "alpha", "--yes").exit_code == 0
+    assert _roles(p) == set()
 
 
 def test_failed_create_leaves_no_role(rproject: Project) -> None:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+import psycopg
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
@@ -356,14 +357,25 @@ def drop(config: Config, schema: str, *, yes: bool = False) -> DropResult:
             )
         role = roles.owned_role(conn, config, schema)
         role_sql = "".join(f"{s};\n" for s in roles.drop_role_sql(role)) if role else ""
-        run_script(
-            conn,
+        script = (
             "BEGIN;\n" + database.schema_lock_sql(schema) + ";\n"
             f"DROP SCHEMA IF EXISTS {quote_ident(schema)} CASCADE;\n"
             f"DELETE FROM {tenant_ref(config)} "
             f"WHERE schema_name = {quote_literal(schema)};\n"
-            f"{state_delete_sql(config, schema)};\n{role_sql}COMMIT",
+            f"{state_delete_sql(config, schema)};\n{role_sql}COMMIT"
         )
+        if not role:
+            run_script(conn, script)
+        else:
+            try:
+                run_script(conn, script)
+            except psycopg.Error as exc:  # e.g. the role holds privileges in another database
+                database.rollback_quietly(conn)
+                reason = str(exc).strip().splitlines()[0]
+                raise TenantError(
+                    f"tenant {schema!r} was not dropped: dropping its role {role!r} failed: "
+                    f"{reason} (nothing was changed)"
+                ) from None
     return DropResult(schema, True, role)
 
 

@@ -43,6 +43,7 @@ _KEYS: dict[str, tuple[type, Any]] = {
     "statement_timeout": (str, None),
     "retries": (int, 2),
     "tenant_role_prefix": (str, "mtm_tenant_"),
+    "tenant_role_member": (str, None),
 }
 
 # Keys whose values are never shown in a message.
@@ -81,6 +82,7 @@ class Config:
     statement_timeout: str | None = None
     retries: int = 2
     tenant_role_prefix: str = "mtm_tenant_"
+    tenant_role_member: str | None = None
 
     def __post_init__(self) -> None:
         source = str(self.path) if self.path else "config"
@@ -200,6 +202,7 @@ class Config:
             statement_timeout=values.get("statement_timeout"),
             retries=values.get("retries", 2),
             tenant_role_prefix=values.get("tenant_role_prefix", "mtm_tenant_"),
+            tenant_role_member=values.get("tenant_role_member"),
         )
 
     # --- derived ---------------------------------------------------------------------

@@ -8,12 +8,15 @@ the answer is cached, so in the steady state a request costs no query at all.
 The cache is bounded (least recently used entries go first), entries expire after
 ``ttl`` seconds, and unknown hosts are cached too, for ``negative_ttl`` seconds, so a
 flood of requests for a host nobody owns cannot hammer the database. It is safe to
-share between threads (and between tasks). After changing the registry in this process
+share between threads (and between tasks), and when many requests for one host miss
+the cache at once, one of them asks the database and the others wait for its answer.
+After changing the registry in this process
 call ``invalidate()``; other processes see the change within ``ttl``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections import OrderedDict
@@ -54,7 +57,7 @@ class TenantCache:
         self.hits = 0
         self.misses = 0
 
-    def get(self, host: str) -> Tenant | None:
+    def get(self, host: str, *, count: bool = True) -> Tenant | None:
         """The cached answer for a normalised host, or ``MISSING``."""
         with self._lock:
             entry = self._entries.get(host)
@@ -62,10 +65,10 @@ class TenantCache:
                 expires, tenant = entry
                 if expires > self.clock():
                     self._entries.move_to_end(host)
-                    self.hits += 1
+                    self.hits += count
                     return tenant
                 del self._entries[host]
-            self.misses += 1
+            self.misses += count
             return MISSING  # type: ignore[no-any-return]
 
     def put(self, host: str, tenant: Tenant | None) -> None:
@@ -116,7 +119,30 @@ class _Base:
         self.config = config or Config()
         self.cache = cache if cache is not None else TenantCache(maxsize, ttl, negative_ttl)
         self._query = _lookup_query(self.config)
-        self.queries = 0
+        self._lock = threading.Lock()
+        self._inflight: dict[Any, list[Any]] = {}  # key -> [lock, users]
+        self.queries = 0  # lookups that went to the database
+
+    def _count_query(self) -> None:
+        with self._lock:
+            self.queries += 1
+
+    def _enter(self, key: Any, make: Callable[[], Any]) -> Any:
+        """The lock that lets one lookup per host go to the database (the others wait for
+        its answer in the cache instead of all asking the database at once)."""
+        with self._lock:
+            entry = self._inflight.get(key)
+            if entry is None:
+                entry = self._inflight[key] = [make(), 0]
+            entry[1] += 1
+            return entry[0]
+
+    def _leave(self, key: Any) -> None:
+        with self._lock:
+            entry = self._inflight[key]
+            entry[1] -= 1
+            if entry[1] == 0:
+                del self._inflight[key]
 
     def cached(self, host: str) -> Tenant | None:
         """The cached answer for a host (not normalised yet), or ``MISSING``; no query."""
@@ -158,12 +184,20 @@ class TenantResolver(_Base):
         found = self.cache.get(domain)
         if found is not MISSING:
             return found
-        with self.engine.connect() as conn:
-            row = conn.execute(self._query, {"d": domain}).first()
-        self.queries += 1
-        tenant = _row(row) if row else None
-        self.cache.put(domain, tenant)
-        return tenant
+        lock = self._enter(domain, threading.Lock)
+        try:
+            with lock:
+                found = self.cache.get(domain, count=False)  # answered while we waited?
+                if found is not MISSING:
+                    return found
+                with self.engine.connect() as conn:
+                    row = conn.execute(self._query, {"d": domain}).first()
+                self._count_query()
+                tenant = _row(row) if row else None
+                self.cache.put(domain, tenant)
+                return tenant
+        finally:
+            self._leave(domain)
 
 
 class AsyncTenantResolver(_Base):
@@ -191,9 +225,18 @@ class AsyncTenantResolver(_Base):
         found = self.cache.get(domain)
         if found is not MISSING:
             return found
-        async with self.engine.connect() as conn:
-            row = (await conn.execute(self._query, {"d": domain})).first()
-        self.queries += 1
-        tenant = _row(row) if row else None
-        self.cache.put(domain, tenant)
-        return tenant
+        key = (id(asyncio.get_running_loop()), domain)
+        lock = self._enter(key, asyncio.Lock)
+        try:
+            async with lock:
+                found = self.cache.get(domain, count=False)
+                if found is not MISSING:
+                    return found
+                async with self.engine.connect() as conn:
+                    row = (await conn.execute(self._query, {"d": domain})).first()
+                self._count_query()
+                tenant = _row(row) if row else None
+                self.cache.put(domain, tenant)
+                return tenant
+        finally:
+            self._leave(key)

@@ -8,6 +8,9 @@ sequences USAGE, SELECT, UPDATE). It gets nothing on other tenants' schemas, nor
 the ledger table, nor on public tables unless a public migration grants it (to PUBLIC
 or to a group role the tenant roles belong to).
 
+With ``tenant_role_member = "app"`` in the config, the role is also granted to ``app``
+(the role the application logs in as), so the application can ``SET ROLE`` to it.
+
 Roles are cluster-wide, schemas are per database: mtm marks the roles it creates with
 a comment naming the database and schema, and ``mtm drop`` drops a role only when that
 comment says it belongs to the tenant being dropped.
@@ -40,28 +43,20 @@ def create_role_sql(config: Config, schema: str, database: str) -> list[str]:
     schema = validate_schema_name(schema)
     role = quote_ident(role_for(config, schema))
     s = quote_ident(schema)
+    member = (
+        [f"GRANT {role} TO {quote_ident(config.tenant_role_member)}"]
+        if config.tenant_role_member
+        else []
+    )
     return [
         f"CREATE ROLE {role} NOLOGIN",
+        *member,
         f"COMMENT ON ROLE {role} IS {quote_literal(role_marker(database, schema))}",
         f"GRANT USAGE ON SCHEMA {s} TO {role}",
         f"ALTER DEFAULT PRIVILEGES IN SCHEMA {s} "
         f"GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO {role}",
         f"ALTER DEFAULT PRIVILEGES IN SCHEMA {s} "
         f"GRANT USAGE, SELECT, UPDATE ON SEQUENCES TO {role}",
-    ]
-
-
-def grant_existing_sql(config: Config, schema: str) -> list[str]:
-    """Grants on what already exists in the schema (for tables made by another owner)."""
-    schema = validate_schema_name(schema)
-    role = quote_ident(role_for(config, schema))
-    s = quote_ident(schema)
-    ledger = f"{s}.{quote_ident(config.migrations_table)}"
-    return [
-        f"GRANT USAGE ON SCHEMA {s} TO {role}",
-        f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {s} TO {role}",
-        f"GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA {s} TO {role}",
-        f"REVOKE ALL ON {ledger} FROM {role}",
     ]
 
 
