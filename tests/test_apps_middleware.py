@@ -257,3 +257,18 @@ def test_flask_example_over_http(shop: Project) -> None:
         thread.join(10)
     assert not thread.is_alive()
     assert shop.scalar("SELECT count(*) FROM acme.customers") == 2
+
+
+def test_asgi_websocket_from_unknown_host_is_refused(engine: Engine) -> None:
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "websocket.connect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    app = mtm.TenantMiddleware(inner, mtm.TenantResolver(engine))
+    scope = {"type": "websocket", "path": "/ws", "headers": [(b"host", b"nobody.test")]}
+    asyncio.run(app(scope, receive, send))
+    assert sent == [{"type": "websocket.close", "code": 4404}]

@@ -183,3 +183,13 @@ def test_app_url_accepts_socket_and_legacy_urls() -> None:
     assert url.drivername == "postgresql+psycopg"
     assert url.query["host"] == "/run/postgresql"
     assert app_url("postgres://u:p@db:5433/app").drivername == "postgresql+psycopg"
+
+
+def test_bind_an_existing_connection(engine: Engine) -> None:
+    with engine.connect() as conn:
+        with mtm.bind_connection(conn, "beta"):
+            assert _labels(conn) == ["beta row"]
+        assert conn.execute(sa.text("SHOW search_path")).scalar() == DEFAULT_PATH
+        with pytest.raises(RuntimeError, match="before beginning a transaction"):
+            with mtm.bind_connection(conn, "alpha"):
+                pass

@@ -94,11 +94,9 @@ class TenantMiddleware:
             await self.app(scope, receive, send)
             return
         tenant = await self.resolve(_asgi_host(scope))
-        scope = dict(scope)
         scope[SCOPE_KEY] = tenant
-        state = dict(scope.get("state") or {})
-        state["tenant"] = tenant
-        scope["state"] = state
+        # the server gives each request its own copy of the lifespan state
+        scope.setdefault("state", {})["tenant"] = tenant
         if tenant is None and self.on_unknown != "pass":
             handler = self.on_unknown if callable(self.on_unknown) else not_found_asgi
             await handler(scope, receive, send)
