@@ -71,13 +71,16 @@ def _scope(host: str) -> dict[str, Any]:
 
 
 def test_asgi_middleware_with_either_resolver(registry: Project, engine: Engine) -> None:
-    app = mtm.TenantMiddleware(inner, mtm.TenantResolver(engine))
+    resolver = mtm.TenantResolver(engine)
+    app = mtm.TenantMiddleware(inner, resolver)
     status, scope = _call_asgi(app, _scope("ACME.example.com:8000"))
     assert status == 200 and scope is not None
     assert scope["mtm.tenant"].schema == "acme"
     assert scope["state"]["tenant"].schema == "acme"
     assert mtm.current_tenant(scope).schema == "acme"  # type: ignore[union-attr]
     assert _call_asgi(app, _scope("evil.example.com")) == (404, None)
+    assert _call_asgi(app, _scope("acme.example.com"))[0] == 200
+    assert (resolver.queries, resolver.cache.misses, resolver.cache.hits) == (2, 2, 1)
 
     async def with_async_resolver() -> None:
         aengine = mtm.create_async_app_engine(registry.url, pool_size=1)

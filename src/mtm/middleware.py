@@ -21,6 +21,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any, Literal
 
+from .identifiers import normalize_host
 from .registry import Tenant
 from .resolver import MISSING, AsyncTenantResolver, TenantResolver
 
@@ -83,11 +84,14 @@ class TenantMiddleware:
     async def resolve(self, host: str) -> Tenant | None:
         if isinstance(self.resolver, AsyncTenantResolver):
             return await self.resolver.resolve(host)
-        found = self.resolver.cached(host)
+        domain = normalize_host(host)
+        if not domain:
+            return None
+        found = self.resolver.cache.get(domain)
         if found is not MISSING:
             return found
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(None, self.resolver.resolve, host)
+        return await loop.run_in_executor(None, self.resolver.load, domain)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):

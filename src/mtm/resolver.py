@@ -184,6 +184,11 @@ class TenantResolver(_Base):
         found = self.cache.get(domain)
         if found is not MISSING:
             return found
+        return self.load(domain)
+
+    def load(self, domain: str) -> Tenant | None:
+        """Ask the database about a normalised host (one asker per host at a time) and
+        cache the answer; ``resolve`` calls it on a cache miss."""
         lock = self._enter(domain, threading.Lock)
         try:
             with lock:
