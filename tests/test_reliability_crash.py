@@ -18,6 +18,7 @@ import pytest
 
 from _reliability import ledger, spawn, tables, wait_until
 from conftest import Project, _libpq, make_project
+from mtm.database import SCHEMA_LOCK_CLASS
 from mtm.embedded import EmbeddedServer
 
 GATE = 4343
@@ -98,6 +99,79 @@ def test_sigkill_mid_fleet_leaves_every_schema_clean(project: Project) -> None:
     assert r.exit_code == 0, r.output
     assert all(v == HEAD for v in _assert_clean(project).values())
     assert project.cli("validate").exit_code == 0
+
+
+def test_a_run_started_right_after_a_sigkill_waits_for_the_steps_in_flight(
+    project: Project,
+) -> None:
+    """The killed run's idle session (and the run lock) go at once, but its workers' steps
+    go on in the server; a new run waits for each such schema's lock, then re-plans it."""
+    _prepare(project, stuck=("t3", "t4"))
+    gate = psycopg.connect(_libpq(project.url), autocommit=True)
+    gate.execute("SELECT pg_advisory_lock(%s)", (GATE,))
+    run = spawn(project, "migrate", "--jobs", "2", "--lock-timeout", "60s")
+    again = None
+    try:
+        wait_until(lambda: _waiting(project) == 2, message="both workers at the gate")
+        os.kill(run.pid, signal.SIGKILL)
+        run.wait(timeout=10)
+        again = spawn(project, "migrate", "--jobs", "2", "--lock-timeout", "60s")
+        wait_until(
+            lambda: (
+                project.scalar(
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted "
+                    "AND classid = %s",
+                    (SCHEMA_LOCK_CLASS,),
+                )
+                >= 1
+            ),
+            message="the new run waiting behind a dead run's step",
+        )
+        gate.close()
+        out, err = again.communicate(timeout=30)
+    finally:
+        for p in (run, again):
+            if p is not None and p.poll() is None:
+                p.kill()
+        gate.close()
+    assert again.returncode == 0, out + err
+    wait_until(lambda: _mtm_backends(project) == 0, message="every session to end")
+    assert all(v == HEAD for v in _assert_clean(project).values())
+    assert project.cli("validate").exit_code == 0
+
+
+def test_sigkill_during_a_public_step_and_the_lock_it_leaves(project: Project) -> None:
+    """The run lock is held by the session of the killed run until its statement in
+    flight ends; meanwhile the next run names the dead process and how to end it."""
+    project.write(
+        "public",
+        "0001_gated.sql",
+        f"CREATE TABLE plans (id int);\nSELECT pg_advisory_xact_lock({GATE});",
+    )
+    gate = psycopg.connect(_libpq(project.url), autocommit=True)
+    gate.execute("SELECT pg_advisory_lock(%s)", (GATE,))
+    run = spawn(project, "migrate", "--lock-timeout", "60s")
+    try:
+        wait_until(lambda: _waiting(project) == 1, message="the public step at the gate")
+        os.kill(run.pid, signal.SIGKILL)
+        run.wait(timeout=10)
+        r = project.cli("migrate")
+        assert r.exit_code == 1
+        assert f"mtm migrate pid={run.pid}" in r.output
+        assert f"process {run.pid} is no longer running" in r.output
+        assert "pg_terminate_backend(" in r.output
+        pid = int(r.output.split("pg_terminate_backend(")[1].split(")")[0])
+        project.query("SELECT pg_terminate_backend(%s)", (pid,))
+    finally:
+        if run.poll() is None:
+            run.kill()
+        gate.close()
+    wait_until(lambda: _mtm_backends(project) == 0, message="the dead run's session to end")
+    assert ledger(project, "public") == []  # the step was rolled back as a whole
+    assert project.scalar("SELECT to_regclass('public.plans')") is None
+    r = project.cli("migrate")
+    assert r.exit_code == 0, r.output
+    assert ledger(project, "public") == ["0001_gated"]
 
 
 @pytest.mark.slow

@@ -218,3 +218,50 @@ def test_down_refuses_before_changing_anything(project: Project) -> None:
     assert "acme: migration 0002_orders has no down" in r.output
     assert ledger(project, "acme") == ["0001_items", "0002_orders", "0003_notes"]
     assert ledger(project, "globex") == ["0001_items", "0002_orders"]
+
+
+def test_an_invalid_index_left_by_a_failed_concurrent_build_is_not_recorded(
+    project: Project,
+) -> None:
+    project.write("tenant", "0001_items.sql", "CREATE TABLE items (id int);")
+    assert project.cli("create", "acme").exit_code == 0
+    project.query("INSERT INTO acme.items VALUES (1), (1)")
+    project.write(
+        "tenant",
+        "0002_unique.sql",
+        "-- mtm:no-transaction\n"
+        "CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS items_u ON items (id);",
+    )
+    r = project.cli("migrate")
+    assert r.exit_code == 1 and "could not create unique index" in r.output
+    project.query("DELETE FROM acme.items")
+    # IF NOT EXISTS now skips the INVALID index the failed build left: mtm notices.
+    r = project.cli("migrate")
+    assert r.exit_code == 1
+    assert "FAILED acme: migration 0002_unique: schema acme has an INVALID index: items_u" in (
+        r.output
+    )
+    assert ledger(project, "acme") == ["0001_items"]
+    project.query("DROP INDEX acme.items_u")
+    r = project.cli("migrate")
+    assert r.exit_code == 0, r.output
+    assert ledger(project, "acme") == ["0001_items", "0002_unique"]
+
+
+def test_a_python_migration_that_commits_is_reported(project: Project) -> None:
+    project.write("tenant", "0001_items.sql", "CREATE TABLE items (id int);")
+    assert project.cli("create", "acme").exit_code == 0
+    project.write(
+        "tenant",
+        "0002_commits.py",
+        """
+        def up(op):
+            op.execute("CREATE TABLE a (id int)")
+            op.execute("COMMIT")
+        """,
+    )
+    r = project.cli("migrate")
+    assert r.exit_code == 1
+    assert "0002_commits.py ended mtm's transaction itself" in r.output
+    r = project.cli("validate")  # the damage is visible, not silent
+    assert r.exit_code == 1 and "acme: state summary disagrees with the ledger" in r.output

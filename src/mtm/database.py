@@ -9,6 +9,7 @@ same connection for Python migrations.
 from __future__ import annotations
 
 import os
+import re
 import socket
 import time
 import zlib
@@ -152,6 +153,7 @@ def acquire_run_lock(conn: Connection, config: Config, *, wait: float, command: 
                 who = (
                     f"{holder.application_name or 'another session'} "
                     f"(backend pid {holder.pid}{where}, connected since {since})"
+                    + _dead_holder_hint(holder)
                 )
             waited = f" after waiting {wait:g}s" if wait > 0 else ""
             raise LockHeld(
@@ -159,6 +161,33 @@ def acquire_run_lock(conn: Connection, config: Config, *, wait: float, command: 
                 "try again when it has finished, or pass --lock-wait SECONDS"
             )
         time.sleep(min(0.25, max(deadline - time.monotonic(), 0.01)))
+
+
+_LABEL_RE = re.compile(r"mtm \S+ pid=(\d+) host=(\S+)")
+
+
+def _dead_holder_hint(holder: LockHolder) -> str:
+    """If the holder is an mtm process of this host that no longer runs, say so.
+
+    A killed run's session lives on in the server until its statement in flight ends
+    (then it commits or rolls back that step as a whole, and the lock goes with it).
+    """
+    match = _LABEL_RE.fullmatch(holder.application_name)
+    if match is None:
+        return ""
+    pid, host = int(match.group(1)), match.group(2)
+    if not socket.gethostname().startswith(host):
+        return ""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return (
+            f"; process {pid} is no longer running: its session ends when its statement in "
+            f"flight does, or end it now with SELECT pg_terminate_backend({holder.pid})"
+        )
+    except OSError:
+        pass
+    return ""
 
 
 def release_run_lock(conn: Connection, config: Config) -> None:

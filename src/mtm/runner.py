@@ -212,6 +212,24 @@ class Runner:
             f"USING ERRCODE = '{LEDGER_MOVED}'; END IF; END $mtm$;\n"
         )
 
+    def _no_invalid_indexes_sql(self, schema: str) -> str:
+        """Fail (SQLSTATE MTM02) if the schema has an INVALID index.
+
+        A CREATE INDEX CONCURRENTLY that failed or was interrupted leaves one behind, and
+        IF NOT EXISTS then skips it: without this check a no-transaction migration run
+        again would be recorded as applied while its index is unusable.
+        """
+        return (
+            "DO $mtm$ DECLARE bad text; BEGIN SELECT string_agg(c.relname, ', ') INTO bad "
+            "FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace "
+            f"WHERE n.nspname = {quote_literal(schema)} AND NOT i.indisvalid; "
+            "IF bad IS NOT NULL THEN RAISE EXCEPTION "
+            f"'schema {schema} has an INVALID index: %', bad USING ERRCODE = 'MTM02', "
+            "HINT = 'a CREATE INDEX CONCURRENTLY failed or was interrupted; "
+            "drop the index and run mtm migrate again'; END IF; END $mtm$;\n"
+        )
+
     # --- one step ------------------------------------------------------------------
 
     def _with_retries(self, fn: Callable[[], None], conn: Connection) -> None:
@@ -305,6 +323,9 @@ class Runner:
     ) -> None:
         try:
             self._with_retries(attempt, conn)
+        except StepError:
+            rollback_quietly(conn)
+            raise
         except (psycopg.Error, sa.exc.DBAPIError) as exc:
             rollback_quietly(conn)
             raise StepError(
@@ -327,7 +348,17 @@ class Runner:
         tenant: str | None,
     ) -> None:
         ctx = MigrationContext.configure(connection=conn)
+        status = psycopg.pq.TransactionStatus
+        inside = driver(conn).info.transaction_status == status.INTRANS
         migration.call(which, Operations(ctx), StepContext(schema, namespace, tenant))
+        if inside and driver(conn).info.transaction_status == status.IDLE:
+            raise StepError(
+                migration.name,
+                f"{migration.path.name} ended mtm's transaction itself (COMMIT or ROLLBACK in "
+                f"a migration): what it did before that may be committed without the rest; "
+                f"check schema {schema} and 'mtm validate', and give migrations that manage "
+                "transactions 'transactional = False'",
+            )
 
     def _outside_transaction(
         self,
@@ -370,8 +401,9 @@ class Runner:
                     self._call_python(conn, migration, which, schema, namespace, tenant)
                 run_script(
                     conn,
-                    f"BEGIN;\n{schema_lock_sql(schema)};\n{ledger_sql};\n"
-                    f"{state_upsert_sql(cfg, schema, namespace)};\nCOMMIT",
+                    f"BEGIN;\n{schema_lock_sql(schema)};\n"
+                    + (self._no_invalid_indexes_sql(schema) if which == "up" else "")
+                    + f"{ledger_sql};\n{state_upsert_sql(cfg, schema, namespace)};\nCOMMIT",
                 )
             finally:
                 rollback_quietly(conn)
