@@ -250,14 +250,15 @@ def test_lock_timeout_is_retried_until_the_blocker_goes(project: Project) -> Non
 
 def test_lock_timeout_from_the_config_file(project: Project) -> None:
     with (project.root / "mtm.toml").open("a") as f:
-        f.write('lock_timeout = "150ms"\nretries = 0\n')
+        f.write('lock_timeout = "150ms"\nretries = 1\n')
     blocker = _blocked_project(project)
     try:
         r = project.cli("migrate")
     finally:
         blocker.close()
     assert r.exit_code == 1
-    assert "lock timeout" in r.output and "acme" in r.output
+    assert "FAILED acme: migration 0002_note: canceling statement due to lock timeout" in (r.output)
+    assert "[SQLSTATE 55P03] (tried 2 times)" in r.output
 
 
 def test_statement_timeout(project: Project) -> None:

@@ -244,6 +244,8 @@ class Runner:
                     time.sleep(self.settings.retry_delay * (2**attempt))
                     attempt += 1
                     continue
+                if attempt:
+                    exc.add_note(f"(tried {attempt + 1} times)")
                 raise
 
     def apply_step(
@@ -330,7 +332,7 @@ class Runner:
             rollback_quietly(conn)
             raise StepError(
                 migration.name,
-                describe_error(exc, migration),
+                " ".join([describe_error(exc, migration), *getattr(exc, "__notes__", ())]),
                 _sqlstate(exc),
                 already_applied=_is_ledger_conflict(exc, self.config, schema),
             ) from exc
