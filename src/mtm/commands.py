@@ -68,14 +68,20 @@ class UsageError(MtmError):
 
 @contextmanager
 def _session(
-    config: Config, *, pool_size: int = 1, purpose: str = "mtm"
+    config: Config, *, pool_size: int = 1, purpose: str = "mtm", shared: bool = False
 ) -> Iterator[tuple[Engine, Connection]]:
-    engine = create_engine(config, pool_size=pool_size, purpose=purpose)
+    """An engine and a connection for one command; ``shared`` keeps the connection for
+    the next call in this process (``database.shared_engine``)."""
+    if shared:
+        engine = database.shared_engine(config, purpose=purpose)
+    else:
+        engine = create_engine(config, pool_size=pool_size, purpose=purpose)
     try:
         with connect(engine) as conn:
             yield engine, conn
     finally:
-        engine.dispose()
+        if not shared:
+            engine.dispose()
 
 
 def _existing(conn: Connection, config: Config) -> dict[str, bool]:
@@ -271,7 +277,7 @@ def create(
     for m in pending:
         if m.kind == "python":
             m.load()
-    with _session(config, purpose="mtm create") as (engine, conn):
+    with _session(config, purpose="mtm create", shared=True) as (engine, conn):
         ensure_bootstrap(conn, config)
         _refuse_existing(conn, config, schema, clean)
         setup = _role_setup(conn, config, schema) if role else []
@@ -544,7 +550,7 @@ def migrate(
     own transaction; after a failure no new tenant starts unless ``continue_on_error``.
     """
     started = time.perf_counter()
-    jobs = jobs or config.jobs
+    jobs = config.jobs if jobs is None else jobs
     if jobs < 1:
         raise UsageError("--jobs must be at least 1")
     settings = _settings(config, lock_timeout, statement_timeout, retries)

@@ -8,12 +8,15 @@ same connection for Python migrations.
 
 from __future__ import annotations
 
+import atexit
 import os
 import re
 import socket
+import threading
 import time
 import zlib
-from collections.abc import Iterator
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -50,6 +53,125 @@ def create_engine(config: Config, *, pool_size: int = 2, purpose: str = "mtm") -
         max_overflow=2,
         connect_args={"application_name": purpose[:63], "connect_timeout": 10},
     )
+
+
+# Engines kept between calls, per (URL, purpose); see shared_engine.
+SHARED_ENGINES = 4
+KEEP_IDLE = 2.0  # seconds a kept connection may go unused before it is closed
+
+
+@dataclass
+class _Kept:
+    engine: Engine
+    last_used: float
+
+
+_SHARED: OrderedDict[tuple[str, str], _Kept] = OrderedDict()
+_SHARED_LOCK = threading.Lock()
+_reaper: threading.Thread | None = None
+
+
+def shared_engine(config: Config, *, purpose: str = "mtm") -> Engine:
+    """A process-wide engine per database for commands called again and again.
+
+    ``mtm.create`` in a loop (a script creating many tenants, a burst of sign-ups)
+    would otherwise open a connection per call: a new backend with cold catalog
+    caches, which costs more than the create itself. This engine keeps its connections
+    between calls (one per concurrent caller, four at most), pings one when it is taken
+    and resets it when it is given back (settings, role, advisory locks, temporary
+    tables: ``DISCARD ALL`` but for prepared statements). Connections unused for
+    ``KEEP_IDLE`` seconds are closed, so nothing lingers after a burst;
+    ``dispose_shared_engines()`` closes them at once.
+    """
+    global _reaper
+    url = resolve_url(config)
+    key = (url, purpose)
+    with _SHARED_LOCK:
+        kept = _SHARED.get(key)
+        if kept is None:
+            engine = sa.create_engine(
+                sqlalchemy_url(url),
+                isolation_level="AUTOCOMMIT",
+                pool_size=4,  # kept at most; opened only when calls overlap
+                max_overflow=16,
+                pool_pre_ping=True,
+                connect_args={"application_name": purpose[:63], "connect_timeout": 10},
+            )
+            kept = _Kept(engine, time.monotonic())
+            sa.event.listen(engine, "checkin", _on_checkin(kept))
+            _SHARED[key] = kept
+            while len(_SHARED) > SHARED_ENGINES:
+                _SHARED.popitem(last=False)[1].engine.dispose()
+        _SHARED.move_to_end(key)
+        kept.last_used = time.monotonic()  # the reaper leaves it alone while it is used
+        if _reaper is None:
+            _reaper = threading.Thread(target=_reap, name="mtm-idle-connections", daemon=True)
+            _reaper.start()
+        return kept.engine
+
+
+# DISCARD ALL without DEALLOCATE ALL and DISCARD PLANS: psycopg keeps its own prepared
+# statements, which must survive (the server invalidates stale plans by itself).
+RESET_SESSION = (
+    "CLOSE ALL; SET SESSION AUTHORIZATION DEFAULT; RESET ALL; UNLISTEN *; "
+    "SELECT pg_advisory_unlock_all(); DISCARD TEMP; DISCARD SEQUENCES"
+)
+
+
+def _on_checkin(kept: _Kept) -> Callable[[Any, Any], None]:
+    def reset(dbapi_connection: Any, record: Any) -> None:
+        """Give a kept connection back as a new one would be; close it if that fails."""
+        kept.last_used = time.monotonic()
+        if dbapi_connection is None:
+            return
+        try:
+            if dbapi_connection.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                dbapi_connection.execute("ROLLBACK")
+            dbapi_connection.execute(RESET_SESSION, prepare=False)
+        except psycopg.Error:
+            dbapi_connection.close()  # the next checkout's ping replaces it
+
+    return reset
+
+
+def _reap() -> None:
+    """Close kept engines unused for KEEP_IDLE seconds; end when none is left."""
+    global _reaper
+    while True:
+        time.sleep(KEEP_IDLE / 4)
+        now = time.monotonic()
+        with _SHARED_LOCK:
+            for key, kept in list(_SHARED.items()):
+                pool: Any = kept.engine.pool
+                if now - kept.last_used > KEEP_IDLE and pool.checkedout() == 0:
+                    del _SHARED[key]
+                    kept.engine.dispose()
+            if not _SHARED:
+                _reaper = None
+                return
+
+
+def dispose_shared_engines() -> None:
+    """Close the connections kept by ``shared_engine``."""
+    with _SHARED_LOCK:
+        while _SHARED:
+            _SHARED.popitem(last=False)[1].engine.dispose()
+
+
+def _forget_shared_engines_after_fork() -> None:
+    # A forked child must not use (or close) its parent's sockets, nor wait on a lock
+    # or a reaper thread that did not come along.
+    global _SHARED_LOCK, _reaper
+    _SHARED_LOCK = threading.Lock()
+    _reaper = None
+    for kept in _SHARED.values():
+        kept.engine.dispose(close=False)
+    _SHARED.clear()
+
+
+atexit.register(dispose_shared_engines)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_shared_engines_after_fork)
 
 
 @contextmanager
