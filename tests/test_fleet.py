@@ -3,18 +3,22 @@ machine-readable output, and that a tenant created at head equals a migrated one
 
 from __future__ import annotations
 
+import io
 import json
 import time
 from typing import Any
 
 import psycopg
 import pytest
+from rich.console import Console
 
 import mtm
 from conftest import Project, _libpq
 from mtm import database
 from mtm.migrations import discover
 from mtm.plan import fingerprint
+from mtm.report import LiveProgress
+from mtm.runner import SchemaResult
 
 # A tenant migration that fails, for the schemas listed in public.poison, at a clean
 # point: after it has already changed something, so a rollback has work to do.
@@ -335,3 +339,22 @@ def test_repeated_creates_reuse_a_clean_connection(project: Project) -> None:
     ):
         assert time.monotonic() < deadline, "the kept connection was never closed"
         time.sleep(0.1)
+
+
+def test_live_view_keeps_failures_in_80_columns() -> None:
+    out = io.StringIO()
+    console = Console(file=out, width=80, force_terminal=True, color_system=None)
+    live = LiveProgress(console)
+    live.begin(10_000, 20_000)
+    for worker in range(3):
+        live.step(worker, f"t{worker:05d}", "0011_invoice_currency")
+    failed = SchemaResult("t00000", "tenant", failed_migration="0011_invoice_currency")
+    failed.error = "boom"
+    live.schema_done(0, failed)
+    live.schema_done(1, SchemaResult("t00001", "tenant", applied=["0011_invoice_currency"]))
+    live.end()
+    text = out.getvalue()
+    assert "2/10,000 schemas  1 failed" in text
+    assert "1/20,000 steps" in text and "ETA" in text
+    assert "worker 3: t00002 -> 0011_invoice_currency" in text
+    assert "FAILED t00000 at 0011_invoice_currency: boom" in text

@@ -96,16 +96,22 @@ class LiveProgress:
     def _render(self) -> Group:
         c = self.c
         elapsed = time.perf_counter() - c.started
-        width = 30
+        width = 20
         filled = int(width * c.done / c.total) if c.total else width
         bar = Text("[" + "#" * filled + "." * (width - filled) + "]")
+        # Two short lines, failures first: on an 80-column terminal one long line lost
+        # its end (the failure count) to cropping.
         head = Text.assemble(
             bar,
-            f" {c.done:,}/{c.total:,} schemas  {c.steps:,}/{c.steps_total:,} steps  ",
-            f"{_fmt_rate(c.done, elapsed)}  ETA {_fmt_eta(c.done, c.total, elapsed)}  ",
-            (f"{len(c.failed)} failed", "bold red" if c.failed else "green"),
+            f" {c.done:,}/{c.total:,} schemas  ",
+            (f"{len(c.failed):,} failed", "bold red" if c.failed else "green"),
         )
-        lines: list[Any] = [head]
+        rate = f"{c.done / elapsed:,.1f}" if elapsed > 0 else "-"
+        pace = Text(
+            f"  {c.steps:,}/{c.steps_total:,} steps  {rate} schemas/s  "
+            f"ETA {_fmt_eta(c.done, c.total, elapsed)}  {elapsed:,.0f}s elapsed"
+        )
+        lines: list[Any] = [head, pace]
         for w in sorted(c.workers):
             lines.append(Text(f"  worker {w + 1}: {c.workers[w]}", style="dim"))
         for f in c.failed[-3:]:
