@@ -106,6 +106,12 @@ def test_state_summary_that_disagrees_with_a_ledger(project: Project) -> None:
     project.query("DELETE FROM public.mtm_migrations_state WHERE schema_name = 'globex'")
     code, problems = _validate(project)
     assert "globex: ledger has no state summary" in problems
+    project.query(
+        "INSERT INTO public.mtm_migrations_state (schema_name, namespace, applied, fingerprint) "
+        "VALUES ('ghost', 'tenant', 1, 'x')"
+    )
+    code, problems = _validate(project)
+    assert "ghost: state summary of a schema that is not registered" in problems
 
 
 def test_migrate_trusts_the_ledger_not_the_summary(project: Project) -> None:

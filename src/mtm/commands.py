@@ -869,14 +869,18 @@ def validate(config: Config) -> ValidateResult:
         for schema in registered:
             if schema not in present:
                 result.problems.append(f"{schema}: registered tenant has no schema")
-        orphans = conn.execute(
-            sa.text(
-                "SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = "
-                "c.relnamespace WHERE c.relname = :t AND n.nspname <> 'public' "
-                "AND NOT n.nspname = ANY(:r) ORDER BY 1"
-            ),
-            {"t": config.migrations_table, "r": registered},
-        ).scalars()
+        orphans = (
+            conn.execute(
+                sa.text(
+                    "SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = "
+                    "c.relnamespace WHERE c.relname = :t AND n.nspname <> 'public' "
+                    "AND NOT n.nspname = ANY(:r) ORDER BY 1"
+                ),
+                {"t": config.migrations_table, "r": registered},
+            )
+            .scalars()
+            .all()
+        )
         for schema in orphans:
             result.problems.append(f"{schema}: schema has a ledger but no registry row")
         if ex["state"]:
@@ -896,6 +900,10 @@ def validate(config: Config) -> ValidateResult:
                     )
                 elif schema not in states and rows:
                     result.problems.append(f"{schema}: ledger has no state summary")
+            for schema in sorted(set(states) - set(schemas) - set(orphans)):
+                result.problems.append(
+                    f"{schema}: state summary of a schema that is not registered"
+                )
     return result
 
 
