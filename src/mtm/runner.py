@@ -20,8 +20,6 @@ from typing import Any, Literal, Protocol
 import psycopg
 import sqlalchemy as sa
 import sqlparse
-from alembic.operations import Operations
-from alembic.runtime.migration import MigrationContext
 from psycopg import errors as pgerrors
 from sqlalchemy.engine import Connection, Engine
 
@@ -349,6 +347,11 @@ class Runner:
         namespace: Namespace,
         tenant: str | None,
     ) -> None:
+        # Imported here, on first use: Alembic (with Mako) is a fifth of the command
+        # line's start-up, and runs without Python migrations never need it.
+        from alembic.operations import Operations
+        from alembic.runtime.migration import MigrationContext
+
         ctx = MigrationContext.configure(connection=conn)
         status = psycopg.pq.TransactionStatus
         inside = driver(conn).info.transaction_status == status.INTRANS
