@@ -12,7 +12,8 @@ at the end). Either way it makes two databases on that server, one for the raw f
 Phases, each timed on both sides where the floor has one:
 
 * create at head: ``mtm.create(config, schema)`` once per tenant, against
-  ``raw_baseline.py --one-tx --phase create`` (each tenant's create in one transaction);
+  ``raw_baseline.py --one-tx --phase create`` (each tenant's create in one transaction),
+  in chunks with the two sides taking turns;
 * the fleet migration (``fleet/0011``) with ``mtm.migrate(config, jobs=J)`` for each J,
   against ``raw_baseline.py --phase fleet --jobs J``; between runs every tenant is put
   back (``mtm down --all-tenants`` and the same by hand on the raw side);
@@ -40,7 +41,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -153,8 +154,9 @@ class Raw:
     tenants: int
     psql: str
 
-    def run(self, *args: str) -> float:
-        cmd = [sys.executable, str(self.script), "--dsn", self.dsn, "--tenants", str(self.tenants)]
+    def run(self, *args: str, tenants: int | None = None) -> float:
+        count = str(self.tenants if tenants is None else tenants)
+        cmd = [sys.executable, str(self.script), "--dsn", self.dsn, "--tenants", count]
         cmd += ["--psql", self.psql, *args]
         out = subprocess.run(cmd, capture_output=True, text=True)
         if out.returncode != 0:
@@ -205,23 +207,6 @@ def add_fleet_migration(project: Path, workload: Path) -> None:
     for f in sorted((workload / "fleet").glob("*.sql")):
         text = f.read_text(encoding="utf-8").rstrip("\n") + "\n" + FLEET_DOWN
         (project / "migrations" / "tenant" / f.name).write_text(text, encoding="utf-8")
-
-
-def drop_tenants(url: str, names: list[str], psql: str) -> None:
-    """Clean-up between create rounds (not timed): schemas, registry rows, summaries."""
-    lines = ["SET client_min_messages TO warning;"]
-    for name in names:
-        lines.append(
-            f'BEGIN; DROP SCHEMA "{name}" CASCADE; '
-            f"DELETE FROM public.tenants WHERE schema_name = '{name}'; "
-            f"DELETE FROM public.mtm_migrations_state WHERE schema_name = '{name}'; COMMIT;"
-        )
-    subprocess.run(
-        [psql, "-q", "-X", "-v", "ON_ERROR_STOP=1", libpq(url)],
-        input="\n".join(lines).encode(),
-        check=True,
-        stdout=subprocess.DEVNULL,
-    )
 
 
 @dataclass
@@ -297,6 +282,7 @@ class Results:
 def run(args: argparse.Namespace) -> Results:
     import mtm
     from mtm import Config
+    from mtm.database import dispose_shared_engines
 
     res = Results()
     workload: Path = args.workload
@@ -316,6 +302,7 @@ def run(args: argparse.Namespace) -> Results:
         with (
             database(url, f"mtm_bench_raw_{tag}") as raw_url,
             database(url, f"mtm_bench_mtm_{tag}") as mtm_url,
+            ExitStack() as stack,
         ):
             raw = Raw(args.raw_baseline, raw_url, args.tenants, args.psql)
             project = Path(tmp) / "app"
@@ -325,33 +312,44 @@ def run(args: argparse.Namespace) -> Results:
 
             # -- create at head ------------------------------------------------------------
             mtm.migrate(config)  # the public migrations, once (not part of any tenant's create)
-            rounds = max(args.create_repeat, 1)
+            # In chunks, the two sides taking turns, so that a slow spell of the machine
+            # (other processes' I/O) hits both alike. mtm's chunks add up to the fleet;
+            # the floor's chunks each go to a database of their own (its schema names
+            # always start at bench_t00000), made beforehand: dropping schemas between
+            # chunks would leave vacuum work that lands on the other side's turn.
+            chunks = max(min(args.create_chunks, n), 1)
+            bounds = [n * k // chunks for k in range(chunks + 1)]
             raw_creates: list[float] = []
             mtm_creates: list[float] = []
-            for r in range(rounds):
-                last = r == rounds - 1  # the last round's tenants stay for the fleet phases
-                names = [tenant_name(i) if last else f"warm{r}_{i:05d}" for i in range(n)]
-                for side in ("raw", "mtm") if r % 2 == 0 else ("mtm", "raw"):
-                    settle(url)
-                    log(f"create at head, {n} tenants, round {r + 1}/{rounds}: {side}")
-                    if side == "raw":  # --drop removes the last round's schemas, untimed
-                        raw_creates.append(raw.run("--one-tx", "--phase", "create", "--drop"))
+            chunk_dbs = [
+                stack.enter_context(database(url, f"mtm_bench_raw_{tag}_{k}"))
+                for k in range(chunks)
+            ]
+            settle(url)
+            log(f"create at head, {n} tenants in {chunks} chunks, raw and mtm taking turns")
+            for k in range(chunks):
+                size = bounds[k + 1] - bounds[k]
+                for side in ("raw", "mtm") if k % 2 == 0 else ("mtm", "raw"):
+                    if side == "raw":
+                        chunk_raw = Raw(args.raw_baseline, chunk_dbs[k], size, args.psql)
+                        raw_creates.append(chunk_raw.run("--one-tx", "--phase", "create"))
                         continue
                     t0 = time.perf_counter()
-                    for schema in names:
-                        mtm.create(config, schema)
+                    for i in range(bounds[k], bounds[k + 1]):
+                        mtm.create(config, tenant_name(i))
                     mtm_creates.append(time.perf_counter() - t0)
-                    if not last:
-                        drop_tenants(mtm_url, names, args.psql)
-            mtm_create, raw_create = statistics.median(mtm_creates), statistics.median(raw_creates)
+            stack.close()  # the chunks' databases
+            log(f"the floor's {n} tenants for the fleet phases (not timed)")
+            raw.run("--one-tx", "--phase", "create")
+            mtm_create, raw_create = sum(mtm_creates), sum(raw_creates)
             res.phase(
                 "create at head",
                 round(mtm_create, 3),
                 round(raw_create, 3),
                 per_tenant_ms=round(1000 * mtm_create / n, 2),
                 raw_per_tenant_ms=round(1000 * raw_create / n, 2),
-                mtm_runs=[round(x, 3) for x in mtm_creates],
-                raw_runs=[round(x, 3) for x in raw_creates],
+                mtm_chunks=[round(x, 3) for x in mtm_creates],
+                raw_chunks=[round(x, 3) for x in raw_creates],
             )
             settle(raw_url, vacuum=True)
             settle(mtm_url, vacuum=True)
@@ -393,12 +391,20 @@ def run(args: argparse.Namespace) -> Results:
             # -- 10k tenants: no-op migrate, status, memory --------------------------------
             extra = max(args.noop_tenants - n, 0)
             if extra:
-                log(f"creating {extra} more tenants at head (mtm.create on 4 threads)")
-                with ThreadPoolExecutor(4) as pool:
+                # Not timed: commits need not wait for the disk while the fleet is built.
+                log(f"creating {extra} more tenants at head (mtm.create on 3 threads)")
+                database_name = make_url(mtm_url).database
+                with psycopg.connect(libpq(mtm_url), autocommit=True) as conn:
+                    conn.execute(f'ALTER DATABASE "{database_name}" SET synchronous_commit = off')
+                dispose_shared_engines()  # new connections pick the setting up
+                with ThreadPoolExecutor(3) as pool:
                     for _ in pool.map(
                         lambda i: mtm.create(config, tenant_name(i)), range(n, n + extra)
                     ):
                         pass
+                dispose_shared_engines()
+                with psycopg.connect(libpq(mtm_url), autocommit=True) as conn:
+                    conn.execute(f'ALTER DATABASE "{database_name}" RESET synchronous_commit')
             total = n + extra
             settle(mtm_url, vacuum=True)
             cmd = mtm_command()
@@ -471,7 +477,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jobs-list", default="1,2,4,8")
     ap.add_argument("--repeat", type=int, default=3, help="runs of each CLI phase (median)")
     ap.add_argument(
-        "--create-repeat", type=int, default=3, help="rounds of the create phase (median)"
+        "--create-chunks", type=int, default=10, help="turns each side takes in the create phase"
     )
     ap.add_argument(
         "--fleet-repeat", type=int, default=3, help="runs of each fleet phase, both sides (median)"

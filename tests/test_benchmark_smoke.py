@@ -25,7 +25,7 @@ RAW = ROOT.parent / "shared" / "bench" / "raw_baseline.py"
 def test_fleet_benchmark_runs(server_url: str, tmp_path: Path) -> None:
     out = tmp_path / "fleet.json"
     args = ["--tenants", "5", "--noop-tenants", "20", "--jobs-list", "1,2"]
-    args += ["--create-repeat", "1", "--fleet-repeat", "1", "--repeat", "1"]
+    args += ["--create-chunks", "2", "--fleet-repeat", "1", "--repeat", "1"]
     run = subprocess.run(
         [sys.executable, str(SCRIPT), "--dsn", server_url, "--out", str(out), *args],
         capture_output=True,
