@@ -112,10 +112,10 @@ def test_first_failure_stops_new_tenants(project: Project) -> None:
     # The failed tenant is at a clean step: 0001 applied, 0002 rolled back whole.
     assert applied["t05"] == ["0001_items"]
     assert project.scalar("SELECT to_regclass('t05.notes')") is None
-    # No tenant started after the failure; the few that were running finished.
+    # No tenant started after the failure; the few that were running finished. (Which
+    # ones were running depends on timing: at most a worker's worth past t05.)
     touched = [s for s in names if applied[s]]
-    assert touched[:5] == ["t00", "t01", "t02", "t03", "t04"]
-    assert len(touched) <= 8
+    assert "t05" in touched and set(touched) <= set(names[:8])
     for s in touched:
         if s != "t05":
             assert applied[s] == HEAD, s
