@@ -259,28 +259,7 @@ class Runner:
 
         ``expected`` is the fingerprint the schema's ledger must have when the step starts.
         """
-        if not migration.transactional:
-            self._outside_transaction(conn, schema, namespace, migration, tenant, expected)
-            return
-        cfg = self.config
-        tail = (
-            f"{finish_sql(cfg, schema, migration)};\n"
-            f"{state_upsert_sql(cfg, schema, namespace)};\nCOMMIT"
-        )
-        head = self._begin(schema)
-        if expected is not None:
-            head += self._expect_sql(schema, expected)
-        head += insert_sql(cfg, schema, migration) + ";\n"
-
-        def attempt() -> None:
-            if migration.kind == "sql":
-                run_script(conn, head + migration.up_sql + "\n;\n" + tail)
-            else:
-                run_script(conn, head)
-                self._call_python(conn, migration, "up", schema, namespace, tenant)
-                run_script(conn, tail)
-
-        self._guarded(conn, schema, migration, attempt)
+        self._step(conn, schema, namespace, migration, tenant, expected, "up")
 
     def revert_step(
         self,
@@ -295,25 +274,45 @@ class Runner:
 
         ``expected`` is the fingerprint the schema's ledger must have when the step starts.
         """
+        self._step(conn, schema, namespace, migration, tenant, expected, "down")
+
+    def _step(
+        self,
+        conn: Connection,
+        schema: str,
+        namespace: Namespace,
+        migration: Migration,
+        tenant: str | None,
+        expected: str | None,
+        which: Literal["up", "down"],
+    ) -> None:
+        """One step as one round trip: lock, checks, ledger change, the migration, the
+        state row, COMMIT (a Python migration runs between two such scripts)."""
         if not migration.transactional:
             self._outside_transaction(
-                conn, schema, namespace, migration, tenant, expected, which="down"
+                conn, schema, namespace, migration, tenant, expected, which=which
             )
             return
         cfg = self.config
         head = self._begin(schema)
         if expected is not None:
             head += self._expect_sql(schema, expected)
-        head += delete_sql(cfg, schema, migration.name) + ";\n"
-        tail = f"{state_upsert_sql(cfg, schema, namespace)};\nCOMMIT"
+        if which == "up":
+            head += insert_sql(cfg, schema, migration) + ";\n"
+            body = migration.up_sql
+            tail = f"{finish_sql(cfg, schema, migration)};\n"
+        else:
+            head += delete_sql(cfg, schema, migration.name) + ";\n"
+            body = migration.down_sql or ""
+            tail = ""
+        tail += f"{state_upsert_sql(cfg, schema, namespace)};\nCOMMIT"
 
         def attempt() -> None:
             if migration.kind == "sql":
-                assert migration.down_sql is not None
-                run_script(conn, head + migration.down_sql + "\n;\n" + tail)
+                run_script(conn, head + body + "\n;\n" + tail)
             else:
                 run_script(conn, head)
-                self._call_python(conn, migration, "down", schema, namespace, tenant)
+                self._call_python(conn, migration, which, schema, namespace, tenant)
                 run_script(conn, tail)
 
         self._guarded(conn, schema, migration, attempt)
