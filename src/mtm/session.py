@@ -158,14 +158,8 @@ def tenant_connection(
     ``engine.connect()``; the settings are reset before the connection returns to the
     pool.
     """
-    schema = _schema_of(tenant)
-    role_name = _role_of(schema, role)
-    with engine.connect() as conn:
-        try:
-            _bind(conn, schema, role_name)
-            yield conn
-        finally:
-            _unbind(conn)
+    with engine.connect() as conn, bind_connection(conn, tenant, role=role) as bound:
+        yield bound
 
 
 @contextmanager
