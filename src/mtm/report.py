@@ -308,7 +308,8 @@ def status_table(result: StatusResult, *, list_all: bool = False) -> list[Any]:
     listing = list_all or len(result.tenants) <= LIST_LIMIT
     table = Table(title=None, show_lines=False)
     for col in ("schema", "domains", "applied", "last applied", "pending"):
-        table.add_column(col, justify="right" if col in ("applied", "pending") else "left")
+        right = col in ("applied", "pending")
+        table.add_column(col, justify="right" if right else "left", overflow="fold")
 
     def row(s: SchemaStatus, label: str) -> None:
         pending = str(len(s.pending)) if not s.problems else "DRIFT"
@@ -330,7 +331,7 @@ def status_table(result: StatusResult, *, list_all: bool = False) -> list[Any]:
     if not listing:
         groups = Table(title=None)
         groups.add_column("tenants", justify="right")
-        groups.add_column("position")
+        groups.add_column("position", overflow="fold")
         for count, applied, pending, problems in result.groups():
             if problems:
                 where = "disagree with their files (run 'mtm validate')"
@@ -358,7 +359,7 @@ def status_table(result: StatusResult, *, list_all: bool = False) -> list[Any]:
 def tenants_table(items: list[Tenant]) -> Table:
     table = Table()
     for col in ("schema", "name", "domains", "created"):
-        table.add_column(col)
+        table.add_column(col, overflow="fold")
     for t in items:
         created = t.created_at.strftime("%Y-%m-%d %H:%M:%S") if t.created_at else "-"
         table.add_row(t.schema, t.name or "", ", ".join(t.domains), created)
@@ -368,7 +369,7 @@ def tenants_table(items: list[Tenant]) -> Table:
 def history_table(rows: list[AppliedMigration]) -> Table:
     table = Table()
     for col in ("migration", "applied at", "ms", "checksum"):
-        table.add_column(col, justify="right" if col == "ms" else "left")
+        table.add_column(col, justify="right" if col == "ms" else "left", overflow="fold")
     for r in rows:
         ms = f"{r.duration_ms:.1f}" if r.duration_ms is not None else "-"
         table.add_row(r.name, r.applied_at.strftime("%Y-%m-%d %H:%M:%S %Z"), ms, r.checksum[:12])
