@@ -378,3 +378,18 @@ def test_api_errors_are_mtm_errors(project: Project) -> None:
         mtm.status(project.config, tenants=["nobody"])
     with pytest.raises(MtmError, match="choose one of"):
         mtm.history(project.config)
+
+
+def test_create_whose_first_migration_runs_outside_a_transaction(project: Project) -> None:
+    """The tenant is committed before such a migration runs; a failure there says so."""
+    project.write(
+        "tenant",
+        "0001_concurrently.sql",
+        "-- mtm:no-transaction\nCREATE INDEX CONCURRENTLY nope_idx ON missing_table (id);",
+    )
+    r = project.cli("create", "acme")
+    assert r.exit_code == 1
+    assert "tenant 'acme' was created, but migration 0001_concurrently failed" in r.output
+    assert "missing_table" in r.output
+    assert "acme" in project.schemas()
+    assert [t.schema for t in mtm.tenants(project.config)] == ["acme"]

@@ -283,7 +283,9 @@ def create(
         setup = _role_setup(conn, config, schema) if role else []
         runner = Runner(engine, config)
         result = runner.create_tenant(conn, schema, name, clean, pending, setup)
-        if not result.ok and not result.applied:
+        # The tenant exists if its transaction committed: a migration that runs outside
+        # a transaction (applied after the commit) may still have failed.
+        if not result.ok and get_tenant(conn, config, schema) is None:
             _explain_create_failure(conn, config, schema, clean, result)
         if not result.ok:
             raise MtmError(
