@@ -580,14 +580,16 @@ def migrate(
             plans = [p for p in every if not p.at_head]
             _refuse_problems([public_plan, *plans])
             if not dry_run:
-                # At head, yet its summary said otherwise (or was missing): rewrite it.
+                # At head, yet its summary said otherwise (or was missing): rewrite it,
+                # under each schema's lock so a concurrent down cannot interleave.
                 stale = [p.schema for p in every if p.at_head]
                 for i in range(0, len(stale), 200):
                     run_script(
                         conn,
                         "BEGIN;\n"
                         + "".join(
-                            state_upsert_sql(config, s, "tenant") + ";\n"
+                            f"{database.schema_lock_sql(s)};\n"
+                            f"{state_upsert_sql(config, s, 'tenant')};\n"
                             for s in stale[i : i + 200]
                         )
                         + "COMMIT",
