@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import NoReturn
 
 import psycopg
 import sqlalchemy as sa
@@ -23,7 +24,7 @@ from . import database, roles
 from .config import CONFIG_FILE, Config
 from .database import connect, create_engine, run_script
 from .embedded import EmbeddedServer, EmbeddedStatus
-from .errors import ConfigError, MtmError, TenantError, ValidationFailed
+from .errors import ConfigError, MtmError, TenantError, UsageError, ValidationFailed
 from .identifiers import quote_ident, quote_literal, validate_domain, validate_schema_name
 from .ledger import (
     PUBLIC,
@@ -56,12 +57,15 @@ from .registry import (
     tenant_of_domain,
     tenant_ref,
 )
-from .runner import FleetOutcome, NoProgress, Progress, Runner, SchemaResult, Settings
-
-
-class UsageError(MtmError):
-    exit_code = 2
-
+from .runner import (
+    FleetOutcome,
+    NoProgress,
+    Progress,
+    Runner,
+    SchemaResult,
+    Settings,
+    StepError,
+)
 
 # --- sessions and bootstrap ------------------------------------------------------------
 
@@ -282,11 +286,12 @@ def create(
         _refuse_existing(conn, config, schema, clean)
         setup = _role_setup(conn, config, schema) if role else []
         runner = Runner(engine, config)
-        result = runner.create_tenant(conn, schema, name, clean, pending, setup)
-        # The tenant exists if its transaction committed: a migration that runs outside
-        # a transaction (applied after the commit) may still have failed.
-        if not result.ok and get_tenant(conn, config, schema) is None:
-            _explain_create_failure(conn, config, schema, clean, result)
+        try:
+            result = runner.create_tenant(conn, schema, name, clean, pending, setup)
+        except StepError as exc:
+            _explain_create_failure(conn, config, schema, clean, exc)
+        # Committed; a migration that runs outside a transaction (applied after the
+        # commit) may still have failed.
         if not result.ok:
             raise MtmError(
                 f"tenant {schema!r} was created, but migration {result.failed_migration} "
@@ -324,13 +329,13 @@ def _role_setup(conn: Connection, config: Config, schema: str) -> list[str]:
 
 
 def _explain_create_failure(
-    conn: Connection, config: Config, schema: str, domains: list[str], result: SchemaResult
-) -> None:
+    conn: Connection, config: Config, schema: str, domains: list[str], error: StepError
+) -> NoReturn:
     """Turn a failed create into the clearest message (a race may have taken a name)."""
     _refuse_existing(conn, config, schema, domains)
-    where = f"migration {result.failed_migration}" if result.failed_migration else "creating it"
+    where = f"migration {error.migration}" if error.migration else "creating it"
     raise MtmError(
-        f"tenant {schema!r} was not created: {where} failed: {result.error} "
+        f"tenant {schema!r} was not created: {where} failed: {error.message} "
         "(nothing was left behind)"
     )
 

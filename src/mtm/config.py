@@ -12,7 +12,7 @@ import os
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -206,9 +206,6 @@ class Config:
         )
 
     # --- derived ---------------------------------------------------------------------
-
-    def with_url(self, url: str) -> Config:
-        return replace(self, database_url=url)
 
     @property
     def embedded_data_dir(self) -> Path:

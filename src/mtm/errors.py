@@ -27,6 +27,12 @@ class ConfigError(MtmError):
     exit_code = 2
 
 
+class UsageError(MtmError):
+    """A command called with options that do not fit together."""
+
+    exit_code = 2
+
+
 class InvalidName(MtmError):
     """A schema name or domain that mtm refuses to put anywhere near SQL."""
 
@@ -53,13 +59,3 @@ class TenantError(MtmError):
 
 class ValidationFailed(MtmError):
     """Applied migrations disagree with the files (edited, missing, out of order)."""
-
-
-class StepFailed(MtmError):
-    """A migration failed in a schema; the step was rolled back."""
-
-    def __init__(self, schema: str, migration: str, error: str) -> None:
-        super().__init__(f"{schema}: migration {migration} failed: {error}")
-        self.schema = schema
-        self.migration = migration
-        self.error = error

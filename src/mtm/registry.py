@@ -86,15 +86,6 @@ def tenant_of_domain(conn: Connection, config: Config, domain: str) -> str | Non
     ).scalar()
 
 
-def registry_exists(conn: Connection, config: Config) -> bool:
-    return bool(
-        conn.execute(
-            sa.text("SELECT to_regclass(:t) IS NOT NULL AND to_regclass(:d) IS NOT NULL"),
-            {"t": tenant_ref(config), "d": domain_ref(config)},
-        ).scalar()
-    )
-
-
 class MapperTable:
     """Look tenants up by host name, as an application does for each request.
 

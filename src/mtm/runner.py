@@ -56,7 +56,6 @@ class SchemaResult:
     namespace: Namespace
     applied: list[str] = field(default_factory=list)
     reverted: list[str] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
     failed_migration: str | None = None
     error: str | None = None
     dropped: bool = False
@@ -534,7 +533,8 @@ class Runner:
         SQL migrations are sent together in one round trip. If that fails, the create is
         tried again one migration per round trip, only to name the migration that failed.
         Migrations from the first one that must run outside a transaction onwards are
-        applied as ordinary steps after the commit.
+        applied as ordinary steps after the commit; the result says how they went.
+        Raises ``StepError`` if the create itself failed (and so left nothing behind).
         """
         inside: list[Migration] = []
         for m in migrations:
@@ -546,15 +546,11 @@ class Runner:
         try:
             self._create_once(conn, schema, name, domains, inside, setup, batch=True)
         except StepError as first:
-            if first.migration is None and any(m.kind == "sql" for m in inside):
-                try:
-                    self._create_once(conn, schema, name, domains, inside, setup, batch=False)
-                except StepError as second:
-                    first = second
-            result.failed_migration = first.migration
-            result.error = first.message
-            result.seconds = time.perf_counter() - started
-            return result
+            if first.migration is not None or not any(m.kind == "sql" for m in inside):
+                raise
+            # Replayed one migration per round trip, to name the one at fault; if the
+            # failure was passing (a lock timeout), the replay simply creates the tenant.
+            self._create_once(conn, schema, name, domains, inside, setup, batch=False)
         result.applied = [m.name for m in inside]
         rest = migrations[len(inside) :]
         if rest:
