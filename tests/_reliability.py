@@ -59,6 +59,17 @@ def schema_lock_held(project: Project, schema: str) -> bool:
     )
 
 
+def waiting_on_schema_locks(project: Project) -> int:
+    """How many sessions wait for some schema's lock right now."""
+    return int(
+        project.scalar(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted "
+            "AND classid = %s",
+            (SCHEMA_LOCK_CLASS,),
+        )
+    )
+
+
 def ledger(project: Project, schema: str) -> list[str]:
     """Names in a schema's ledger, in order ([] when it has none)."""
     if not project.scalar("SELECT to_regclass(%s) IS NOT NULL", (f'"{schema}".mtm_migrations',)):

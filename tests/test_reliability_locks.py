@@ -14,9 +14,16 @@ from contextlib import contextmanager
 
 import psycopg
 
-from _reliability import ledger, run_lock_pids, schema_lock_held, spawn, tables, wait_until
+from _reliability import (
+    ledger,
+    run_lock_pids,
+    schema_lock_held,
+    spawn,
+    tables,
+    wait_until,
+    waiting_on_schema_locks,
+)
 from conftest import Project, _libpq
-from mtm.database import SCHEMA_LOCK_CLASS
 
 GATE = 4242
 
@@ -115,14 +122,7 @@ def test_create_down_and_drop_while_a_migrate_runs(project: Project) -> None:
             # And drop a_slow itself: it waits for the running step, then drops.
             dropper = spawn(project, "drop", "a_slow", "--yes")
             wait_until(
-                lambda: (
-                    project.scalar(
-                        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
-                        "AND NOT granted AND classid = %s",
-                        (SCHEMA_LOCK_CLASS,),
-                    )
-                    == 1
-                ),
+                lambda: waiting_on_schema_locks(project) == 1,
                 message="drop waiting for a_slow's lock",
             )
             g.execute("SELECT pg_advisory_unlock(%s)", (GATE,))
@@ -171,14 +171,7 @@ def test_down_never_reverts_under_a_step_it_did_not_plan_for(project: Project) -
             wait_until(lambda: waiting_on_gate(project) == 1, message="migrate inside acme")
             down = spawn(project, "down", "--tenant", "acme")
             wait_until(
-                lambda: (
-                    project.scalar(
-                        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
-                        "AND NOT granted AND classid = %s",
-                        (SCHEMA_LOCK_CLASS,),
-                    )
-                    == 1
-                ),
+                lambda: waiting_on_schema_locks(project) == 1,
                 message="down waiting for acme's lock",
             )
             g.execute("SELECT pg_advisory_unlock(%s)", (GATE,))
@@ -289,14 +282,7 @@ def test_two_creates_of_one_tenant_at_once(project: Project) -> None:
             wait_until(lambda: waiting_on_gate(project) == 1, message="the first create")
             second = spawn(project, "create", "dup", "--domain", "dup.example.com")
             wait_until(
-                lambda: (
-                    project.scalar(
-                        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
-                        "AND NOT granted AND classid = %s",
-                        (SCHEMA_LOCK_CLASS,),
-                    )
-                    == 1
-                ),
+                lambda: waiting_on_schema_locks(project) == 1,
                 message="the second create waiting for the schema's lock",
             )
             g.execute("SELECT pg_advisory_unlock(%s)", (GATE,))
