@@ -393,3 +393,18 @@ def test_create_whose_first_migration_runs_outside_a_transaction(project: Projec
     assert "missing_table" in r.output
     assert "acme" in project.schemas()
     assert [t.schema for t in mtm.tenants(project.config)] == ["acme"]
+
+
+def test_a_foreign_table_named_like_the_registry_is_refused(project: Project) -> None:
+    """The original tool's mapper table has another shape: say so, change nothing."""
+    project.query(
+        "CREATE TABLE public.tenants (id serial PRIMARY KEY, domain text, schema text, name text, "
+        '"createdAt" timestamptz, "updatedAt" timestamptz)'
+    )
+    for args in (("create", "acme"), ("migrate",), ("status",), ("tenants",)):
+        r = project.cli(*args)
+        assert r.exit_code == 2, (args, r.output)
+        assert 'table "public"."tenants" exists but is not an mtm tenant registry' in r.output
+        assert "set tenant_table" in r.output
+    assert project.schemas() == set()
+    assert project.scalar("SELECT to_regclass('public.mtm_migrations')") is None

@@ -89,13 +89,21 @@ def _session(
 
 
 def _existing(conn: Connection, config: Config) -> dict[str, bool]:
+    """Which of mtm's public tables exist; refuses a registry table mtm did not make."""
     row = conn.execute(
         sa.text(
             "SELECT to_regclass(:t) IS NOT NULL, to_regclass(:s) IS NOT NULL, "
-            "to_regclass(:l) IS NOT NULL"
+            "to_regclass(:l) IS NOT NULL, EXISTS (SELECT 1 FROM pg_attribute "
+            "WHERE attrelid = to_regclass(:t) AND attname = 'schema_name' AND NOT attisdropped)"
         ),
         {"t": tenant_ref(config), "s": state_ref(config), "l": ledger_ref(config, PUBLIC)},
     ).one()
+    if row[0] and not row[3]:
+        # e.g. the original multi-tenant-migrate's mapper table (id, domain, schema, ...)
+        raise ConfigError(
+            f"table {tenant_ref(config)} exists but is not an mtm tenant registry (it has no "
+            "schema_name column); set tenant_table in the config to another name"
+        )
     return {"registry": row[0], "state": row[1], "ledger": row[2]}
 
 
