@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -10,6 +11,13 @@ from collections.abc import Callable
 
 from conftest import Project
 from mtm.database import RUN_LOCK_CLASS, SCHEMA_LOCK_CLASS
+
+
+def _default_sigint() -> None:
+    # A test runner started in the background (``pytest &``, some CI harnesses) has
+    # SIGINT ignored, and children inherit that; Python then installs no Ctrl-C
+    # handler at all. Give the child the default back, as a terminal would.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def spawn(project: Project, *args: str) -> subprocess.Popen[str]:
@@ -22,6 +30,7 @@ def spawn(project: Project, *args: str) -> subprocess.Popen[str]:
         stderr=subprocess.PIPE,
         text=True,
         env=env,
+        preexec_fn=_default_sigint,
     )
 
 
