@@ -68,6 +68,17 @@ def schema_lock_held(project: Project, schema: str) -> bool:
     )
 
 
+def waiting_on_gate(project: Project, gate: int) -> int:
+    """How many sessions wait for the test's gate (an advisory lock on ``gate``)."""
+    return int(
+        project.scalar(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted "
+            "AND classid = 0 AND objid = %s",
+            (gate,),
+        )
+    )
+
+
 def waiting_on_schema_locks(project: Project) -> int:
     """How many sessions wait for some schema's lock right now."""
     return int(

