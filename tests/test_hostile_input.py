@@ -170,6 +170,43 @@ def _broken(project: Project, folder: str, name: str, content: str) -> Path:
         ),
         ("tenant", "0002_bad.py", "def down(op):\n    pass\n", "defines no up(op) function"),
         ("tenant", "0002_bad.sql", "-- only a comment\n", "the up script is empty"),
+        ("tenant", "0002_bad.sql", "\ufeff;\n-- a BOM, then nothing\n", "the up script is empty"),
+        (
+            "tenant",
+            "0002_bad.sql",
+            "CREATE TABLE ok (id int);\nCREAT TABLE x (id int);",
+            '0002_bad.sql:2: syntax error in the up script: syntax error at or near "CREAT"',
+        ),
+        (
+            "tenant",
+            "0002_bad.sql",
+            "CREATE TABLE ok (id int);\n-- mtm:down\nDROP TABLE ok;\nDROP TABL x;",
+            '0002_bad.sql:4: syntax error in the down script: syntax error at or near "TABL"',
+        ),
+        (
+            "tenant",
+            "0002_bad.sql",
+            "CREATE TABLE t (begin int);\nCOMMIT;\nCREATE TABLE invoices (id int);",
+            "0002_bad.sql:2: the up script contains 'COMMIT'",
+        ),
+        (
+            "tenant",
+            "0002_bad.sql",
+            "INSERT INTO items VALUES (0);\nSELECT 'C:\\';\nCOMMIT;\nDROP TABLE items;",
+            "0002_bad.sql:3: the up script contains 'COMMIT'",
+        ),
+        (
+            "tenant",
+            "0002_bad.sql",
+            "CREATE TABLE t (id int);\nCOPY (SELECT 1) TO STDOUT;",
+            "0002_bad.sql:2: the up script contains 'COPY (SELECT 1) TO STDOUT'",
+        ),
+        (
+            "tenant",
+            "0002_bad.sql",
+            "VACUUM items;",
+            "0002_bad.sql:1: the up script contains 'VACUUM items', which PostgreSQL cannot run",
+        ),
         ("tenant", "0002_bad.yaml", "x: 1\n", "0002_bad.yaml: not a migration"),
         ("tenant", "0001_items.py", "def up(op):\n    pass\n", "two tenant migrations"),
         ("", "0002_loose.sql", "SELECT 1;", "0002_loose.sql: fits no namespace"),
@@ -203,10 +240,10 @@ def test_failing_migrations_name_schema_and_file_and_change_nothing(project: Pro
     assert project.cli("create", "acme").exit_code == 0
     before = project.query("SELECT * FROM public.mtm_migrations_state ORDER BY 1")
 
-    project.write("tenant", "0002_typo.sql", "CREATE TABLE ok (id int);\nCREAT TABLE x (id int);")
+    project.write("tenant", "0002_typo.sql", "CREATE TABLE ok (id int);\nSELECT * FROM nothing;")
     r = project.cli("migrate")
     assert r.exit_code == 1
-    assert 'FAILED acme: migration 0002_typo: syntax error at or near "CREAT"' in r.output
+    assert 'FAILED acme: migration 0002_typo: relation "nothing" does not exist' in r.output
 
     (project.migrations / "tenant" / "0002_typo.sql").unlink()
     project.write(

@@ -21,8 +21,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Literal
 
-import sqlparse
-
+from . import sqlscript
 from .errors import MigrationFileError
 
 Namespace = Literal["public", "tenant"]
@@ -184,25 +183,17 @@ def _read_migration(path: Path, namespace: Namespace, name: str) -> Migration:
     if path.suffix == ".py":
         return Migration(name, namespace, path, checksum, "python")
     try:
-        text = data.decode("utf-8")
+        text = sqlscript.strip_bom(data.decode("utf-8"))
     except UnicodeDecodeError:
         raise MigrationFileError(f"{path}: not UTF-8 text") from None
     transactional = _NO_TX_MARKER.search(text) is None
-    parts = _DOWN_MARKER.split(text, maxsplit=1)
-    up = parts[0]
-    down = parts[1] if len(parts) > 1 else None
-    if not _has_statement(up):
+    marker = _DOWN_MARKER.search(text)
+    up, down = (text, None) if marker is None else (text[: marker.start()], text[marker.end() :])
+    if not _check_script(path, up, "up", 1, transactional):
         raise MigrationFileError(f"{path}: the up script is empty")
-    if transactional:
-        for script, which in ((up, "up"), (down, "down")):
-            found = _transaction_control(script) if script is not None else None
-            if found is not None:
-                raise MigrationFileError(
-                    f"{path}: the {which} script contains {found!r}; mtm runs each migration "
-                    "in a transaction of its own and records it in that same transaction, so "
-                    "a migration must not begin, commit or roll back one (remove it, or mark "
-                    "the file '-- mtm:no-transaction' to run it statement by statement)"
-                )
+    if marker is not None and down is not None:
+        down_line = text.count("\n", 0, marker.end()) + 1
+        _check_script(path, down, "down", down_line, transactional)
     return Migration(
         name,
         namespace,
@@ -215,38 +206,42 @@ def _read_migration(path: Path, namespace: Namespace, name: str) -> Migration:
     )
 
 
-_TX_WORDS = re.compile(r"\b(begin|start|commit|end|rollback|abort|prepare)\b", re.IGNORECASE)
+def _check_script(
+    path: Path, script: str, which: str, first_line: int, transactional: bool
+) -> list[sqlscript.Statement]:
+    """Parse a script as PostgreSQL does and refuse what mtm cannot run as written.
 
-
-def _transaction_control(sql: str) -> str | None:
-    """The first statement of ``sql`` that begins, commits or rolls back a transaction.
-
-    ``DO $$ BEGIN ... END $$``, function bodies (dollar-quoted or BEGIN ATOMIC) and
-    ``ROLLBACK TO SAVEPOINT`` are not transaction control and are accepted.
+    ``first_line`` is the file's line of the script's first line, for messages.
     """
-    if not _TX_WORDS.search(sql):
-        return None  # the common case, without parsing
-    for statement in sqlparse.split(sql):
-        text = " ".join(sqlparse.format(statement, strip_comments=True).split())
-        words = text.upper().replace(";", " ").split()
-        if not words:
-            continue
-        first, second = words[0], words[1] if len(words) > 1 else ""
-        if (
-            first in ("BEGIN", "START", "COMMIT", "END", "ABORT")
-            or (first == "ROLLBACK" and second != "TO")
-            or (first == "PREPARE" and second == "TRANSACTION")
-        ) and not (first == "START" and second != "TRANSACTION"):
-            return text[:60]
-    return None
-
-
-def _has_statement(sql: str) -> bool:
-    for line in sql.splitlines():
-        stripped = line.strip()
-        if stripped and not stripped.startswith("--"):
-            return True
-    return False
+    try:
+        statements = sqlscript.split(script)
+    except sqlscript.ScriptSyntaxError as exc:
+        raise MigrationFileError(
+            f"{path}:{first_line + exc.line - 1}: syntax error in the {which} script: {exc.message}"
+        ) from None
+    savepoints = sqlscript.Savepoints()
+    for statement in statements:
+        where = f"{path}:{first_line + statement.line - 1}: the {which} script contains "
+        if transactional and savepoints.ends_transaction(statement.node):
+            raise MigrationFileError(
+                f"{where}{str(statement)!r}; mtm runs each migration in a transaction of its "
+                "own and records it in that same transaction, so a migration must not begin, "
+                "commit or roll back one (remove it, or mark the file '-- mtm:no-transaction' "
+                "to run it statement by statement)"
+            )
+        if transactional and sqlscript.needs_no_transaction(statement.node):
+            raise MigrationFileError(
+                f"{where}{str(statement)!r}, which PostgreSQL cannot run inside a transaction; "
+                "mark the file '-- mtm:no-transaction' to run it statement by statement "
+                "(and make it safe to run again: IF NOT EXISTS, IF EXISTS)"
+            )
+        if sqlscript.client_copy(statement.node):
+            raise MigrationFileError(
+                f"{where}{str(statement)!r}; COPY FROM STDIN or TO STDOUT needs a data stream "
+                "that mtm does not provide (use INSERT ... SELECT, or COPY with a file on the "
+                "server)"
+            )
+    return statements
 
 
 def _import_file(path: Path, namespace: str, name: str) -> ModuleType:

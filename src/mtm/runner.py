@@ -19,10 +19,10 @@ from typing import Any, Literal, Protocol
 
 import psycopg
 import sqlalchemy as sa
-import sqlparse
 from psycopg import errors as pgerrors
 from sqlalchemy.engine import Connection, Engine
 
+from . import sqlscript
 from .config import Config, mask_url
 from .database import driver, rollback_quietly, run_script, schema_lock_sql
 from .identifiers import quote_ident, quote_literal
@@ -141,12 +141,9 @@ def _is_ledger_conflict(exc: BaseException, config: Config, schema: str) -> bool
 
 
 def split_statements(sql: str) -> list[str]:
-    """Statements of a script, for migrations that run outside a transaction."""
-    out = []
-    for stmt in sqlparse.split(sql):
-        if sqlparse.format(stmt, strip_comments=True).strip().strip(";").strip():
-            out.append(stmt)
-    return out
+    """Statements of a script, for migrations that run outside a transaction, split by
+    PostgreSQL's own grammar."""
+    return [statement.text for statement in sqlscript.split(sql)]
 
 
 @dataclass
