@@ -24,7 +24,7 @@ from typing import Any
 
 import psycopg
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import URL, Connection, Engine
 
 from .config import Config, mask_url, sqlalchemy_url
 from .embedded import EmbeddedServer
@@ -51,8 +51,25 @@ def create_engine(config: Config, *, pool_size: int = 2, purpose: str = "mtm") -
         isolation_level="AUTOCOMMIT",
         pool_size=pool_size,
         max_overflow=2,
-        connect_args={"application_name": purpose[:63], "connect_timeout": 10},
+        connect_args=_connect_args(url, purpose),
     )
+
+
+def _connect_args(url: URL, purpose: str) -> dict[str, Any]:
+    """Connection parameters of mtm's own sessions.
+
+    ``standard_conforming_strings`` is on from the session's start (kept by RESET ALL):
+    the server lexes a step's whole script before a SET in it applies, and SQL files
+    are checked with it on (``sqlscript``), so both must read backslashes alike even
+    where a database or role turned it off. Options in the URL are kept.
+    """
+    given = url.query.get("options", "")
+    options = " ".join(given) if isinstance(given, tuple) else given
+    return {
+        "application_name": purpose[:63],
+        "connect_timeout": 10,
+        "options": f"{options} -c standard_conforming_strings=on".strip(),
+    }
 
 
 # Engines kept between calls, per (URL, purpose); see shared_engine.
@@ -95,7 +112,7 @@ def shared_engine(config: Config, *, purpose: str = "mtm") -> Engine:
                 pool_size=4,  # kept at most; opened only when calls overlap
                 max_overflow=16,
                 pool_pre_ping=True,
-                connect_args={"application_name": purpose[:63], "connect_timeout": 10},
+                connect_args=_connect_args(sqlalchemy_url(url), purpose),
             )
             kept = _Kept(engine, time.monotonic())
             sa.event.listen(engine, "checkin", _on_checkin(kept))
