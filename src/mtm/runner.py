@@ -37,6 +37,7 @@ from .ledger import (
 from .migrations import Migration, Namespace, StepContext
 from .plan import SchemaPlan, fingerprint
 from .registry import domain_ref, tenant_ref
+from .txguard import transaction_kept
 
 # SQLSTATEs worth another try: lock_not_available, deadlock_detected, serialization_failure.
 RETRYABLE = {"55P03", "40P01", "40001"}
@@ -350,7 +351,12 @@ class Runner:
         ctx = MigrationContext.configure(connection=conn)
         status = psycopg.pq.TransactionStatus
         inside = driver(conn).info.transaction_status == status.INTRANS
-        migration.call(which, Operations(ctx), StepContext(schema, namespace, tenant))
+        step = StepContext(schema, namespace, tenant)
+        if migration.transactional:
+            with transaction_kept(conn):
+                migration.call(which, Operations(ctx), step)
+        else:
+            migration.call(which, Operations(ctx), step)
         if inside and driver(conn).info.transaction_status == status.IDLE:
             raise StepError(
                 migration.name,
