@@ -34,6 +34,12 @@ def test_statements_keep_their_source_text_and_line() -> None:
         "SELECT $$a;b$$, 'x' -- no semicolon at the end"
     )
     statements = split(sql)
+    assert [s.kind for s in statements] == [
+        "CreateStmt",
+        "InsertStmt",
+        "CreateFunctionStmt",
+        "SelectStmt",
+    ]
     assert [(s.line, s.text) for s in statements] == [
         (2, "CREATE TABLE t (id int, note text DEFAULT ';')"),
         (3, "INSERT INTO t VALUES (1, E'it\\'s; fine')"),
@@ -54,6 +60,15 @@ def test_comments_and_empty_statements_are_no_statements() -> None:
     assert split("-- only a comment\n/* and another */\n;;  ;\n") == []
 
 
+def test_offsets_count_characters_not_bytes() -> None:
+    sql = "SELECT 'é€𝄞';\n/* ü */ SELECT 'ß'\n;\nCOMMIT"
+    assert [(s.line, s.text) for s in split(sql)] == [
+        (1, "SELECT 'é€𝄞'"),
+        (2, "SELECT 'ß'"),
+        (4, "COMMIT"),
+    ]
+
+
 def test_a_byte_order_mark_is_not_sql() -> None:
     assert sqlscript.strip_bom("\ufeffSELECT 1") == "SELECT 1"
     assert sqlscript.strip_bom("SELECT '\ufeff'") == "SELECT '\ufeff'"
@@ -72,6 +87,7 @@ def test_a_byte_order_mark_is_not_sql() -> None:
         ("SELECT 1;\nSELECT 'never\nclosed;\n", 2, "unterminated quoted string"),
         ("DO $$\nBEGIN\nEND $;", 1, "unterminated dollar-quoted string"),
         ("\ufeffSELECT 1;\nSELEC 2;", 2, 'syntax error at or near "SELEC"'),
+        ("SELECT '" + "é" * 20 + "' x y;\nSELECT 1;\n", 1, 'syntax error at or near "y"'),
     ],
 )
 def test_syntax_errors_say_where(sql: str, line: int, message: str) -> None:
@@ -196,7 +212,7 @@ def test_savepoints_may_not_reach_outside_the_script(sql: str, culprit: str) -> 
 )
 def test_statements_that_cannot_run_in_a_transaction(sql: str, outside: bool) -> None:
     (statement,) = split(sql)
-    assert sqlscript.needs_no_transaction(statement.node) is outside
+    assert sqlscript.needs_no_transaction(statement) is outside
 
 
 @pytest.mark.parametrize(
@@ -212,7 +228,7 @@ def test_statements_that_cannot_run_in_a_transaction(sql: str, outside: bool) ->
 )
 def test_copy_through_the_client_is_recognised(sql: str, client: bool) -> None:
     (statement,) = split(sql)
-    assert sqlscript.client_copy(statement.node) is client
+    assert sqlscript.client_copy(statement) is client
 
 
 # --- any script made of these pieces is split exactly ----------------------------------

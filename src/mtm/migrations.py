@@ -222,20 +222,20 @@ def _check_script(
     savepoints = sqlscript.Savepoints()
     for statement in statements:
         where = f"{path}:{first_line + statement.line - 1}: the {which} script contains "
-        if transactional and savepoints.ends_transaction(statement.node):
+        if transactional and savepoints.ends_transaction(statement):
             raise MigrationFileError(
                 f"{where}{str(statement)!r}; mtm runs each migration in a transaction of its "
                 "own and records it in that same transaction, so a migration must not begin, "
                 "commit or roll back one (remove it, or mark the file '-- mtm:no-transaction' "
                 "to run it statement by statement)"
             )
-        if transactional and sqlscript.needs_no_transaction(statement.node):
+        if transactional and sqlscript.needs_no_transaction(statement):
             raise MigrationFileError(
                 f"{where}{str(statement)!r}, which PostgreSQL cannot run inside a transaction; "
                 "mark the file '-- mtm:no-transaction' to run it statement by statement "
                 "(and make it safe to run again: IF NOT EXISTS, IF EXISTS)"
             )
-        if sqlscript.client_copy(statement.node):
+        if sqlscript.client_copy(statement):
             raise MigrationFileError(
                 f"{where}{str(statement)!r}; COPY FROM STDIN or TO STDOUT needs a data stream "
                 "that mtm does not provide (use INSERT ... SELECT, or COPY with a file on the "

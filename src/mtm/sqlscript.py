@@ -11,9 +11,12 @@ which need a COPY data stream mtm cannot provide. It parses with
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
-from pglast import ast, enums, parser
+from pglast import parser
 
 _BOM = "\ufeff"
 
@@ -29,11 +32,14 @@ class ScriptSyntaxError(ValueError):
 
 @dataclass(frozen=True)
 class Statement:
-    """One statement: its exact source text (no leading comment, no ``;``) and line."""
+    """One statement: its exact source text (no leading comment, no ``;``), its line, and
+    its parse node: the node's type (``"TransactionStmt"``) and fields, as PostgreSQL's
+    parser gives them (a field that is false, zero or empty is absent)."""
 
     text: str
     line: int
-    node: ast.Node
+    kind: str
+    node: Mapping[str, Any]
 
     def __str__(self) -> str:
         """The start of the statement on one line, to name it in a message."""
@@ -50,30 +56,37 @@ def split(sql: str) -> list[Statement]:
     """The statements of ``sql`` in order; comments and empty statements are dropped."""
     sql = strip_bom(sql)
     try:
-        raws = parser.parse_sql(sql)
+        # The JSON form is several times faster to get than pglast's Python nodes.
+        tree = json.loads(parser.parse_sql_json(sql))
     except parser.ParseError as exc:
         message, index = exc.args[0], exc.args[1] if len(exc.args) > 1 else None
         at = len(sql) if index is None else index
         raise ScriptSyntaxError(sql.count("\n", 0, at) + 1, str(message)) from None
+    raw = sql.encode("utf-8")
     out = []
-    for raw in raws:
-        start = raw.stmt_location or 0
-        end = start + raw.stmt_len if raw.stmt_len else len(sql)
-        if raw.stmt is None:
-            continue
-        text = sql[start:end].rstrip()
-        out.append(Statement(text, sql.count("\n", 0, start) + 1, raw.stmt))
+    byte = char = 0  # the parser counts bytes; walk both offsets forward together
+    line = 1
+    for entry in tree.get("stmts", ()):
+        start_byte = entry.get("stmt_location", 0)
+        length = entry.get("stmt_len", 0)
+        end_byte = start_byte + length if length else len(raw)
+        start = char + len(raw[byte:start_byte].decode("utf-8"))
+        end = start + len(raw[start_byte:end_byte].decode("utf-8"))
+        line += sql.count("\n", char, start)
+        byte, char = start_byte, start
+        ((kind, node),) = entry["stmt"].items()
+        out.append(Statement(sql[start:end].rstrip(), line, kind, node))
     return out
 
 
 _CONTROL = {
-    enums.TransactionStmtKind.TRANS_STMT_BEGIN,
-    enums.TransactionStmtKind.TRANS_STMT_START,
-    enums.TransactionStmtKind.TRANS_STMT_COMMIT,
-    enums.TransactionStmtKind.TRANS_STMT_ROLLBACK,
-    enums.TransactionStmtKind.TRANS_STMT_PREPARE,
-    enums.TransactionStmtKind.TRANS_STMT_COMMIT_PREPARED,
-    enums.TransactionStmtKind.TRANS_STMT_ROLLBACK_PREPARED,
+    "TRANS_STMT_BEGIN",
+    "TRANS_STMT_START",
+    "TRANS_STMT_COMMIT",
+    "TRANS_STMT_ROLLBACK",
+    "TRANS_STMT_PREPARE",
+    "TRANS_STMT_COMMIT_PREPARED",
+    "TRANS_STMT_ROLLBACK_PREPARED",
 }
 
 
@@ -89,22 +102,21 @@ class Savepoints:
     def __init__(self) -> None:
         self._names: list[str] = []
 
-    def ends_transaction(self, node: ast.Node) -> bool:
-        """Whether ``node`` leaves the enclosing transaction; track savepoints it makes."""
-        if not isinstance(node, ast.TransactionStmt):
+    def ends_transaction(self, statement: Statement) -> bool:
+        """Whether ``statement`` leaves the enclosing transaction; track its savepoints."""
+        if statement.kind != "TransactionStmt":
             return False
-        kind = node.kind
+        kind = statement.node.get("kind", "TRANS_STMT_BEGIN")  # zero values are left out
         if kind in _CONTROL:
             return True
-        name = node.savepoint_name or ""
-        if kind == enums.TransactionStmtKind.TRANS_STMT_SAVEPOINT:
+        name = statement.node.get("savepoint_name", "")
+        if kind == "TRANS_STMT_SAVEPOINT":
             self._names.append(name)
             return False
         if name not in self._names:
             return True  # RELEASE / ROLLBACK TO a savepoint made before this script
         last = len(self._names) - 1 - self._names[::-1].index(name)
-        keep = last if kind == enums.TransactionStmtKind.TRANS_STMT_RELEASE else last + 1
-        del self._names[keep:]
+        del self._names[last if kind == "TRANS_STMT_RELEASE" else last + 1 :]
         return False
 
 
@@ -116,70 +128,78 @@ def transaction_control(statements: list[Statement]) -> Statement | None:
     """
     savepoints = Savepoints()
     for statement in statements:
-        if savepoints.ends_transaction(statement.node):
+        if savepoints.ends_transaction(statement):
             return statement
     return None
 
 
-_REINDEX_MANY = {
-    enums.ReindexObjectType.REINDEX_OBJECT_SCHEMA,
-    enums.ReindexObjectType.REINDEX_OBJECT_SYSTEM,
-    enums.ReindexObjectType.REINDEX_OBJECT_DATABASE,
+_ALWAYS_OUTSIDE = {
+    "CreatedbStmt",
+    "DropdbStmt",
+    "CreateTableSpaceStmt",
+    "DropTableSpaceStmt",
+    "AlterSystemStmt",
 }
+_REINDEX_MANY = {"REINDEX_OBJECT_SCHEMA", "REINDEX_OBJECT_SYSTEM", "REINDEX_OBJECT_DATABASE"}
 
 
-def needs_no_transaction(node: ast.Node) -> bool:
-    """Whether PostgreSQL refuses to run ``node`` inside a transaction block."""
-    if isinstance(node, ast.VacuumStmt):
-        return bool(node.is_vacuumcmd)  # a lone ANALYZE may run in a transaction
-    if isinstance(node, ast.IndexStmt | ast.DropStmt):
-        return bool(node.concurrent)
-    if isinstance(node, ast.ReindexStmt):
-        return node.kind in _REINDEX_MANY or _has_option(node.params, "concurrently")
-    if isinstance(node, ast.ClusterStmt):
-        return node.relation is None  # CLUSTER of every table
-    if isinstance(node, ast.DiscardStmt):
-        return node.target == enums.DiscardMode.DISCARD_ALL
-    if isinstance(node, ast.AlterDatabaseStmt):
-        return _has_option(node.options, "tablespace")
-    if isinstance(node, ast.AlterTableStmt):
+def needs_no_transaction(statement: Statement) -> bool:
+    """Whether PostgreSQL refuses to run ``statement`` inside a transaction block."""
+    kind, node = statement.kind, statement.node
+    if kind == "VacuumStmt":
+        return bool(node.get("is_vacuumcmd"))  # a lone ANALYZE may run in a transaction
+    if kind in ("IndexStmt", "DropStmt"):
+        return bool(node.get("concurrent"))
+    if kind == "ReindexStmt":
+        return node.get("kind") in _REINDEX_MANY or _has_option(node.get("params"), "concurrently")
+    if kind == "ClusterStmt":
+        return "relation" not in node  # CLUSTER of every table
+    if kind == "DiscardStmt":
+        return bool(node.get("target", "DISCARD_ALL") == "DISCARD_ALL")
+    if kind == "AlterDatabaseStmt":
+        return _has_option(node.get("options"), "tablespace")
+    if kind == "AlterTableStmt":
         return any(
-            isinstance(cmd, ast.AlterTableCmd)
-            and isinstance(cmd.def_, ast.PartitionCmd)
-            and bool(cmd.def_.concurrent)
-            for cmd in node.cmds or ()
+            cmd.get("AlterTableCmd", {}).get("def", {}).get("PartitionCmd", {}).get("concurrent")
+            for cmd in node.get("cmds", ())
         )
-    if isinstance(node, ast.CreateSubscriptionStmt):
+    if kind == "CreateSubscriptionStmt":
         return not any(
-            isinstance(opt, ast.DefElem)
-            and opt.defname in ("create_slot", "connect")
-            and _is_false(opt.arg)
-            for opt in node.options or ()
+            name in ("create_slot", "connect") and _is_false(arg)
+            for name, arg in _options(node.get("options"))
         )
-    return isinstance(
-        node,
-        ast.CreatedbStmt
-        | ast.DropdbStmt
-        | ast.CreateTableSpaceStmt
-        | ast.DropTableSpaceStmt
-        | ast.AlterSystemStmt,
-    )
+    return kind in _ALWAYS_OUTSIDE
 
 
-def client_copy(node: ast.Node) -> bool:
+def client_copy(statement: Statement) -> bool:
     """``COPY ... FROM STDIN`` / ``TO STDOUT``: they need a data stream mtm cannot feed."""
-    return isinstance(node, ast.CopyStmt) and not node.filename and not node.is_program
+    node = statement.node
+    return statement.kind == "CopyStmt" and "filename" not in node and not node.get("is_program")
 
 
-def _has_option(options: tuple[ast.Node, ...] | None, name: str) -> bool:
-    return any(isinstance(o, ast.DefElem) and o.defname == name for o in options or ())
+def _options(options: Any) -> list[tuple[str, Any]]:
+    """(name, argument) of a list of DefElem nodes."""
+    found = []
+    for option in options or ():
+        elem = option.get("DefElem") if isinstance(option, dict) else None
+        if elem is not None:
+            found.append((elem.get("defname", ""), elem.get("arg")))
+    return found
 
 
-def _is_false(arg: object) -> bool:
-    if isinstance(arg, ast.Boolean):
-        return not arg.boolval
-    if isinstance(arg, ast.String):
-        return (arg.sval or "").lower() in ("false", "off", "no", "0")
-    if isinstance(arg, ast.Integer):
-        return arg.ival == 0
-    return False
+def _has_option(options: Any, name: str) -> bool:
+    return any(found == name for found, _ in _options(options))
+
+
+def _is_false(arg: Any) -> bool:
+    """A DefElem argument meaning false: false, off, no, 0 (written in any of its forms)."""
+    if not isinstance(arg, dict):
+        return False
+    if "Boolean" in arg:
+        return not arg["Boolean"].get("boolval", False)
+    if "Integer" in arg:
+        return not arg["Integer"].get("ival", 0)
+    words = [arg.get("String", {}).get("sval")]
+    if "TypeName" in arg:  # a bare word such as off
+        words = [n.get("String", {}).get("sval") for n in arg["TypeName"].get("names", ())]
+    return len(words) == 1 and str(words[0]).lower() in ("false", "off", "no", "0")

@@ -53,7 +53,7 @@ def transaction_kept(conn: Connection) -> Iterator[None]:
         _conn: Any, _cursor: Any, statement: str, parameters: Any, _ctx: Any, _many: bool
     ) -> tuple[str, Any]:
         for found in _statements(statement):
-            if savepoints.ends_transaction(found.node):
+            if savepoints.ends_transaction(found):
                 refuse(repr(str(found)))
         return statement, parameters
 
