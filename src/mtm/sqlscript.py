@@ -16,8 +16,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from pglast import parser
-
 _BOM = "\ufeff"
 
 
@@ -54,6 +52,10 @@ def strip_bom(sql: str) -> str:
 
 def split(sql: str) -> list[Statement]:
     """The statements of ``sql`` in order; comments and empty statements are dropped."""
+    # Imported on first use: pglast takes 50 ms or more to import, which commands that
+    # read no SQL file (--version among them) need not pay.
+    from pglast import parser
+
     sql = strip_bom(sql)
     try:
         # The JSON form is several times faster to get than pglast's Python nodes.
