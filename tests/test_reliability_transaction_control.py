@@ -261,12 +261,17 @@ def test_savepoints_and_no_transaction_python_migrations_are_free(project: Proje
         "tenant",
         "0002_savepoints.py",
         """
+        import sqlalchemy as sa
+
         def up(op):
             op.execute("SAVEPOINT s")
             op.execute("INSERT INTO items VALUES (1)")
             op.execute("ROLLBACK TO SAVEPOINT s")
             with op.get_bind().begin_nested():
                 op.execute("INSERT INTO items VALUES (2)")
+            # Parameters reach the hook as %(name)s, which is not SQL: still accepted.
+            op.execute(sa.text("INSERT INTO items SELECT :v WHERE '%' = '%'").bindparams(v=4))
+            op.bulk_insert(sa.table("items", sa.column("id")), [{"id": 5}, {"id": 6}])
         """,
     )
     project.write(
@@ -284,4 +289,4 @@ def test_savepoints_and_no_transaction_python_migrations_are_free(project: Proje
     r = project.cli("create", "acme")
     assert r.exit_code == 0, r.output
     assert ledger(project, "acme") == ["0001_items", "0002_savepoints", "0003_batches"]
-    assert [r[0] for r in project.query("SELECT id FROM acme.items ORDER BY id")] == [2, 3]
+    assert [r[0] for r in project.query("SELECT id FROM acme.items ORDER BY id")] == [2, 3, 4, 5, 6]
