@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 
 from conftest import Project
-from mtm.database import RUN_LOCK_CLASS, SCHEMA_LOCK_CLASS
+from mtm.locks import RUN_LOCK_CLASS, SCHEMA_LOCK_CLASS
 
 
 def _default_sigint() -> None:

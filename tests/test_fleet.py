@@ -18,7 +18,7 @@ from mtm import database
 from mtm.migrations import discover
 from mtm.plan import fingerprint
 from mtm.report import LiveProgress
-from mtm.runner import SchemaResult
+from mtm.results import SchemaResult
 
 # A tenant migration that fails, for the schemas listed in public.poison, at a clean
 # point: after it has already changed something, so a rollback has work to do.

@@ -12,7 +12,7 @@ from sqlalchemy.engine import URL
 
 from conftest import Project, make_project
 from mtm.config import mask_url
-from mtm.runner import describe_error
+from mtm.failures import describe_error
 
 SECRET = "s3cr3t-Pa55word"
 

@@ -27,6 +27,7 @@ from .commands import (
     validate,
 )
 from .config import Config
+from .database import Database, connect
 from .errors import MtmError
 from .identifiers import tenant_role_name
 from .middleware import TenantMiddleware, WSGITenantMiddleware, current_tenant
@@ -46,6 +47,7 @@ from .session import (
 __all__ = [
     "AsyncTenantResolver",
     "Config",
+    "Database",
     "MapperTable",
     "MtmError",
     "Tenant",
@@ -56,6 +58,7 @@ __all__ = [
     "async_tenant_connection",
     "async_tenant_session",
     "bind_connection",
+    "connect",
     "create",
     "create_app_engine",
     "create_async_app_engine",

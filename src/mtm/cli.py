@@ -15,6 +15,7 @@ from rich.console import Console
 from . import commands
 from .config import Config, mask_url
 from .errors import MtmError
+from .progress import NoProgress, Progress
 from .report import (
     LiveProgress,
     PlainProgress,
@@ -26,7 +27,6 @@ from .report import (
     status_table,
     tenants_table,
 )
-from .runner import NoProgress, Progress
 
 
 class MtmGroup(click.Group):

@@ -21,6 +21,7 @@ from .config import Config
 from .identifiers import quote_ident, quote_literal
 from .migrations import Migration, Namespace
 from .plan import LedgerRow
+from .registry import tenant_ref
 
 PUBLIC = "public"
 
@@ -144,3 +145,63 @@ def existing_ledgers(conn: Connection, config: Config, schemas: Iterable[str]) -
         {"t": config.migrations_table, "s": list(schemas)},
     )
     return {r[0] for r in rows}
+
+
+def tenant_fingerprints(
+    conn: Connection,
+    config: Config,
+    *,
+    only: Sequence[str] | None = None,
+    not_at: str | None = None,
+    with_state: bool = True,
+) -> list[tuple[str, str | None]]:
+    """(schema, fingerprint) of registered tenants by name, from the state summary.
+
+    ``not_at`` keeps those not at that fingerprint, which is how a run with nothing to
+    do costs one query; without the state table (``with_state=False``) every
+    fingerprint is None.
+    """
+    where: list[str] = []
+    params: dict[str, object] = {}
+    if only:
+        where.append("t.schema_name = ANY(:only)")
+        params["only"] = list(only)
+    if not_at is not None and with_state:
+        where.append("s.fingerprint IS DISTINCT FROM :fp")
+        params["fp"] = not_at
+    join = f"LEFT JOIN {state_ref(config)} s ON s.schema_name = t.schema_name"
+    sql = (
+        f"SELECT t.schema_name, {'s.fingerprint' if with_state else 'NULL'} "
+        f"FROM {tenant_ref(config)} t {join if with_state else ''} "
+        + ("WHERE " + " AND ".join(where) if where else "")
+        + " ORDER BY t.schema_name"
+    )
+    return [(r[0], r[1]) for r in conn.execute(sa.text(sql), params)]
+
+
+def read_states(conn: Connection, config: Config) -> dict[str, str]:
+    """Every schema's fingerprint in the state summary."""
+    rows = conn.execute(sa.text(f"SELECT schema_name, fingerprint FROM {state_ref(config)}"))
+    return {r[0]: r[1] for r in rows}
+
+
+def orphan_ledgers(conn: Connection, config: Config, registered: Sequence[str]) -> list[str]:
+    """Schemas other than public with a ledger table but no registry row."""
+    return list(
+        conn.execute(
+            sa.text(
+                "SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = "
+                "c.relnamespace WHERE c.relname = :t AND n.nspname <> 'public' "
+                "AND NOT n.nspname = ANY(:r) ORDER BY 1"
+            ),
+            {"t": config.migrations_table, "r": list(registered)},
+        ).scalars()
+    )
+
+
+def state_fingerprint(conn: Connection, config: Config, schema: str) -> str | None:
+    """One schema's fingerprint in the state summary, None without a row."""
+    return conn.execute(
+        sa.text(f"SELECT fingerprint FROM {state_ref(config)} WHERE schema_name = :s"),
+        {"s": schema},
+    ).scalar()

@@ -7,6 +7,7 @@ travels as a bound parameter.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -66,17 +67,33 @@ def _tenant_query(config: Config, where: str = "") -> sa.TextClause:
     )
 
 
-def _row(row: Any) -> Tenant:
+def by_domain_query(config: Config) -> sa.TextClause:
+    """The one tenant-by-host query (parameter ``d``: a normalised domain), one index
+    probe; ``MapperTable`` and the resolvers all use it."""
+    return _tenant_query(
+        config,
+        f"WHERE t.schema_name = (SELECT schema_name FROM {domain_ref(config)} WHERE domain = :d)",
+    )
+
+
+def tenant_from_row(row: Any) -> Tenant:
+    """A row of the registry's queries as a Tenant."""
     return Tenant(row[0], row[1], tuple(row[4]), row[2], row[3])
 
 
-def list_tenants(conn: Connection, config: Config) -> list[Tenant]:
-    return [_row(r) for r in conn.execute(_tenant_query(config))]
+def list_tenants(
+    conn: Connection, config: Config, only: Sequence[str] | None = None
+) -> list[Tenant]:
+    """Registered tenants with their domains (``only`` those), by schema name."""
+    if only is None:
+        return [tenant_from_row(r) for r in conn.execute(_tenant_query(config))]
+    query = _tenant_query(config, "WHERE t.schema_name = ANY(:only)")
+    return [tenant_from_row(r) for r in conn.execute(query, {"only": list(only)})]
 
 
 def get_tenant(conn: Connection, config: Config, schema: str) -> Tenant | None:
     row = conn.execute(_tenant_query(config, "WHERE t.schema_name = :s"), {"s": schema}).first()
-    return _row(row) if row else None
+    return tenant_from_row(row) if row else None
 
 
 def tenant_of_domain(conn: Connection, config: Config, domain: str) -> str | None:
@@ -84,6 +101,29 @@ def tenant_of_domain(conn: Connection, config: Config, domain: str) -> str | Non
         sa.text(f"SELECT schema_name FROM {domain_ref(config)} WHERE domain = :d"),
         {"d": domain},
     ).scalar()
+
+
+def is_registered(conn: Connection, config: Config, schema: str) -> bool:
+    return bool(
+        conn.execute(
+            sa.text(f"SELECT EXISTS (SELECT 1 FROM {tenant_ref(config)} WHERE schema_name = :s)"),
+            {"s": schema},
+        ).scalar()
+    )
+
+
+def registered_among(conn: Connection, config: Config, schemas: Sequence[str]) -> set[str]:
+    """Which of ``schemas`` are registered tenants."""
+    return set(
+        conn.execute(
+            sa.text(f"SELECT schema_name FROM {tenant_ref(config)} WHERE schema_name = ANY(:s)"),
+            {"s": list(schemas)},
+        ).scalars()
+    )
+
+
+def count_tenants(conn: Connection, config: Config) -> int:
+    return int(conn.execute(sa.text(f"SELECT count(*) FROM {tenant_ref(config)}")).scalar() or 0)
 
 
 class MapperTable:
@@ -102,15 +142,8 @@ class MapperTable:
         if not domain:
             return None
         with self.engine.connect() as conn:
-            row = conn.execute(
-                _tenant_query(
-                    self.config,
-                    f"WHERE t.schema_name = (SELECT schema_name FROM {domain_ref(self.config)} "
-                    "WHERE domain = :d)",
-                ),
-                {"d": domain},
-            ).first()
-        return _row(row) if row else None
+            row = conn.execute(by_domain_query(self.config), {"d": domain}).first()
+        return tenant_from_row(row) if row else None
 
     def get(self, schema: str) -> Tenant | None:
         with self.engine.connect() as conn:

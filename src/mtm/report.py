@@ -18,10 +18,9 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from .commands import MigrateResult, SchemaStatus, StatusResult
 from .ledger import AppliedMigration
 from .registry import Tenant
-from .runner import SchemaResult
+from .results import MigrateResult, SchemaResult, SchemaStatus, StatusResult
 
 LIST_LIMIT = 50  # above this many tenants, status and plain progress summarise
 

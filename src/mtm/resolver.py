@@ -23,12 +23,11 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from .config import Config
 from .identifiers import normalize_host
-from .registry import Tenant, _row, _tenant_query, domain_ref
+from .registry import Tenant, by_domain_query, tenant_from_row
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
@@ -100,13 +99,6 @@ class TenantCache:
             return len(self._entries)
 
 
-def _lookup_query(config: Config) -> sa.TextClause:
-    return _tenant_query(
-        config,
-        f"WHERE t.schema_name = (SELECT schema_name FROM {domain_ref(config)} WHERE domain = :d)",
-    )
-
-
 class _Base:
     def __init__(
         self,
@@ -118,7 +110,7 @@ class _Base:
     ) -> None:
         self.config = config or Config()
         self.cache = cache if cache is not None else TenantCache(maxsize, ttl, negative_ttl)
-        self._query = _lookup_query(self.config)
+        self._query = by_domain_query(self.config)
         self._lock = threading.Lock()
         self._inflight: dict[Any, list[Any]] = {}  # key -> [lock, users]
         self.queries = 0  # lookups that went to the database
@@ -198,7 +190,7 @@ class TenantResolver(_Base):
                 with self.engine.connect() as conn:
                     row = conn.execute(self._query, {"d": domain}).first()
                 self._count_query()
-                tenant = _row(row) if row else None
+                tenant = tenant_from_row(row) if row else None
                 self.cache.put(domain, tenant)
                 return tenant
         finally:
@@ -240,7 +232,7 @@ class AsyncTenantResolver(_Base):
                 async with self.engine.connect() as conn:
                     row = (await conn.execute(self._query, {"d": domain})).first()
                 self._count_query()
-                tenant = _row(row) if row else None
+                tenant = tenant_from_row(row) if row else None
                 self.cache.put(domain, tenant)
                 return tenant
         finally:

@@ -1,0 +1,72 @@
+"""One plain function per command. The CLI only parses options, calls these and renders.
+
+Each takes a ``Config`` first and returns a result object (``mtm.results``);
+applications and deploy scripts call them directly (``mtm.migrate(config)``). Expected
+failures raise ``MtmError`` subclasses with one clear message. Commands run no SQL
+themselves: they compose the modules that own each table and idea (``registry``,
+``ledger``, ``planner``, ``runner``, ``fleet``, ``locks``...). By area:
+
+* ``project``: ``init``, ``new``, the embedded database (``db_*``);
+* ``tenants``: ``create``, ``tenants``, ``drop``;
+* ``migrate``: ``migrate``, ``down``;
+* ``inspection``: ``status``, ``history``, ``validate``.
+"""
+
+from __future__ import annotations
+
+from ..migrations import discover
+from ..results import (
+    CreateResult,
+    DownResult,
+    DropResult,
+    InitResult,
+    MigrateResult,
+    SchemaStatus,
+    StatusResult,
+    ValidateResult,
+)
+from .bootstrap import ensure_bootstrap
+from .inspection import history, status, validate
+from .migrate import down, migrate
+from .project import (
+    CONFIG_TEMPLATE,
+    PY_TEMPLATE,
+    SQL_TEMPLATE,
+    db_start,
+    db_status,
+    db_stop,
+    db_url,
+    init,
+    new,
+)
+from .tenants import create, drop, tenants
+
+__all__ = [
+    "CONFIG_TEMPLATE",
+    "PY_TEMPLATE",
+    "SQL_TEMPLATE",
+    "CreateResult",
+    "DownResult",
+    "DropResult",
+    "InitResult",
+    "MigrateResult",
+    "SchemaStatus",
+    "StatusResult",
+    "ValidateResult",
+    "create",
+    "db_start",
+    "db_status",
+    "db_stop",
+    "db_url",
+    "discover",
+    "down",
+    "drop",
+    "ensure_bootstrap",
+    "history",
+    "init",
+    "migrate",
+    "new",
+    "status",
+    "tenants",
+    "validate",
+]

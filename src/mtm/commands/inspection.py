@@ -1,0 +1,66 @@
+"""Commands that only read: ``status``, ``history``, ``validate``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from .. import planner
+from ..audit import audit
+from ..config import Config
+from ..errors import UsageError
+from ..identifiers import validate_schema_name
+from ..ledger import PUBLIC, AppliedMigration, existing_ledgers, read_history
+from ..migrations import discover
+from ..registry import list_tenants
+from ..results import SchemaStatus, StatusResult, ValidateResult
+from .base import session
+from .bootstrap import _existing
+
+
+def status(config: Config, *, tenants: Sequence[str] | None = None) -> StatusResult:
+    """Where every schema stands: applied/total, last applied, pending, problems.
+
+    One query for all tenants (their fingerprints); ledgers are read only for schemas
+    whose fingerprint matches no prefix of the files.
+    """
+    mset = discover(config.migrations_directory)
+    only = [validate_schema_name(t) for t in tenants] if tenants else None
+    with session(config) as (_, conn):
+        tables = _existing(conn, config)
+        public = planner.public_plan(conn, config, mset, tables)
+        rows = planner.tenant_rows(conn, config, tables, only)
+        plans = planner.plans(conn, config, mset.tenant, "tenant", rows)
+        info = (
+            {t.schema: (t.name, t.domains) for t in list_tenants(conn, config, only)}
+            if rows
+            else {}
+        )
+    return StatusResult(
+        public=SchemaStatus.of(public),
+        tenants=[SchemaStatus.of(p, *info.get(p.schema, (None, ()))) for p in plans],
+        total_tenant_migrations=len(mset.tenant),
+        display_name=config.public_schema_display_name,
+    )
+
+
+def history(
+    config: Config, *, tenant: str | None = None, public: bool = False
+) -> list[AppliedMigration]:
+    """The ledger of one schema, oldest first."""
+    if bool(tenant) == public:
+        raise UsageError("choose one of --tenant SCHEMA or --public")
+    schema = PUBLIC if public else validate_schema_name(tenant)
+    with session(config) as (_, conn):
+        if schema not in existing_ledgers(conn, config, [schema]):
+            if not public:  # raises for an unknown tenant
+                planner.tenant_rows(conn, config, _existing(conn, config), [schema])
+            return []
+        return read_history(conn, config, schema)
+
+
+def validate(config: Config) -> ValidateResult:
+    """Check applied migrations against the files, the registry against the schemas, and
+    the state summary against the ledgers."""
+    mset = discover(config.migrations_directory)
+    with session(config) as (_, conn):
+        return audit(conn, config, mset, _existing(conn, config))

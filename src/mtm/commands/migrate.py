@@ -1,0 +1,162 @@
+"""Commands that change migrations' state: ``migrate`` (up) and ``down``."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+
+from .. import fleet, planner, steps
+from ..config import Config
+from ..database import run_script
+from ..errors import UsageError, ValidationFailed
+from ..identifiers import validate_schema_name
+from ..ledger import PUBLIC
+from ..locks import acquire_run_lock, release_run_lock
+from ..migrations import Namespace, discover
+from ..plan import SchemaPlan, fingerprint
+from ..progress import NoProgress, Progress
+from ..registry import count_tenants
+from ..results import DownResult, FleetOutcome, MigrateResult
+from ..runner import Runner
+from .base import session, settings
+from .bootstrap import _existing, ensure_bootstrap
+
+
+def migrate(
+    config: Config,
+    *,
+    tenants: Sequence[str] | None = None,
+    dry_run: bool = False,
+    jobs: int | None = None,
+    continue_on_error: bool = False,
+    allow_out_of_order: bool = False,
+    lock_wait: float = 0.0,
+    lock_timeout: str | None = None,
+    statement_timeout: str | None = None,
+    retries: int | None = None,
+    progress: Progress | None = None,
+) -> MigrateResult:
+    """Public migrations first, then every tenant's pending ones on ``jobs`` connections.
+
+    Plan, refuse problems (any applied migration that disagrees with its file), run,
+    report. Each step is its own transaction; after a failure no new tenant starts
+    unless ``continue_on_error``.
+    """
+    started = time.perf_counter()
+    jobs = config.jobs if jobs is None else jobs
+    if jobs < 1:
+        raise UsageError("--jobs must be at least 1")
+    run_settings = settings(config, lock_timeout, statement_timeout, retries)
+    mset = discover(config.migrations_directory)
+    mset.load_all()
+    only = [validate_schema_name(t) for t in tenants] if tenants else None
+    head = fingerprint((m.name, m.checksum) for m in mset.tenant)
+    with session(config, pool_size=jobs, purpose="mtm migrate") as (engine, conn):
+        if not dry_run:
+            acquire_run_lock(conn, config, wait=lock_wait, command="migrate")
+        try:
+            if not dry_run:
+                ensure_bootstrap(conn, config)
+            tables = _existing(conn, config)
+            public = planner.public_plan(
+                conn, config, mset, tables, allow_out_of_order=allow_out_of_order
+            )
+            rows = planner.tenant_rows(conn, config, tables, only, not_at=head)
+            every = planner.plans(
+                conn, config, mset.tenant, "tenant", rows, allow_out_of_order=allow_out_of_order
+            )
+            plans = [p for p in every if not p.at_head]
+            refuse_problems([public, *plans])
+            if only is not None:
+                total = len(only)
+            else:
+                total = count_tenants(conn, config) if tables["registry"] else 0
+            if dry_run:
+                seconds = time.perf_counter() - started
+                return MigrateResult(True, None, public, plans, total, FleetOutcome(), seconds)
+            # At head, yet its summary said otherwise (or was missing): rewrite it.
+            stale = [p.schema for p in every if p.at_head]
+            for i in range(0, len(stale), 200):
+                run_script(conn, steps.refresh_states(config, stale[i : i + 200], "tenant"))
+            runner = Runner(
+                config,
+                run_settings,
+                progress or NoProgress(),
+                replan=planner.replanner(config, mset, allow_out_of_order),
+            )
+            public_result, outcome = fleet.run(
+                runner, engine, conn, public, plans, jobs=jobs, continue_on_error=continue_on_error
+            )
+            seconds = time.perf_counter() - started
+            return MigrateResult(False, public_result, public, plans, total, outcome, seconds)
+        finally:
+            if not dry_run:
+                try:
+                    release_run_lock(conn, config)
+                except sa.exc.DBAPIError:
+                    pass  # the connection is gone, and the lock with it
+
+
+def refuse_problems(plans: Sequence[SchemaPlan]) -> None:
+    """Raise ValidationFailed naming (the first 20) problems of ``plans``, if any."""
+    problems = [p for plan in plans for p in plan.problems]
+    if problems:
+        shown = problems[:20]
+        more = (
+            f"\n... and {len(problems) - 20} more (see 'mtm validate')"
+            if len(problems) > 20
+            else ""
+        )
+        raise ValidationFailed(
+            "refusing to migrate: applied migrations disagree with the "
+            "files:\n  " + "\n  ".join(shown) + more
+        )
+
+
+def down(
+    config: Config,
+    *,
+    tenants: Sequence[str] | None = None,
+    all_tenants: bool = False,
+    public: bool = False,
+    steps: int | None = None,
+    to: str | None = None,
+    progress: Progress | None = None,
+) -> DownResult:
+    """Revert the newest applied migrations of the chosen schemas, newest first.
+
+    Everything is checked before anything changes: each migration in the range must
+    still have its file, unedited, with a down.
+    """
+    chosen = sum([bool(tenants), all_tenants, public])
+    if chosen != 1:
+        raise UsageError("choose exactly one of --tenant SCHEMA, --all-tenants or --public")
+    if steps is not None and to is not None:
+        raise UsageError("give --steps or --to, not both")
+    if steps is not None and steps < 1:
+        raise UsageError("--steps must be at least 1")
+    mset = discover(config.migrations_directory)
+    with session(config, purpose="mtm down") as (_, conn):
+        targets: list[tuple[str, Namespace]]
+        if public:
+            targets = [(PUBLIC, "public")]
+        else:
+            only = [validate_schema_name(t) for t in tenants] if tenants else None
+            rows = planner.tenant_rows(conn, config, _existing(conn, config), only)
+            targets = [(s, "tenant") for s, _ in rows]
+        work, problems = planner.reverts(conn, config, mset, targets, steps=steps, to=to)
+        if problems:
+            raise ValidationFailed("refusing to revert anything:\n  " + "\n  ".join(problems[:20]))
+        runner = Runner(config, progress=progress)
+        results = []
+        for r in work:
+            if not r.migrations:
+                continue
+            tenant = r.schema if r.namespace == "tenant" else None
+            res = runner.revert(conn, r.schema, r.namespace, r.migrations, tenant, r.applied)
+            results.append(res)
+            if not res.ok:
+                break
+    return DownResult(results)

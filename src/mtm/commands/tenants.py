@@ -1,0 +1,243 @@
+"""Commands about tenants: ``create``, ``tenants``, ``drop``."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import NoReturn
+
+import psycopg
+from sqlalchemy.engine import Connection
+
+from .. import planner, roles, steps
+from ..catalog import current_database, schema_exists
+from ..config import Config
+from ..creation import create_tenant
+from ..database import Database, rollback_quietly, run_script
+from ..errors import LockHeld, MtmError, TenantError, UsageError
+from ..failures import StepError
+from ..identifiers import validate_domain, validate_schema_name
+from ..ledger import PUBLIC, state_fingerprint
+from ..locks import describe_holder, release_run_lock, try_run_lock
+from ..migrations import MigrationSet, discover
+from ..plan import fingerprint
+from ..registry import Tenant, get_tenant, list_tenants, tenant_of_domain
+from ..results import CreateResult, DropResult
+from ..runner import Runner
+from .base import session
+from .bootstrap import _existing, ensure_bootstrap
+from .migrate import refuse_problems
+
+log = logging.getLogger("mtm.tenant")
+
+
+class PublicMigrationsLocked(LockHeld):
+    """A create found public migrations pending while another run holds the run lock."""
+
+    exit_code = 2
+
+
+def create(
+    config: Config,
+    schema: str,
+    *,
+    domains: Sequence[str] = (),
+    name: str | None = None,
+    migrate: bool = True,
+    migrations: MigrationSet | None = None,
+    role: bool = False,
+) -> CreateResult:
+    """Register a tenant, create its schema and bring it to head, in one transaction.
+
+    With ``role``, that transaction also creates the tenant's PostgreSQL role (see
+    ``mtm.roles``), which can use only this schema. Opens and closes its own
+    connection; to create many tenants in a row, hold ``mtm.connect(config)``.
+    """
+    with Database(config, purpose="mtm create") as db:
+        return create_in(
+            db,
+            schema,
+            domains=domains,
+            name=name,
+            migrate=migrate,
+            migrations=migrations,
+            role=role,
+        )
+
+
+def create_in(
+    db: Database,
+    schema: str,
+    *,
+    domains: Sequence[str] = (),
+    name: str | None = None,
+    migrate: bool = True,
+    migrations: MigrationSet | None = None,
+    role: bool = False,
+) -> CreateResult:
+    """``create`` on one of ``db``'s kept connections.
+
+    Public migrations still pending are applied first, under the run lock (or the
+    create is refused, naming who holds it): tenant migrations may use public tables.
+    """
+    config = db.config
+    schema = validate_schema_name(schema)
+    clean: list[str] = []
+    for d in domains:
+        host = validate_domain(d)
+        if host not in clean:
+            clean.append(host)
+    mset = migrations or discover(config.migrations_directory)
+    pending = list(mset.tenant) if migrate else []
+    for m in pending:
+        if m.kind == "python":
+            m.load()
+    runner = Runner(config)
+    with db.connection() as conn:
+        ensure_bootstrap(conn, config)
+        public = _public_first(runner, conn, mset, schema) if migrate else []
+        _refuse_existing(conn, config, schema, clean)
+        setup = _role_setup(conn, config, schema) if role else []
+        try:
+            result = create_tenant(runner, conn, schema, name, clean, pending, setup)
+        except StepError as exc:
+            _explain_create_failure(conn, config, schema, clean, exc)
+        log.info(
+            "created tenant %s",
+            schema,
+            extra={
+                "event": "tenant.create",
+                "schema": schema,
+                "applied": len(result.applied),
+                "duration_ms": round(1000 * result.seconds, 3),
+            },
+        )
+        # Committed; a migration that runs outside a transaction (applied after the
+        # commit) may still have failed.
+        if not result.ok:
+            raise MtmError(
+                f"tenant {schema!r} was created, but migration {result.failed_migration} "
+                f"failed after it: {result.error}; fix it and run 'mtm migrate'"
+            )
+        tenant = get_tenant(conn, config, schema)
+    assert tenant is not None
+    role_name = roles.role_for(config, schema) if role else None
+    return CreateResult(tenant, result.applied, result.seconds, role_name, public)
+
+
+def _public_first(runner: Runner, conn: Connection, mset: MigrationSet, schema: str) -> list[str]:
+    """Apply the pending public migrations under the run lock; their names."""
+    config = runner.config
+    if not mset.public:
+        return []
+    head = fingerprint((m.name, m.checksum) for m in mset.public)
+    if state_fingerprint(conn, config, PUBLIC) == head:
+        return []  # the usual case: one query
+    tables = _existing(conn, config)
+    if not planner.public_plan(conn, config, mset, tables).pending:
+        return []
+    if not try_run_lock(conn, config, wait=0, command="create"):
+        raise PublicMigrationsLocked(
+            f"tenant {schema!r} was not created: public migrations are pending and another "
+            f"mtm run holds the migration lock: {describe_holder(conn, config)}; "
+            "run 'mtm migrate' when it has finished, then create the tenant"
+        )
+    try:
+        plan = planner.public_plan(conn, config, mset, tables)  # again, under the lock
+        refuse_problems([plan])
+        mset.load_all()
+        result = runner.apply_plan(conn, plan, None)
+        if not result.ok:
+            raise MtmError(
+                f"tenant {schema!r} was not created: public migration "
+                f"{result.failed_migration} failed: {result.error}"
+            )
+        return result.applied
+    finally:
+        release_run_lock(conn, config)
+
+
+def _refuse_existing(conn: Connection, config: Config, schema: str, domains: list[str]) -> None:
+    if get_tenant(conn, config, schema) is not None:
+        raise TenantError(f"tenant {schema!r} already exists")
+    if schema_exists(conn, schema):
+        raise TenantError(f"schema {schema!r} already exists in the database")
+    for d in domains:
+        owner = tenant_of_domain(conn, config, d)
+        if owner is not None:
+            raise TenantError(f"domain {d!r} already belongs to tenant {owner!r}")
+
+
+def _role_setup(conn: Connection, config: Config, schema: str) -> list[str]:
+    name = roles.role_for(config, schema)
+    if roles.role_exists(conn, name):
+        raise TenantError(
+            f"role {name!r} already exists (roles are shared by every database of the "
+            "server; set tenant_role_prefix to keep databases apart)"
+        )
+    return roles.create_role_sql(config, schema, current_database(conn))
+
+
+def _explain_create_failure(
+    conn: Connection, config: Config, schema: str, domains: list[str], error: StepError
+) -> NoReturn:
+    """Turn a failed create into the clearest message (a race may have taken a name)."""
+    _refuse_existing(conn, config, schema, domains)
+    where = f"migration {error.migration}" if error.migration else "creating it"
+    log.error(
+        "creating tenant %s failed: %s",
+        schema,
+        error.message,
+        extra={
+            "event": "tenant.create_failed",
+            "schema": schema,
+            "migration": error.migration,
+            "error": error.message,
+        },
+    )
+    raise MtmError(
+        f"tenant {schema!r} was not created: {where} failed: {error.message} "
+        "(nothing was left behind)"
+    )
+
+
+def tenants(config: Config) -> list[Tenant]:
+    """Every registered tenant with its domains."""
+    with session(config) as (_, conn):
+        if not _existing(conn, config)["registry"]:
+            return []
+        return list_tenants(conn, config)
+
+
+def drop(config: Config, schema: str, *, yes: bool = False) -> DropResult:
+    """Drop a tenant's schema (with all its data) and its registry row; needs ``yes``."""
+    if not isinstance(schema, str) or not schema:
+        raise UsageError("name the tenant to drop")
+    with session(config, purpose="mtm drop") as (_, conn):
+        tenant = get_tenant(conn, config, schema) if _existing(conn, config)["registry"] else None
+        if tenant is None:
+            raise TenantError(f"no tenant {schema!r} is registered")
+        if not yes:
+            raise UsageError(
+                f"refusing to drop tenant {schema!r} without --yes: this deletes schema "
+                f"{schema!r} and all its data"
+            )
+        role = roles.owned_role(conn, config, schema)
+        script = steps.drop(config, schema, roles.drop_role_sql(role) if role else ())
+        try:
+            run_script(conn, script)
+        except psycopg.Error as exc:  # e.g. the role holds privileges in another database
+            rollback_quietly(conn)
+            if not role:
+                raise
+            reason = str(exc).strip().splitlines()[0]
+            raise TenantError(
+                f"tenant {schema!r} was not dropped: dropping its role {role!r} failed: "
+                f"{reason} (nothing was changed)"
+            ) from None
+    log.info(
+        "dropped tenant %s",
+        schema,
+        extra={"event": "tenant.drop", "schema": schema, "role": role},
+    )
+    return DropResult(schema, True, role)

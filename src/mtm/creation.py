@@ -1,0 +1,123 @@
+"""Creating a tenant: registry row, domains, schema, ledger and migrations, one transaction.
+
+SQL migrations are sent together in one round trip. If that fails, the create is
+tried again one migration per round trip, only to name the migration that failed.
+Migrations from the first one that must run outside a transaction onwards are applied
+as ordinary steps after the commit.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+
+from sqlalchemy.engine import Connection
+
+from . import steps
+from .database import rollback_quietly, run_script
+from .failures import StepError, step_error
+from .ledger import finish_sql, insert_sql
+from .migrations import Migration
+from .plan import SchemaPlan
+from .results import SchemaResult
+from .runner import Runner
+
+log = logging.getLogger("mtm.tenant")
+
+
+def create_tenant(
+    runner: Runner,
+    conn: Connection,
+    schema: str,
+    name: str | None,
+    domains: list[str],
+    migrations: list[Migration],
+    setup: Sequence[str] = (),
+) -> SchemaResult:
+    """Register a tenant, create its schema and ledger, and apply ``migrations``: all in
+    one transaction, so a failure leaves no row and no schema behind. ``setup`` are
+    statements run in that transaction right after the ledger (the tenant role).
+
+    Raises ``StepError`` if the create itself failed (and so left nothing behind); the
+    result says how the migrations applied after the commit went.
+    """
+    inside: list[Migration] = []
+    for m in migrations:
+        if not m.transactional:
+            break
+        inside.append(m)
+    result = SchemaResult(schema, "tenant")
+    started = time.perf_counter()
+    try:
+        _create_once(runner, conn, schema, name, domains, inside, setup, batch=True)
+    except StepError as first:
+        if first.migration is not None or not any(m.kind == "sql" for m in inside):
+            raise
+        # Replayed one migration per round trip, to name the one at fault; if the
+        # failure was passing (a lock timeout), the replay simply creates the tenant.
+        _create_once(runner, conn, schema, name, domains, inside, setup, batch=False)
+    result.applied = [m.name for m in inside]
+    rest = migrations[len(inside) :]
+    if rest:
+        done = tuple((m.name, m.checksum) for m in inside)
+        plan = SchemaPlan(
+            schema, "tenant", len(migrations), len(inside), None, list(rest), applied_pairs=done
+        )
+        tail = runner.apply_plan(conn, plan, schema)
+        result.applied += tail.applied
+        result.failed_migration, result.error = tail.failed_migration, tail.error
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+# (statements, the migration they belong to); a Python migration has no SQL of its own.
+Chunk = tuple[list[str], Migration | None]
+
+
+def _create_once(
+    runner: Runner,
+    conn: Connection,
+    schema: str,
+    name: str | None,
+    domains: list[str],
+    migrations: list[Migration],
+    setup: Sequence[str],
+    *,
+    batch: bool,
+) -> None:
+    """One attempt at the create transaction; ``batch`` sends every SQL migration in
+    the same round trip as the frame, else one round trip each."""
+    cfg = runner.config
+    framed = steps.create(
+        cfg, schema, name, domains, setup=setup, timeouts=runner.settings.timeouts
+    )
+    units: list[Chunk] = [(framed.head, None)]
+    for m in migrations:
+        units.append(([] if m.kind == "python" else steps.create_body(cfg, schema, m), m))
+    units.append((framed.tail, None))
+    sent: list[Chunk] = []
+    for statements, owner in units:
+        python = owner is not None and owner.kind == "python"
+        if batch and sent and not python and _is_sql(sent[-1]):
+            sent[-1] = ([*sent[-1][0], *statements], None)  # one round trip, no single owner
+        else:
+            sent.append((statements, owner))
+    current: Migration | None = None
+    try:
+        for statements, owner in sent:
+            current = owner
+            if owner is not None and owner.kind == "python":
+                run_script(conn, [insert_sql(cfg, schema, owner)])
+                runner.call_python(conn, owner, "up", schema, "tenant", schema)
+                run_script(conn, [finish_sql(cfg, schema, owner)])
+            else:
+                run_script(conn, statements)
+    except Exception as exc:
+        rollback_quietly(conn)
+        raise step_error(exc, current) from exc
+
+
+def _is_sql(chunk: Chunk) -> bool:
+    """Whether a chunk is SQL text (which may merge with more), not a Python migration."""
+    return chunk[1] is None or chunk[1].kind == "sql"

@@ -1,0 +1,187 @@
+"""The fleet: every schema's plan on N worker threads, with a failure policy and progress.
+
+Workers are threads, each with its own connection; psycopg releases the GIL while it
+waits on the server, which is where the time goes. Plans are fed through a bounded
+queue, so memory stays flat however many tenants there are. After the first failure
+no new schema starts (running ones finish) unless ``continue_on_error``; Ctrl-C does
+the same.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from sqlalchemy.engine import Connection, Engine
+
+from .database import driver
+from .failures import describe_error
+from .plan import SchemaPlan
+from .results import FleetOutcome, SchemaResult
+from .runner import Runner
+
+log = logging.getLogger("mtm.run")
+
+
+def run(
+    runner: Runner,
+    engine: Engine,
+    conn: Connection,
+    public: SchemaPlan,
+    plans: Sequence[SchemaPlan],
+    *,
+    jobs: int,
+    continue_on_error: bool = False,
+) -> tuple[SchemaResult | None, FleetOutcome]:
+    """A whole run: the public plan on ``conn``, then, if it went well, the tenants'."""
+    schemas = len(plans) + (1 if public.pending else 0)
+    total = len(public.pending) + sum(len(p.pending) for p in plans)
+    log.info(
+        "run: %d steps in %d schemas on %d workers",
+        total,
+        schemas,
+        jobs,
+        extra={"event": "run.start", "schemas": schemas, "steps": total, "jobs": jobs},
+    )
+    started = time.perf_counter()
+    runner.progress.begin(schemas, total)
+    public_result = None
+    outcome = FleetOutcome()
+    try:
+        if public.pending:
+            public_result = runner.apply_plan(conn, public, None)
+        if public_result is None or public_result.ok:
+            outcome = run_fleet(
+                runner, engine, plans, jobs=jobs, continue_on_error=continue_on_error
+            )
+        else:
+            outcome.not_started = len(plans)
+    finally:
+        runner.progress.end()
+        failed = len(outcome.failures) + (0 if public_result is None or public_result.ok else 1)
+        applied = outcome.steps + (len(public_result.applied) if public_result else 0)
+        duration_ms = round(1000 * (time.perf_counter() - started), 3)
+        log.info(
+            "run ended: %d steps applied, %d schemas failed in %sms",
+            applied,
+            failed,
+            duration_ms,
+            extra={
+                "event": "run.end",
+                "steps": applied,
+                "failed": failed,
+                "not_started": outcome.not_started,
+                "interrupted": outcome.interrupted,
+                "duration_ms": duration_ms,
+            },
+        )
+    return public_result, outcome
+
+
+def run_fleet(
+    runner: Runner,
+    engine: Engine,
+    plans: Iterable[SchemaPlan],
+    *,
+    jobs: int,
+    continue_on_error: bool = False,
+    on_result: Callable[[SchemaResult], None] | None = None,
+) -> FleetOutcome:
+    """Apply plans on ``jobs`` connections of ``engine``; see the module's docstring."""
+    work: queue.Queue[SchemaPlan | None] = queue.Queue(maxsize=jobs * 4)
+    stop = threading.Event()
+    outcome = FleetOutcome()
+    lock = threading.Lock()
+
+    def connection_lost(exc: BaseException) -> None:
+        with lock:
+            outcome.connection_errors.append(describe_error(exc))
+        stop.set()
+
+    def worker(index: int) -> None:
+        try:
+            conn = engine.connect()
+        except Exception as exc:
+            connection_lost(exc)
+            _drain(work)
+            return
+        try:
+            while (plan := work.get()) is not None:
+                if stop.is_set():
+                    with lock:
+                        outcome.not_started += 1
+                    continue
+                res = runner.apply_plan(conn, plan, plan.schema, index)
+                with lock:
+                    outcome.record(res)
+                    if on_result is not None:
+                        on_result(res)
+                if not res.ok and not continue_on_error:
+                    stop.set()
+                if not res.ok and _connection_broken(conn):
+                    conn.invalidate()
+                    conn.close()
+                    try:
+                        conn = engine.connect()
+                    except Exception as exc:  # the server went away: this worker stops
+                        connection_lost(exc)
+                        return
+        finally:
+            conn.close()
+
+    threads = [
+        threading.Thread(target=worker, args=(i,), daemon=True, name=f"mtm-{i}")
+        for i in range(jobs)
+    ]
+    for t in threads:
+        t.start()
+    try:
+        for plan in plans:
+            if stop.is_set() or not _put_until_dead(work, plan, threads):
+                with lock:
+                    outcome.not_started += 1  # never handed to a worker
+        _finish(work, threads)
+    except KeyboardInterrupt:
+        stop.set()
+        outcome.interrupted = True
+        _finish(work, threads)
+    return outcome
+
+
+def _finish(work: queue.Queue[Any], threads: list[threading.Thread]) -> None:
+    """Tell every worker to stop after its queue, and wait for them."""
+    for _ in threads:
+        _put_until_dead(work, None, threads)
+    for t in threads:
+        while t.is_alive():
+            t.join(0.2)
+
+
+def _connection_broken(conn: Connection) -> bool:
+    try:
+        return bool(driver(conn).closed) or driver(conn).broken
+    except Exception:
+        return True
+
+
+def _drain(work: queue.Queue[Any]) -> None:
+    while True:
+        try:
+            work.get_nowait()
+        except queue.Empty:
+            return
+
+
+def _put_until_dead(work: queue.Queue[Any], item: Any, threads: list[threading.Thread]) -> bool:
+    """Queue ``item`` unless every worker has died; say whether it was queued."""
+    while True:
+        try:
+            work.put(item, timeout=0.2)
+            return True
+        except queue.Full:
+            if not any(t.is_alive() for t in threads):
+                return False

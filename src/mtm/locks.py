@@ -1,0 +1,167 @@
+"""Advisory locks: one per schema for every change to it, one per database for a run.
+
+Every transaction that changes a schema (create, a step, a revert, drop) first takes
+that schema's transaction-level lock (``schema_lock_sql``). ``migrate`` also holds the
+session-level run lock for the whole run, so two runs never overlap; its
+``application_name`` says who holds it, which is what a refused run is told.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import socket
+import time
+import zlib
+from dataclasses import dataclass
+from datetime import datetime
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from .config import Config
+from .errors import LockHeld
+from .identifiers import quote_literal
+
+log = logging.getLogger("mtm.lock")
+
+# Advisory lock key spaces (first int4 of the two-key form): "mtm" in ASCII.
+RUN_LOCK_CLASS = 0x6D746D
+SCHEMA_LOCK_CLASS = 0x6D746E
+
+
+def schema_lock_sql(schema: str) -> str:
+    """Serialise every change to one schema: create, migrate, down and drop take this."""
+    return f"SELECT pg_advisory_xact_lock({SCHEMA_LOCK_CLASS}, hashtext({quote_literal(schema)}))"
+
+
+def run_lock_key(config: Config) -> int:
+    return zlib.crc32(f"mtm:run:{config.migrations_table}".encode()) & 0x7FFFFFFF
+
+
+@dataclass(frozen=True)
+class LockHolder:
+    pid: int
+    application_name: str
+    client: str | None
+    since: datetime | None
+
+
+def lock_holder(conn: Connection, config: Config) -> LockHolder | None:
+    row = conn.execute(
+        sa.text(
+            "SELECT a.pid, a.application_name, host(a.client_addr), a.backend_start "
+            "FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+            "WHERE l.locktype = 'advisory' AND l.granted AND l.classid = :c AND l.objid = :o "
+            "AND l.objsubid = 2 AND l.database = (SELECT oid FROM pg_database "
+            "WHERE datname = current_database())"
+        ),
+        {"c": RUN_LOCK_CLASS, "o": run_lock_key(config)},
+    ).first()
+    if row is None:
+        return None
+    return LockHolder(row[0], row[1] or "", row[2], row[3])
+
+
+def run_label(command: str) -> str:
+    """What another run sees as the lock holder's application_name."""
+    return f"mtm {command} pid={os.getpid()} host={socket.gethostname()}"[:63]
+
+
+def acquire_run_lock(conn: Connection, config: Config, *, wait: float, command: str) -> None:
+    """Take the database-wide run lock on ``conn`` (a session lock) or raise LockHeld.
+
+    Waits up to ``wait`` seconds, polling, then names the holder and since when.
+    """
+    if try_run_lock(conn, config, wait=wait, command=command):
+        return
+    waited = f" after waiting {wait:g}s" if wait > 0 else ""
+    raise LockHeld(
+        f"another mtm run holds the migration lock{waited}: {describe_holder(conn, config)}; "
+        "try again when it has finished, or pass --lock-wait SECONDS"
+    )
+
+
+def try_run_lock(conn: Connection, config: Config, *, wait: float, command: str) -> bool:
+    """Take the run lock on ``conn`` within ``wait`` seconds; say whether it was taken.
+
+    Sets the session's application_name first, so that others see who holds it.
+    """
+    conn.execute(
+        sa.text("SELECT set_config('application_name', :n, false)"), {"n": run_label(command)}
+    )
+    started = time.monotonic()
+    deadline = started + max(wait, 0.0)
+    key = run_lock_key(config)
+    waiting = False
+    while True:
+        got = conn.execute(
+            sa.text("SELECT pg_try_advisory_lock(:c, :o)"), {"c": RUN_LOCK_CLASS, "o": key}
+        ).scalar()
+        if got or time.monotonic() >= deadline:
+            if waiting:
+                waited_ms = round(1000 * (time.monotonic() - started), 1)
+                event = "lock.acquired" if got else "lock.timeout"
+                log.info(
+                    "%s the run lock after %sms",
+                    "took" if got else "gave up on",
+                    waited_ms,
+                    extra={"event": event, "lock": "run", "waited_ms": waited_ms},
+                )
+            return bool(got)
+        if not waiting:
+            waiting = True
+            log.info(
+                "waiting up to %gs for the run lock",
+                wait,
+                extra={"event": "lock.wait", "lock": "run", "wait_s": wait},
+            )
+        time.sleep(min(0.25, max(deadline - time.monotonic(), 0.01)))
+
+
+def describe_holder(conn: Connection, config: Config) -> str:
+    """Who holds the run lock: application_name, backend pid, client, since when."""
+    holder = lock_holder(conn, config)
+    if holder is None:
+        return "another session"
+    since = holder.since.strftime("%Y-%m-%d %H:%M:%S %Z") if holder.since else "?"
+    where = f" from {holder.client}" if holder.client else ""
+    return (
+        f"{holder.application_name or 'another session'} "
+        f"(backend pid {holder.pid}{where}, connected since {since})" + _dead_holder_hint(holder)
+    )
+
+
+_LABEL_RE = re.compile(r"mtm \S+ pid=(\d+) host=(\S+)")
+
+
+def _dead_holder_hint(holder: LockHolder) -> str:
+    """If the holder is an mtm process of this host that no longer runs, say so.
+
+    A killed run's session lives on in the server until its statement in flight ends
+    (then it commits or rolls back that step as a whole, and the lock goes with it).
+    """
+    match = _LABEL_RE.fullmatch(holder.application_name)
+    if match is None:
+        return ""
+    pid, host = int(match.group(1)), match.group(2)
+    if not socket.gethostname().startswith(host):
+        return ""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return (
+            f"; process {pid} is no longer running: its session ends when its statement in "
+            f"flight does, or end it now with SELECT pg_terminate_backend({holder.pid})"
+        )
+    except OSError:
+        pass
+    return ""
+
+
+def release_run_lock(conn: Connection, config: Config) -> None:
+    conn.execute(
+        sa.text("SELECT pg_advisory_unlock(:c, :o)"),
+        {"c": RUN_LOCK_CLASS, "o": run_lock_key(config)},
+    )

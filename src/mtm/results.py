@@ -1,0 +1,177 @@
+"""What commands and runs return: plain data for the CLI, reports and applications."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .migrations import Namespace
+from .plan import SchemaPlan
+from .registry import Tenant
+
+
+@dataclass
+class SchemaResult:
+    """What happened to one schema in a run."""
+
+    schema: str
+    namespace: Namespace
+    applied: list[str] = field(default_factory=list)
+    reverted: list[str] = field(default_factory=list)
+    failed_migration: str | None = None
+    error: str | None = None
+    dropped: bool = False
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass
+class FleetOutcome:
+    """Counts and failures of a fleet run; results are streamed, not kept."""
+
+    schemas: int = 0
+    steps: int = 0
+    failures: list[SchemaResult] = field(default_factory=list)
+    not_started: int = 0
+    interrupted: bool = False
+    connection_errors: list[str] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)  # tenants dropped while the run went on
+
+    def record(self, result: SchemaResult) -> None:
+        self.schemas += 1
+        self.steps += len(result.applied)
+        if not result.ok:
+            self.failures.append(result)
+        if result.dropped:
+            self.dropped.append(result.schema)
+
+
+@dataclass
+class InitResult:
+    config_path: Path
+    created: list[Path]
+
+
+@dataclass
+class CreateResult:
+    tenant: Tenant
+    applied: list[str]
+    seconds: float
+    role: str | None = None
+    public_applied: list[str] = field(default_factory=list)  # pending public ones, first
+
+
+@dataclass
+class DropResult:
+    schema: str
+    dropped: bool
+    role: str | None = None
+
+
+@dataclass
+class MigrateResult:
+    """What a migrate run did (or, with dry_run, would do)."""
+
+    dry_run: bool
+    public: SchemaResult | None
+    public_plan: SchemaPlan | None
+    tenant_plans: list[SchemaPlan]
+    tenants_total: int
+    outcome: FleetOutcome
+    seconds: float
+
+    @property
+    def failures(self) -> list[SchemaResult]:
+        out = list(self.outcome.failures)
+        if self.public is not None and not self.public.ok:
+            out.insert(0, self.public)
+        return out
+
+    @property
+    def ok(self) -> bool:
+        return (
+            not self.failures
+            and not self.outcome.interrupted
+            and not self.outcome.connection_errors
+        )
+
+    @property
+    def steps(self) -> int:
+        return self.outcome.steps + (len(self.public.applied) if self.public else 0)
+
+
+@dataclass
+class SchemaStatus:
+    schema: str
+    namespace: Namespace
+    name: str | None
+    domains: tuple[str, ...]
+    applied: int
+    total: int
+    last_applied: str | None
+    pending: list[str]
+    problems: list[str]
+
+    @property
+    def at_head(self) -> bool:
+        return not self.pending and not self.problems
+
+    @classmethod
+    def of(
+        cls, plan: SchemaPlan, name: str | None = None, domains: tuple[str, ...] = ()
+    ) -> SchemaStatus:
+        return cls(
+            plan.schema,
+            plan.namespace,
+            name,
+            domains,
+            plan.applied,
+            plan.total,
+            plan.last_applied,
+            [m.name for m in plan.pending],
+            plan.problems,
+        )
+
+
+@dataclass
+class StatusResult:
+    public: SchemaStatus
+    tenants: list[SchemaStatus]
+    total_tenant_migrations: int
+    display_name: str = "*PUBLIC"
+
+    @property
+    def pending(self) -> bool:
+        return any(not s.at_head for s in [self.public, *self.tenants])
+
+    def groups(self) -> list[tuple[int, int, tuple[str, ...], bool]]:
+        """Tenants grouped by position: (count, applied, pending names, has problems)."""
+        counts: dict[tuple[int, tuple[str, ...], bool], int] = {}
+        for t in self.tenants:
+            key = (t.applied, tuple(t.pending), bool(t.problems))
+            counts[key] = counts.get(key, 0) + 1
+        return sorted(
+            ((n, k[0], k[1], k[2]) for k, n in counts.items()), key=lambda g: (-g[1], g[2])
+        )
+
+
+@dataclass
+class DownResult:
+    results: list[SchemaResult]
+
+    @property
+    def ok(self) -> bool:
+        return all(r.ok for r in self.results)
+
+
+@dataclass
+class ValidateResult:
+    problems: list[str] = field(default_factory=list)
+    schemas_checked: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
