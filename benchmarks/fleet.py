@@ -11,7 +11,8 @@ at the end). Either way it makes two databases on that server, one for the raw f
 
 Phases, each timed on both sides where the floor has one:
 
-* create at head: ``mtm.create(config, schema)`` once per tenant, against
+* create at head: ``db.create(schema)`` once per tenant on one ``mtm.connect(config)``
+  per chunk (creates in a row share one backend), against
   ``raw_baseline.py --one-tx --phase create`` (each tenant's create in one transaction),
   in chunks with the two sides taking turns;
 * the fleet migration (``fleet/0011``) with ``mtm.migrate(config, jobs=J)`` for each J,
@@ -282,7 +283,6 @@ class Results:
 def run(args: argparse.Namespace) -> Results:
     import mtm
     from mtm import Config
-    from mtm.database import dispose_shared_engines
 
     res = Results()
     workload: Path = args.workload
@@ -335,8 +335,9 @@ def run(args: argparse.Namespace) -> Results:
                         raw_creates.append(chunk_raw.run("--one-tx", "--phase", "create"))
                         continue
                     t0 = time.perf_counter()
-                    for i in range(bounds[k], bounds[k + 1]):
-                        mtm.create(config, tenant_name(i))
+                    with mtm.connect(config) as db:  # creates in a row share one backend
+                        for i in range(bounds[k], bounds[k + 1]):
+                            db.create(tenant_name(i))
                     mtm_creates.append(time.perf_counter() - t0)
             stack.close()  # the chunks' databases
             log(f"the floor's {n} tenants for the fleet phases (not timed)")
@@ -392,17 +393,15 @@ def run(args: argparse.Namespace) -> Results:
             extra = max(args.noop_tenants - n, 0)
             if extra:
                 # Not timed: commits need not wait for the disk while the fleet is built.
-                log(f"creating {extra} more tenants at head (mtm.create on 3 threads)")
+                log(f"creating {extra} more tenants at head (db.create on 3 threads)")
                 database_name = make_url(mtm_url).database
                 with psycopg.connect(libpq(mtm_url), autocommit=True) as conn:
                     conn.execute(f'ALTER DATABASE "{database_name}" SET synchronous_commit = off')
-                dispose_shared_engines()  # new connections pick the setting up
-                with ThreadPoolExecutor(3) as pool:
-                    for _ in pool.map(
-                        lambda i: mtm.create(config, tenant_name(i)), range(n, n + extra)
-                    ):
+                # Opened after the setting, so its connections pick it up; one backend
+                # per thread, each kept for that thread's creates.
+                with mtm.connect(config) as db, ThreadPoolExecutor(3) as pool:
+                    for _ in pool.map(lambda i: db.create(tenant_name(i)), range(n, n + extra)):
                         pass
-                dispose_shared_engines()
                 with psycopg.connect(libpq(mtm_url), autocommit=True) as conn:
                     conn.execute(f'ALTER DATABASE "{database_name}" RESET synchronous_commit')
             total = n + extra

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import time
 from typing import Any
 
 import psycopg
@@ -14,7 +13,6 @@ from rich.console import Console
 
 import mtm
 from conftest import Project, _libpq
-from mtm import database
 from mtm.migrations import discover
 from mtm.plan import fingerprint
 from mtm.report import LiveProgress
@@ -302,43 +300,6 @@ def test_jobs_must_be_positive(project: Project, jobs: str) -> None:
     r = project.cli("migrate", "--jobs", jobs)
     assert r.exit_code == 2
     assert "--jobs must be at least 1" in r.output
-
-
-# --- repeated creates reuse one connection, handed back clean -------------------------------
-
-
-def test_repeated_creates_reuse_a_clean_connection(project: Project) -> None:
-    # A migration that leaves session state behind: a setting and an advisory lock.
-    project.write(
-        "tenant",
-        "0001_leaky.sql",
-        "CREATE TABLE items (id int);\n"
-        "SELECT set_config('application_name', 'leaky', false), pg_advisory_lock(4242);",
-    )
-    config = project.config
-    for name in ("a1", "a2", "a3"):
-        mtm.create(config, name)
-    backends = project.query(
-        "SELECT application_name FROM pg_stat_activity WHERE datname = current_database() "
-        "AND pid <> pg_backend_pid() AND backend_type = 'client backend'"
-    )
-    assert backends == [("mtm create",)]  # one kept connection, its setting reset
-    assert project.scalar("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'") == 0
-    # The kept connection dies (a restart, an administrator): the next create reconnects.
-    project.query(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-        "WHERE datname = current_database() AND application_name = 'mtm create'"
-    )
-    assert mtm.create(config, "a4").applied == ["0001_leaky"]
-    assert project.schemas() >= {"a1", "a2", "a3", "a4"}
-    # Nothing lingers after a burst: the kept connection closes when unused a while.
-    deadline = time.monotonic() + database.KEEP_IDLE + 5
-    while project.scalar(
-        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-        "AND application_name = 'mtm create'"
-    ):
-        assert time.monotonic() < deadline, "the kept connection was never closed"
-        time.sleep(0.1)
 
 
 def test_live_view_keeps_failures_in_80_columns() -> None:

@@ -91,7 +91,11 @@ def run_fleet(
     continue_on_error: bool = False,
     on_result: Callable[[SchemaResult], None] | None = None,
 ) -> FleetOutcome:
-    """Apply plans on ``jobs`` connections of ``engine``; see the module's docstring."""
+    """Apply plans on ``jobs`` connections of ``engine``; see the module's docstring.
+
+    Longer than most: the workers are a closure over the queue, the stop flag and the
+    outcome they share, which reads best in one place.
+    """
     work: queue.Queue[SchemaPlan | None] = queue.Queue(maxsize=jobs * 4)
     stop = threading.Event()
     outcome = FleetOutcome()

@@ -109,11 +109,11 @@ def expect_ledger_sql(config: Config, schema: str, expected: str) -> str:
     """
     ledger = ledger_ref(config, schema)
     message = quote_literal(f"the ledger of schema {schema} changed during the run")
-    return (
-        "DO $mtm$ BEGIN IF (SELECT md5(coalesce(string_agg(name || ':' || checksum, ',' "
+    return do_block(
+        "BEGIN IF (SELECT md5(coalesce(string_agg(name || ':' || checksum, ',' "
         f"ORDER BY name COLLATE \"C\"), '')) FROM {ledger}) IS DISTINCT FROM "
         f"{quote_literal(expected)} THEN RAISE EXCEPTION {message} "
-        f"USING ERRCODE = '{LEDGER_MOVED}'; END IF; END $mtm$"
+        f"USING ERRCODE = '{LEDGER_MOVED}'; END IF; END"
     )
 
 
@@ -125,16 +125,26 @@ def no_invalid_indexes_sql(schema: str) -> str:
     again would be recorded as applied while its index is unusable.
     """
     message = quote_literal(f"schema {schema} has an INVALID index: %")
-    return (
-        "DO $mtm$ DECLARE bad text; BEGIN SELECT string_agg(c.relname, ', ') INTO bad "
+    return do_block(
+        "DECLARE bad text; BEGIN SELECT string_agg(c.relname, ', ') INTO bad "
         "FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
         "JOIN pg_namespace n ON n.oid = c.relnamespace "
         f"WHERE n.nspname = {quote_literal(schema)} AND NOT i.indisvalid; "
         f"IF bad IS NOT NULL THEN RAISE EXCEPTION {message}, bad "
         f"USING ERRCODE = '{INVALID_INDEX}', "
         "HINT = 'a CREATE INDEX CONCURRENTLY failed or was interrupted; "
-        "drop the index and run mtm migrate again'; END IF; END $mtm$"
+        "drop the index and run mtm migrate again'; END IF; END"
     )
+
+
+def do_block(body: str) -> str:
+    """``DO`` with a dollar-quote tag that does not occur in ``body`` (which may hold a
+    quoted name), so nothing in it can end the block early."""
+    tag, n = "$mtm$", 0
+    while tag in body:
+        n += 1
+        tag = f"$mtm{n}$"
+    return f"DO {tag} {body} {tag}"
 
 
 # --- steps -----------------------------------------------------------------------------

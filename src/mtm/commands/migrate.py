@@ -6,6 +6,7 @@ import time
 from collections.abc import Sequence
 
 import sqlalchemy as sa
+from sqlalchemy.engine import Connection
 
 from .. import fleet, planner, steps
 from ..config import Config
@@ -14,7 +15,7 @@ from ..errors import UsageError, ValidationFailed
 from ..identifiers import validate_schema_name
 from ..ledger import PUBLIC
 from ..locks import acquire_run_lock, release_run_lock
-from ..migrations import Namespace, discover
+from ..migrations import MigrationSet, Namespace, discover
 from ..plan import SchemaPlan, fingerprint
 from ..progress import NoProgress, Progress
 from ..registry import count_tenants
@@ -52,27 +53,15 @@ def migrate(
     mset = discover(config.migrations_directory)
     mset.load_all()
     only = [validate_schema_name(t) for t in tenants] if tenants else None
-    head = fingerprint((m.name, m.checksum) for m in mset.tenant)
     with session(config, pool_size=jobs, purpose="mtm migrate") as (engine, conn):
         if not dry_run:
             acquire_run_lock(conn, config, wait=lock_wait, command="migrate")
         try:
             if not dry_run:
                 ensure_bootstrap(conn, config)
-            tables = _existing(conn, config)
-            public = planner.public_plan(
-                conn, config, mset, tables, allow_out_of_order=allow_out_of_order
-            )
-            rows = planner.tenant_rows(conn, config, tables, only, not_at=head)
-            every = planner.plans(
-                conn, config, mset.tenant, "tenant", rows, allow_out_of_order=allow_out_of_order
-            )
+            public, every, total = _plan(conn, config, mset, only, allow_out_of_order)
             plans = [p for p in every if not p.at_head]
             refuse_problems([public, *plans])
-            if only is not None:
-                total = len(only)
-            else:
-                total = count_tenants(conn, config) if tables["registry"] else 0
             if dry_run:
                 seconds = time.perf_counter() - started
                 return MigrateResult(True, None, public, plans, total, FleetOutcome(), seconds)
@@ -97,6 +86,29 @@ def migrate(
                     release_run_lock(conn, config)
                 except sa.exc.DBAPIError:
                     pass  # the connection is gone, and the lock with it
+
+
+def _plan(
+    conn: Connection,
+    config: Config,
+    mset: MigrationSet,
+    only: list[str] | None,
+    allow_out_of_order: bool,
+) -> tuple[SchemaPlan, list[SchemaPlan], int]:
+    """The public plan, the plans of tenants not known to be at head, and how many
+    tenants the run covers."""
+    tables = _existing(conn, config)
+    public = planner.public_plan(conn, config, mset, tables, allow_out_of_order=allow_out_of_order)
+    head = fingerprint((m.name, m.checksum) for m in mset.tenant)
+    rows = planner.tenant_rows(conn, config, tables, only, not_at=head)
+    every = planner.plans(
+        conn, config, mset.tenant, "tenant", rows, allow_out_of_order=allow_out_of_order
+    )
+    if only is not None:
+        total = len(only)
+    else:
+        total = count_tenants(conn, config) if tables["registry"] else 0
+    return public, every, total
 
 
 def refuse_problems(plans: Sequence[SchemaPlan]) -> None:

@@ -1,0 +1,60 @@
+"""The kept connection as an object its caller owns: ``with mtm.connect(config) as db``.
+
+Creates in a row share one backend, each handed back clean; closing the object closes
+it; ``mtm.create`` alone opens and closes its own.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+import mtm
+from _reliability import wait_until
+from conftest import Project
+
+# A migration that leaves session state behind: a setting, an advisory lock and a
+# temporary table (which a second create on an unreset session would trip over).
+LEAKY = (
+    "CREATE TABLE items (id int);\n"
+    "CREATE TEMP TABLE scratch (x int);\n"
+    "SELECT set_config('application_name', 'leaky', false), pg_advisory_lock(4242);"
+)
+
+
+def _create_backends(project: Project) -> list[tuple[int, str]]:
+    return project.query(
+        "SELECT pid, application_name FROM pg_stat_activity WHERE datname = current_database() "
+        "AND pid <> pg_backend_pid() AND backend_type = 'client backend' "
+        "AND application_name IN ('mtm create', 'leaky')"
+    )
+
+
+def test_creates_through_one_database_share_one_clean_backend(project: Project) -> None:
+    project.write("tenant", "0001_leaky.sql", LEAKY)
+    pids = set()
+    with mtm.connect(project.config) as db:
+        for name in ("a1", "a2", "a3"):
+            assert db.create(name, domains=[f"{name}.example.com"]).applied == ["0001_leaky"]
+            backends = _create_backends(project)
+            # One kept backend, its setting reset when it came back.
+            assert [app for _, app in backends] == ["mtm create"]
+            pids.add(backends[0][0])
+            assert project.scalar("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'") == 0
+        assert len(pids) == 1
+        # The kept connection dies (a restart, an administrator): the next create reconnects.
+        project.query("SELECT pg_terminate_backend(%s)", (pids.pop(),))
+        assert db.create("a4").applied == ["0001_leaky"]
+        assert not db.closed
+    assert db.closed
+    wait_until(lambda: not _create_backends(project), message="closing db closes its backend")
+    assert project.schemas() >= {"a1", "a2", "a3", "a4"}
+    with pytest.raises(mtm.MtmError, match="closed"):
+        db.create("a5")
+    assert "a5" not in project.schemas()
+
+
+def test_create_alone_opens_and_closes_its_connection(project: Project) -> None:
+    project.write("tenant", "0001_items.sql", "CREATE TABLE items (id int);")
+    result = mtm.create(project.config, "solo")
+    assert result.tenant.schema == "solo"
+    wait_until(lambda: not _create_backends(project), message="mtm.create left a connection")
