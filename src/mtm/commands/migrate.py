@@ -65,10 +65,7 @@ def migrate(
             if dry_run:
                 seconds = time.perf_counter() - started
                 return MigrateResult(True, None, public, plans, total, FleetOutcome(), seconds)
-            # At head, yet its summary said otherwise (or was missing): rewrite it.
-            stale = [p.schema for p in every if p.at_head]
-            for i in range(0, len(stale), 200):
-                run_script(conn, steps.refresh_states(config, stale[i : i + 200], "tenant"))
+            _rewrite_stale(conn, config, every)
             runner = Runner(
                 config,
                 run_settings,
@@ -109,6 +106,13 @@ def _plan(
     else:
         total = count_tenants(conn, config) if tables["registry"] else 0
     return public, every, total
+
+
+def _rewrite_stale(conn: Connection, config: Config, plans: Sequence[SchemaPlan]) -> None:
+    """Schemas at head whose state row said otherwise (or was missing) get it rewritten."""
+    stale = [p.schema for p in plans if p.at_head]
+    for i in range(0, len(stale), 200):
+        run_script(conn, steps.refresh_states(config, stale[i : i + 200], "tenant"))
 
 
 def refuse_problems(plans: Sequence[SchemaPlan]) -> None:
