@@ -22,6 +22,7 @@ from .embedded import EmbeddedServer
 from .errors import DatabaseUnavailable, MtmError
 
 if TYPE_CHECKING:
+    from .migrations import MigrationSet
     from .results import CreateResult
 
 
@@ -114,11 +115,28 @@ class Database:
         with checkout(self.engine) as conn:
             yield conn
 
-    def create(self, schema: str, **options: Any) -> CreateResult:
-        """``mtm.create`` on a kept connection; takes the same keyword options."""
+    def create(
+        self,
+        schema: str,
+        *,
+        domains: Sequence[str] = (),
+        name: str | None = None,
+        migrate: bool = True,
+        migrations: MigrationSet | None = None,
+        role: bool = False,
+    ) -> CreateResult:
+        """``mtm.create`` on a kept connection, with the same options."""
         from .commands.tenants import create_in  # the command layer sits above this one
 
-        return create_in(self, schema, **options)
+        return create_in(
+            self,
+            schema,
+            domains=domains,
+            name=name,
+            migrate=migrate,
+            migrations=migrations,
+            role=role,
+        )
 
     def close(self) -> None:
         """Close every kept connection; the object cannot be used afterwards."""

@@ -53,6 +53,13 @@ class LockHeld(MtmError):
     """Another mtm run holds the migration lock."""
 
 
+class PublicMigrationsLocked(LockHeld):
+    """A create found public migrations pending while another run holds the run lock:
+    a refusal before anything changed."""
+
+    exit_code = 2
+
+
 class TenantError(MtmError):
     """A tenant operation refused: unknown tenant, existing schema, domain taken..."""
 

@@ -14,7 +14,7 @@ from ..catalog import current_database, schema_exists
 from ..config import Config
 from ..creation import create_tenant
 from ..database import Database, rollback_quietly, run_script
-from ..errors import LockHeld, MtmError, TenantError, UsageError
+from ..errors import MtmError, PublicMigrationsLocked, TenantError, UsageError
 from ..failures import StepError
 from ..identifiers import validate_domain, validate_schema_name
 from ..ledger import PUBLIC, state_fingerprint
@@ -29,12 +29,6 @@ from .bootstrap import _existing, ensure_bootstrap
 from .migrate import refuse_problems
 
 log = logging.getLogger("mtm.tenant")
-
-
-class PublicMigrationsLocked(LockHeld):
-    """A create found public migrations pending while another run holds the run lock."""
-
-    exit_code = 2
 
 
 def create(
