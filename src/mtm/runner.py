@@ -83,9 +83,10 @@ class Runner:
         """
         fields = {"schema": schema, "namespace": namespace, "migration": migration.name}
         log.info(
-            "%s %s %s",
+            "%s %s %s %s",
             "applying" if which == "up" else "reverting",
             migration.name,
+            "to" if which == "up" else "from",
             schema,
             extra={"event": "step.start", "direction": which, **fields},
         )
@@ -96,9 +97,10 @@ class Runner:
             self._outside_transaction(conn, schema, namespace, migration, which, tenant, expected)
         duration_ms = round(1000 * (time.perf_counter() - started), 3)
         log.info(
-            "%s %s %s in %sms",
+            "%s %s %s %s in %sms",
             "applied" if which == "up" else "reverted",
             migration.name,
+            "to" if which == "up" else "from",
             schema,
             duration_ms,
             extra={"event": "step.end", "direction": which, "duration_ms": duration_ms, **fields},
