@@ -15,7 +15,7 @@ from conftest import Project
 # A migration that leaves session state behind: a setting, an advisory lock and a
 # temporary table (which a second create on an unreset session would trip over).
 LEAKY = (
-    "CREATE TABLE items (id int);\n"
+    "CREATE TABLE items AS SELECT pg_backend_pid() AS pid;\n"
     "CREATE TEMP TABLE scratch (x int);\n"
     "SELECT set_config('application_name', 'leaky', false), pg_advisory_lock(4242);"
 )
@@ -41,6 +41,8 @@ def test_creates_through_one_database_share_one_clean_backend(project: Project) 
             pids.add(backends[0][0])
             assert project.scalar("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'") == 0
         assert len(pids) == 1
+        seen = {project.scalar(f"SELECT pid FROM {name}.items") for name in ("a1", "a2", "a3")}
+        assert seen == pids  # the creates ran on that one backend
         # The kept connection dies (a restart, an administrator): the next create reconnects.
         project.query("SELECT pg_terminate_backend(%s)", (pids.pop(),))
         assert db.create("a4").applied == ["0001_leaky"]

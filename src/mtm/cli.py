@@ -126,9 +126,8 @@ def create(
     result = commands.create(
         _config(ctx), schema, domains=domains, name=name, migrate=not no_migrate, role=role
     )
-    if result.public_applied:
-        count = len(result.public_applied)
-        click.echo(f"applied {count} pending public migration{'s' if count != 1 else ''} first")
+    if n := len(result.public_applied):
+        click.echo(f"applied {n} pending public migration{'s' if n != 1 else ''} first")
     click.echo(
         f"created tenant {result.tenant.schema} with {len(result.applied)} migrations "
         f"in {result.seconds:.2f}s"
