@@ -38,8 +38,10 @@ def test_creates_through_one_database_share_one_clean_backend(project: Project) 
             backends = _create_backends(project)
             # One kept backend, its setting reset when it came back.
             assert [app for _, app in backends] == ["mtm create"]
-            pids.add(backends[0][0])
-            assert project.scalar("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'") == 0
+            pid = backends[0][0]
+            pids.add(pid)
+            held = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = %s"
+            assert project.scalar(held, (pid,)) == 0  # its advisory lock was released
         assert len(pids) == 1
         seen = {project.scalar(f"SELECT pid FROM {name}.items") for name in ("a1", "a2", "a3")}
         assert seen == pids  # the creates ran on that one backend
