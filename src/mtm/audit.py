@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from sqlalchemy.engine import Connection
 
-from .catalog import existing_schemas
+from .schemas import existing_schemas
 from .config import Config
 from .ledger import PUBLIC, orphan_ledgers, read_ledgers, read_states
 from .migrations import MigrationSet, Namespace

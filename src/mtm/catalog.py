@@ -1,23 +1,473 @@
-"""Questions about the database's own catalog: which schemas exist, which database."""
+"""What a schema contains, read from ``pg_catalog`` without locking any of its tables.
+
+Two schemas built from the same DDL must look the same here, whatever they are called,
+so every fact is schema-neutral: names of objects in the schema itself are unqualified,
+objects elsewhere keep their schema (``public.plans``). ``fingerprints`` hashes the
+facts of many schemas in one query, so a fleet can be grouped by structure cheaply;
+``describe`` returns the same facts as a ``SchemaCatalog``, and ``compare`` names what
+is missing, extra or different between two of them.
+
+No table lock, ever. The ``pg_get_*def`` functions and ``pg_get_expr`` with a relation
+take ACCESS SHARE on the table (they open it to name its columns), so they would wait
+behind a migration's ACCESS EXCLUSIVE and, over thousands of schemas in one statement,
+run out of lock slots. They are not used. Instead:
+
+* structure comes from the catalog columns themselves (column names by number, FK
+  actions, sequence parameters, trigger type bits, enum labels);
+* column defaults are deparsed with ``pg_get_expr(adbin, 0)``, which has no relation
+  and takes no lock (a default cannot refer to a column);
+* expressions that refer to columns (CHECK, generated columns, index expressions and
+  predicates, trigger WHEN, views) are stored node trees: they are compared as an MD5
+  of the tree with source positions, attribute numbers and object OIDs masked, plus the
+  sorted list of objects the expression depends on (``pg_depend``, named by
+  ``pg_identify_object``). Masking attribute numbers keeps a schema whose columns were
+  dropped and re-added equal to one built fresh; the dependency list still says which
+  columns, functions and types an expression uses. What this cannot tell apart: the same
+  objects used in a different order within one expression (``a > b`` and ``b > a``), and
+  two enum literals in a CHECK or index predicate.
+
+Texts that name the schema (``nextval('acme.t_id_seq'::regclass)``, ``'x'::acme.mood``)
+lose the schema prefix through one regular expression that skips string literals and
+quoted identifiers, except the ``'schema.name'::reg...`` literals that are themselves
+references.
+"""
 
 from __future__ import annotations
+
+import hashlib
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from .errors import MtmError
 
-def schema_exists(conn: Connection, schema: str) -> bool:
-    return bool(
-        conn.execute(
-            sa.text("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = :s)"),
-            {"s": schema},
-        ).scalar()
+# OIDs at or above FirstNormalObjectId belong to objects made after initdb (user objects).
+_USER_OID = r"(?:1638[4-9]|1639[0-9]|16[4-9][0-9][0-9]|1[7-9][0-9]{3}|[2-9][0-9]{4}|[0-9]{6,})"
+# Types whose constant value is an OID (reg* and oid): the bytes differ from schema to schema.
+_OID_TYPES = "24|26|2202|2203|2204|2205|2206|3734|3769|4089|4096|4191"
+
+PARAMS = {
+    "re_loc": r":(?:stmt_)?location -?[0-9]+|:stmt_len [0-9]+",
+    "re_attno": r":(varattno|varattnosyn|resorigcol) -?[0-9]+",
+    "re_const": (
+        rf"(:consttype (?:{_OID_TYPES}|{_USER_OID}) [^{{}}\[]*:constvalue [0-9]+ )\[[^]]*\]"
+    ),
+    "re_oid": rf"(?<![A-Za-z0-9_.-]){_USER_OID}(?![A-Za-z0-9_.])",
+    "re_special": r"([^A-Za-z0-9_])",
+    "re_lit_ref": "(')",
+    "re_lit_ref_rest": r"((?:[^']|'')*'::reg[a-z]+)|('(?:[^']|'')*')|(\"(?:[^\"]|\"\")*\")"
+    r"|(?<![A-Za-z0-9_$.\"])",
+    "re_keep": r"\1\2\3\4",
+}
+
+
+def _neutral(expr: str) -> str:
+    """SQL: ``expr`` without the schema's own prefix (literals and quoted names kept)."""
+    return (
+        f"(CASE WHEN strpos({expr}, s.prefix) > 0 "
+        f"THEN regexp_replace({expr}, s.pattern, :re_keep, 'g') ELSE {expr} END)"
     )
 
 
-def existing_schemas(conn: Connection) -> set[str]:
-    return set(conn.execute(sa.text("SELECT nspname FROM pg_namespace")).scalars())
+def _tree(expr: str) -> str:
+    """SQL: MD5 of a stored node tree with positions, attribute numbers and user OIDs masked."""
+    masked = (
+        f"regexp_replace(regexp_replace(regexp_replace(regexp_replace({expr}::text, "
+        ":re_loc, '', 'g'), :re_attno, '\\1 ?', 'g'), :re_const, '\\1[?]', 'g'), "
+        ":re_oid, '?', 'g')"
+    )
+    return f"md5({masked})"
 
 
-def current_database(conn: Connection) -> str:
-    return str(conn.execute(sa.text("SELECT current_database()")).scalar())
+def _colname(rel: str, attnum: str) -> str:
+    return (
+        f"(SELECT quote_ident(aa.attname) FROM pg_attribute aa "
+        f"WHERE aa.attrelid = {rel} AND aa.attnum = {attnum})"
+    )
+
+
+def _colnames(rel: str, attnums: str) -> str:
+    """SQL: the names of columns ``attnums`` (an array) of ``rel``, comma-separated, in order."""
+    return (
+        f"(SELECT string_agg(coalesce({_colname(rel, 'kk.n')}, '(expr)'), ', ' ORDER BY kk.i) "
+        f"FROM unnest({attnums}) WITH ORDINALITY AS kk(n, i))"
+    )
+
+
+def _refname(nsp: str, name: str) -> str:
+    """SQL: a relation, type or function name, qualified only when outside the schema."""
+    return (
+        f"(CASE WHEN {nsp} = s.sid THEN quote_ident({name}) ELSE "
+        f"(SELECT quote_ident(o.nspname) FROM pg_namespace o WHERE o.oid = {nsp}) "
+        f"|| '.' || quote_ident({name}) END)"
+    )
+
+
+_DEPS = (
+    "(SELECT string_agg(DISTINCT "
+    + _neutral("io.type || ' ' || io.identity")
+    + ", '; ') FROM pg_depend dd CROSS JOIN LATERAL "
+    "pg_identify_object(dd.refclassid, dd.refobjid, dd.refobjsubid) io "
+    "WHERE dd.classid = '{classid}'::regclass AND dd.objid = {objid} "
+    "AND dd.deptype IN ('n', 'a') AND io.type <> 'schema')"
+)
+
+
+def _deps(classid: str, objid: str) -> str:
+    return _DEPS.replace("{classid}", classid).replace("{objid}", objid)
+
+
+# Each part yields (sid, kind, parent, name, detail text[]). The detail fields of a kind
+# are named in FIELDS, in the same order.
+FIELDS: dict[str, tuple[str, ...]] = {
+    "relation": ("relkind", "persistence", "row_security", "partition_key", "definition"),
+    "column": ("position", "type", "not_null", "default", "identity", "generated", "collation"),
+    "constraint": (
+        "type",
+        "columns",
+        "references",
+        "referenced_columns",
+        "on_update",
+        "on_delete",
+        "match",
+        "deferrable",
+        "deferred",
+        "validated",
+        "expression",
+        "depends_on",
+    ),
+    "index": (
+        "method",
+        "unique",
+        "primary",
+        "columns",
+        "key_columns",
+        "options",
+        "operator_classes",
+        "expressions",
+        "predicate",
+        "valid",
+        "depends_on",
+    ),
+    "sequence": (
+        "type",
+        "start",
+        "increment",
+        "min",
+        "max",
+        "cache",
+        "cycle",
+        "owned_by",
+    ),
+    "function": (
+        "kind",
+        "result",
+        "language",
+        "volatility",
+        "strict",
+        "security_definer",
+        "parallel",
+        "settings",
+        "argument_defaults",
+        "body_md5",
+    ),
+    "trigger": ("type", "function", "arguments", "columns", "when", "enabled", "depends_on"),
+    "enum": ("labels",),
+    "domain": ("base_type", "not_null", "default"),
+}
+
+_RELKINDS = "'r', 'p', 'v', 'm', 'f', 'c'"
+
+_PARTS = [
+    # relations (tables, views, materialized views, foreign tables, composite types)
+    f"""
+    SELECT s.sid, 'relation', '', c.relname::text, ARRAY[
+        c.relkind::text, c.relpersistence::text, c.relrowsecurity::text,
+        (SELECT p.partstrat::text || ' ' || {_colnames("c.oid", "p.partattrs::int2[]")}
+                || coalesce(' ' || {_tree("p.partexprs")}, '')
+           FROM pg_partitioned_table p WHERE p.partrelid = c.oid),
+        (SELECT {_tree("r.ev_action")} || ' ' || coalesce({_deps("pg_rewrite", "r.oid")}, '')
+           FROM pg_rewrite r WHERE r.ev_class = c.oid AND r.rulename = '_RETURN')]
+    FROM pg_class c JOIN s ON c.relnamespace = s.sid
+    WHERE c.relkind IN ({_RELKINDS}) AND NOT c.relname = ANY(:exclude)
+    """,
+    # columns
+    f"""
+    SELECT s.sid, 'column', c.relname::text, a.attname::text, ARRAY[
+        (row_number() OVER (PARTITION BY a.attrelid ORDER BY a.attnum))::text,
+        {_neutral("format_type(a.atttypid, a.atttypmod)")},
+        a.attnotnull::text,
+        CASE WHEN a.attgenerated = '' THEN {_neutral("pg_get_expr(ad.adbin, 0)")} END,
+        nullif(a.attidentity::text, ''),
+        CASE WHEN a.attgenerated <> '' THEN a.attgenerated::text || ' ' || {_tree("ad.adbin")}
+             || ' ' || coalesce({_deps("pg_attrdef", "ad.oid")}, '') END,
+        CASE WHEN a.attcollation <> t.typcollation THEN
+             (SELECT quote_ident(co.collname) FROM pg_collation co
+               WHERE co.oid = a.attcollation) END]
+    FROM pg_class c JOIN s ON c.relnamespace = s.sid
+    JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+    JOIN pg_type t ON t.oid = a.atttypid
+    LEFT JOIN pg_attrdef ad ON ad.adrelid = a.attrelid AND ad.adnum = a.attnum
+    WHERE c.relkind IN ({_RELKINDS}) AND NOT c.relname = ANY(:exclude)
+    """,
+    # constraints of tables and of domains
+    f"""
+    SELECT s.sid, 'constraint', coalesce(c.relname, t.typname)::text, k.conname::text, ARRAY[
+        k.contype::text,
+        {_colnames("k.conrelid", "k.conkey")},
+        CASE WHEN k.contype = 'f' THEN {_refname("f.relnamespace", "f.relname")} END,
+        CASE WHEN k.contype = 'f' THEN {_colnames("k.confrelid", "k.confkey")} END,
+        nullif(k.confupdtype::text, ' '), nullif(k.confdeltype::text, ' '),
+        nullif(k.confmatchtype::text, ' '),
+        k.condeferrable::text, k.condeferred::text, k.convalidated::text,
+        CASE WHEN k.conbin IS NOT NULL THEN {_tree("k.conbin")} END,
+        CASE WHEN k.conbin IS NOT NULL THEN {_deps("pg_constraint", "k.oid")} END]
+    FROM pg_constraint k JOIN s ON k.connamespace = s.sid
+    LEFT JOIN pg_class c ON c.oid = k.conrelid
+    LEFT JOIN pg_class f ON f.oid = k.confrelid
+    LEFT JOIN pg_type t ON t.oid = k.contypid
+    WHERE (c.oid IS NOT NULL AND NOT c.relname = ANY(:exclude))
+       OR (k.contypid <> 0 AND t.oid IS NOT NULL)
+    """,
+    # indexes
+    f"""
+    SELECT s.sid, 'index', c.relname::text, x.relname::text, ARRAY[
+        (SELECT am.amname::text FROM pg_am am WHERE am.oid = x.relam),
+        i.indisunique::text, i.indisprimary::text,
+        {_colnames("i.indrelid", "i.indkey::int2[]")},
+        i.indnkeyatts::text,
+        array_to_string(i.indoption::int2[], ' '),
+        (SELECT string_agg(CASE WHEN o.opcdefault THEN '' ELSE o.opcname::text END, ' '
+                           ORDER BY q.i)
+           FROM unnest(i.indclass::oid[]) WITH ORDINALITY AS q(oc, i)
+           JOIN pg_opclass o ON o.oid = q.oc),
+        CASE WHEN i.indexprs IS NOT NULL THEN {_tree("i.indexprs")} END,
+        CASE WHEN i.indpred IS NOT NULL THEN {_tree("i.indpred")} END,
+        i.indisvalid::text,
+        CASE WHEN i.indexprs IS NOT NULL OR i.indpred IS NOT NULL
+             THEN {_deps("pg_class", "x.oid")} END]
+    FROM pg_index i JOIN pg_class x ON x.oid = i.indexrelid
+    JOIN pg_class c ON c.oid = i.indrelid JOIN s ON c.relnamespace = s.sid
+    WHERE NOT c.relname = ANY(:exclude)
+    """,
+    # sequences
+    f"""
+    SELECT s.sid, 'sequence', '', c.relname::text, ARRAY[
+        format_type(q.seqtypid, NULL), q.seqstart::text, q.seqincrement::text,
+        q.seqmin::text, q.seqmax::text, q.seqcache::text, q.seqcycle::text,
+        (SELECT d.deptype::text || ' ' || quote_ident(o.relname) || '.'
+                || {_colname("o.oid", "d.refobjsubid")}
+           FROM pg_depend d JOIN pg_class o ON o.oid = d.refobjid
+          WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid
+            AND d.refclassid = 'pg_class'::regclass AND d.deptype IN ('a', 'i')
+            AND d.refobjsubid > 0 LIMIT 1)]
+    FROM pg_class c JOIN s ON c.relnamespace = s.sid
+    JOIN pg_sequence q ON q.seqrelid = c.oid
+    WHERE c.relkind = 'S' AND NOT c.relname = ANY(:exclude)
+    """,
+    # functions and procedures (aggregates included)
+    f"""
+    SELECT s.sid, 'function', '',
+        p.proname::text || '(' || {_neutral("pg_get_function_identity_arguments(p.oid)")} || ')',
+        ARRAY[
+        p.prokind::text, {_neutral("pg_get_function_result(p.oid)")},
+        (SELECT l.lanname::text FROM pg_language l WHERE l.oid = p.prolang),
+        p.provolatile::text, p.proisstrict::text, p.prosecdef::text, p.proparallel::text,
+        array_to_string(p.proconfig, ', '),
+        {_neutral("pg_get_expr(p.proargdefaults, 0)")},
+        md5(coalesce(p.prosrc, '')) || coalesce(' ' || {_tree("p.prosqlbody")}, '')]
+    FROM pg_proc p JOIN s ON p.pronamespace = s.sid
+    """,
+    # triggers (not the internal ones behind foreign keys)
+    f"""
+    SELECT s.sid, 'trigger', c.relname::text, g.tgname::text, ARRAY[
+        g.tgtype::text,
+        (SELECT {_refname("f.pronamespace", "f.proname")} FROM pg_proc f WHERE f.oid = g.tgfoid),
+        encode(g.tgargs, 'escape'),
+        {_colnames("g.tgrelid", "g.tgattr::int2[]")},
+        CASE WHEN g.tgqual IS NOT NULL THEN {_tree("g.tgqual")} END,
+        g.tgenabled::text,
+        {_deps("pg_trigger", "g.oid")}]
+    FROM pg_trigger g JOIN pg_class c ON c.oid = g.tgrelid JOIN s ON c.relnamespace = s.sid
+    WHERE NOT g.tgisinternal AND NOT c.relname = ANY(:exclude)
+    """,
+    # enum types, labels in their order
+    """
+    SELECT s.sid, 'enum', '', t.typname::text, ARRAY[
+        (SELECT string_agg(quote_literal(e.enumlabel), ', ' ORDER BY e.enumsortorder)
+           FROM pg_enum e WHERE e.enumtypid = t.oid)]
+    FROM pg_type t JOIN s ON t.typnamespace = s.sid WHERE t.typtype = 'e'
+    """,
+    # domains (their CHECKs are constraints)
+    f"""
+    SELECT s.sid, 'domain', '', t.typname::text, ARRAY[
+        {_neutral("format_type(t.typbasetype, t.typtypmod)")}, t.typnotnull::text,
+        {_neutral("t.typdefault")}]
+    FROM pg_type t JOIN s ON t.typnamespace = s.sid WHERE t.typtype = 'd'
+    """,
+]
+
+_SCHEMAS = """
+WITH s AS (
+    SELECT n.oid AS sid, n.nspname::text AS nspname, quote_ident(n.nspname) || '.' AS prefix,
+           :re_lit_ref || e.esc || :re_lit_ref_rest || e.esc AS pattern
+    FROM pg_namespace n
+    CROSS JOIN LATERAL (SELECT regexp_replace(quote_ident(n.nspname) || '.', :re_special,
+                                              '\\\\\\1', 'g') AS esc) e
+    WHERE n.nspname = ANY(:schemas)
+), facts (sid, kind, parent, name, detail) AS (
+"""
+
+FACTS_SQL = _SCHEMAS + "\nUNION ALL\n".join(_PARTS) + ")\n"
+
+_LINE = (
+    "f.kind || E'\\t' || f.parent || E'\\t' || f.name || E'\\t' "
+    "|| array_to_string(f.detail, E'\\t', '\\N')"
+)
+
+FINGERPRINT_SQL = (
+    FACTS_SQL + "SELECT s.nspname, md5(coalesce(string_agg(" + _LINE + ", E'\\n' "
+    "ORDER BY " + _LINE + " COLLATE \"C\"), '')) "
+    "FROM s LEFT JOIN facts f ON f.sid = s.sid GROUP BY s.nspname"
+)
+
+DESCRIBE_SQL = FACTS_SQL + "SELECT f.kind, f.parent, f.name, f.detail FROM facts f"
+
+
+def _line(kind: str, parent: str, name: str, detail: Sequence[str | None]) -> str:
+    values = "\t".join("\\N" if v is None else v for v in detail)
+    return f"{kind}\t{parent}\t{name}\t{values}"
+
+
+@dataclass(frozen=True, order=True)
+class CatalogObject:
+    """One object of a schema: its kind, the table it belongs to ('' if none), its name."""
+
+    kind: str
+    parent: str
+    name: str
+    detail: tuple[str | None, ...] = field(compare=True)
+
+    @property
+    def attributes(self) -> dict[str, str | None]:
+        return dict(zip(FIELDS[self.kind], self.detail, strict=True))
+
+    @property
+    def label(self) -> str:
+        return f"{self.kind} {self.parent + '.' if self.parent else ''}{self.name}"
+
+
+ObjectKey = tuple[str, str, str]
+
+
+@dataclass(frozen=True)
+class SchemaCatalog:
+    """The schema-neutral structure of one schema; equal catalogs mean equal structures."""
+
+    schema: str
+    objects: Mapping[ObjectKey, CatalogObject]
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, SchemaCatalog):
+            return NotImplemented
+        return dict(self.objects) == dict(other.objects)
+
+    def __hash__(self) -> int:
+        return hash(self.fingerprint)
+
+    @property
+    def fingerprint(self) -> str:
+        """The MD5 ``fingerprints`` computes in SQL for the same schema."""
+        lines = sorted(_line(o.kind, o.parent, o.name, o.detail) for o in self.objects.values())
+        return hashlib.md5("\n".join(lines).encode("utf-8")).hexdigest()
+
+    def of_kind(self, kind: str) -> list[CatalogObject]:
+        return sorted(o for o in self.objects.values() if o.kind == kind)
+
+
+@dataclass(frozen=True)
+class Difference:
+    """One way in which ``b`` differs from the reference ``a``.
+
+    ``change`` is ``missing`` (in a, not in b), ``extra`` (in b, not in a) or
+    ``different`` (then ``attribute`` names what differs, with both values).
+    """
+
+    kind: str
+    parent: str
+    name: str
+    change: str
+    attribute: str | None = None
+    expected: str | None = None
+    actual: str | None = None
+
+    def __str__(self) -> str:
+        where = f"{self.kind} {self.parent + '.' if self.parent else ''}{self.name}"
+        if self.change != "different":
+            return f"{where}: {self.change}"
+        return f"{where}: {self.attribute} is {self.actual!r}, expected {self.expected!r}"
+
+
+def _params(schemas: Iterable[str], exclude: Collection[str]) -> dict[str, object]:
+    return {**PARAMS, "schemas": list(schemas), "exclude": list(exclude)}
+
+
+def fingerprints(
+    conn: Connection, schemas: Iterable[str], *, exclude: Collection[str] = ()
+) -> dict[str, str]:
+    """The catalog fingerprint of each schema that exists, in one query and without locks.
+
+    Schemas with equal fingerprints have equal ``describe`` results. ``exclude`` names
+    tables (with their columns, constraints, indexes and triggers) to leave out, such
+    as mtm's own ledger. Schemas that do not exist are absent from the result.
+    """
+    rows = conn.execute(sa.text(FINGERPRINT_SQL), _params(schemas, exclude))
+    return {r[0]: r[1] for r in rows}
+
+
+def describe(conn: Connection, schema: str, *, exclude: Collection[str] = ()) -> SchemaCatalog:
+    """The facts behind ``fingerprints`` for one schema, for comparing in detail."""
+    exists = conn.execute(
+        sa.text("SELECT 1 FROM pg_namespace WHERE nspname = :s"), {"s": schema}
+    ).first()
+    if exists is None:
+        raise MtmError(f"schema {schema!r} does not exist")
+    rows = conn.execute(sa.text(DESCRIBE_SQL), _params([schema], exclude))
+    objects: dict[ObjectKey, CatalogObject] = {}
+    for kind, parent, name, detail in rows:
+        obj = CatalogObject(kind, parent, name, tuple(detail))
+        objects[(kind, parent, name)] = obj
+    return SchemaCatalog(schema, objects)
+
+
+def compare(a: SchemaCatalog, b: SchemaCatalog) -> list[Difference]:
+    """What is missing from, extra in, or different in ``b`` compared with ``a``.
+
+    Pure; sorted by kind, table and name. Empty when the structures are equal.
+    """
+    out: list[Difference] = []
+    for key in sorted(a.objects.keys() | b.objects.keys()):
+        kind, parent, name = key
+        left, right = a.objects.get(key), b.objects.get(key)
+        if right is None:
+            out.append(Difference(kind, parent, name, "missing"))
+        elif left is None:
+            out.append(Difference(kind, parent, name, "extra"))
+        elif left.detail != right.detail:
+            expected, actual = left.attributes, right.attributes
+            for attribute in FIELDS[kind]:
+                if expected[attribute] != actual[attribute]:
+                    out.append(
+                        Difference(
+                            kind,
+                            parent,
+                            name,
+                            "different",
+                            attribute,
+                            expected[attribute],
+                            actual[attribute],
+                        )
+                    )
+    return out

@@ -10,7 +10,7 @@ import psycopg
 from sqlalchemy.engine import Connection
 
 from .. import planner, roles, steps
-from ..catalog import current_database, schema_exists
+from ..schemas import current_database, schema_exists
 from ..config import Config
 from ..creation import create_tenant
 from ..database import Database, rollback_quietly, run_script
