@@ -18,7 +18,8 @@ run out of lock slots. They are not used. Instead:
   and takes no lock (a default cannot refer to a column);
 * expressions that refer to columns (CHECK, generated columns, index expressions and
   predicates, trigger WHEN, views) are stored node trees: they are compared as an MD5
-  of the tree with source positions, attribute numbers and object OIDs masked, plus the
+  of the tree with source positions, attribute numbers, the way casts were written (a
+  dump writes implicit casts out) and object OIDs masked, plus the
   sorted list of objects the expression depends on (``pg_depend``, named by
   ``pg_identify_object``). Masking attribute numbers keeps a schema whose columns were
   dropped and re-added equal to one built fresh; the dependency list still says which
