@@ -49,6 +49,11 @@ _USER_OID = r"(?:1638[4-9]|1639[0-9]|16[4-9][0-9][0-9]|1[7-9][0-9]{3}|[2-9][0-9]
 # Types whose constant value is an OID (reg* and oid): the bytes differ from schema to schema.
 _OID_TYPES = "24|26|2202|2203|2204|2205|2206|3734|3769|4089|4096|4191"
 
+_REST = (
+    r"((?:[^']|'')*'::reg[a-z]+)|('(?:[^']|'')*')|(\"(?:[^\"]|\"\")*\")"
+    r"|(?<![A-Za-z0-9_$.\"])"
+)
+
 PARAMS = {
     "re_loc": r":(?:stmt_)?location -?[0-9]+|:stmt_len [0-9]+",
     # attribute numbers (see above) and how a cast was written (implicit or explicit: a
@@ -62,18 +67,28 @@ PARAMS = {
     ),
     "re_oid": rf"(?<![A-Za-z0-9_.-]){_USER_OID}(?![A-Za-z0-9_.])",
     "re_special": r"([^A-Za-z0-9_])",
+    # The rewrite of the schema prefix: a literal 'schema.x'::reg... loses it (groups 1
+    # and 2), other literals (3) and quoted names (4) are kept whole, and the prefix
+    # anywhere else, unless it ends a longer name, goes. The pattern is written once
+    # with \x01 standing for the prefix, so that it is compiled once, not per schema.
+    "re_marked": "(')\x01" + _REST + "\x01",
     "re_lit_ref": "(')",
-    "re_lit_ref_rest": r"((?:[^']|'')*'::reg[a-z]+)|('(?:[^']|'')*')|(\"(?:[^\"]|\"\")*\")"
-    r"|(?<![A-Za-z0-9_$.\"])",
+    "re_lit_ref_rest": _REST,
     "re_keep": r"\1\2\3\4",
 }
 
 
 def _neutral(expr: str) -> str:
-    """SQL: ``expr`` without the schema's own prefix (literals and quoted names kept)."""
+    """SQL: ``expr`` without the schema's own prefix (literals and quoted names kept).
+
+    ``expr`` is evaluated once. A text that already holds chr(1) (never seen in practice)
+    takes the slower pattern compiled for its schema.
+    """
     return (
-        f"(CASE WHEN strpos({expr}, s.prefix) > 0 "
-        f"THEN regexp_replace({expr}, s.pattern, :re_keep, 'g') ELSE {expr} END)"
+        "(SELECT CASE WHEN strpos(z.v, s.prefix) = 0 THEN z.v "
+        "WHEN strpos(z.v, chr(1)) > 0 THEN regexp_replace(z.v, s.pattern, :re_keep, 'g') "
+        "ELSE replace(regexp_replace(replace(z.v, s.prefix, chr(1)), :re_marked, :re_keep, 'g'), "
+        f"chr(1), s.prefix) END FROM (SELECT {expr} AS v) z)"
     )
 
 
@@ -97,8 +112,9 @@ def _colname(rel: str, attnum: str) -> str:
 def _colnames(rel: str, attnums: str) -> str:
     """SQL: the names of columns ``attnums`` (an array) of ``rel``, comma-separated, in order."""
     return (
-        f"(SELECT string_agg(coalesce({_colname(rel, 'kk.n')}, '(expr)'), ', ' ORDER BY kk.i) "
-        f"FROM unnest({attnums}) WITH ORDINALITY AS kk(n, i))"
+        "(SELECT string_agg(coalesce(quote_ident(aa.attname), '(expr)'), ', ' ORDER BY kk.i) "
+        f"FROM unnest({attnums}) WITH ORDINALITY AS kk(n, i) "
+        f"LEFT JOIN pg_attribute aa ON aa.attrelid = {rel} AND aa.attnum = kk.n)"
     )
 
 
@@ -111,13 +127,22 @@ def _refname(nsp: str, name: str) -> str:
     )
 
 
+# What an expression depends on. Columns and relations are named from the catalog
+# directly (the common case, and cheap); anything else through pg_identify_object.
 _DEPS = (
-    "(SELECT string_agg(DISTINCT "
+    "(SELECT string_agg(DISTINCT CASE WHEN dd.refclassid = 'pg_class'::regclass THEN "
+    "'relation ' || "
+    + _refname("rc.relnamespace", "rc.relname")
+    + " || coalesce('.' || quote_ident(ra.attname), '') ELSE "
     + _neutral("io.type || ' ' || io.identity")
-    + ", '; ') FROM pg_depend dd CROSS JOIN LATERAL "
-    "pg_identify_object(dd.refclassid, dd.refobjid, dd.refobjsubid) io "
+    + " END, '; ') FROM pg_depend dd "
+    "LEFT JOIN pg_class rc ON dd.refclassid = 'pg_class'::regclass AND rc.oid = dd.refobjid "
+    "LEFT JOIN pg_attribute ra ON rc.oid IS NOT NULL AND ra.attrelid = rc.oid "
+    "AND ra.attnum = dd.refobjsubid AND dd.refobjsubid <> 0 "
+    "LEFT JOIN LATERAL (SELECT * FROM pg_identify_object(dd.refclassid, dd.refobjid, "
+    "dd.refobjsubid) WHERE dd.refclassid <> 'pg_class'::regclass) io ON true "
     "WHERE dd.classid = '{classid}'::regclass AND dd.objid = {objid} "
-    "AND dd.deptype IN ('n', 'a') AND io.type <> 'schema')"
+    "AND dd.deptype IN ('n', 'a') AND dd.refclassid <> 'pg_namespace'::regclass)"
 )
 
 
