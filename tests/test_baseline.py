@@ -204,3 +204,41 @@ def test_neutralize_plain_names_and_word_boundaries() -> None:
         "SELECT E'it''s \\' acme.t';\n",
     ]
     assert len(warnings) == 1
+
+
+def test_baseline_with_rows_of_named_tables(conn: Connection, database_url: str) -> None:
+    conn.exec_driver_sql(
+        "INSERT INTO public.plans VALUES (1);"
+        "INSERT INTO legacy_ref.customers (email, plan_id) VALUES ('a@x', 1), ('it''s@x', NULL);"
+    )
+    made = baseline.baseline(
+        database_url, "legacy_ref", ledger_table="mtm_migrations", data_tables=["customers"]
+    )
+    run_in(conn, "tenant_new", made.sql)
+    query = "SELECT id, email, plan_id, note FROM {}.customers ORDER BY id"
+    assert (
+        conn.exec_driver_sql(query.format("tenant_new")).all()
+        == conn.exec_driver_sql(query.format("legacy_ref")).all()
+    )
+    assert conn.exec_driver_sql("SELECT count(*) FROM tenant_new.invoices").scalar() == 0
+    # the serial continues after the copied rows
+    new_id = conn.exec_driver_sql(
+        "INSERT INTO tenant_new.customers (email) VALUES ('c@x') RETURNING id"
+    ).scalar()
+    assert new_id == 3
+    assert catalog.describe(conn, "tenant_new") == catalog.describe(
+        conn, "legacy_ref", exclude=["mtm_migrations"]
+    )
+
+
+def test_rows_of_an_unknown_table_are_refused(conn: Connection, database_url: str) -> None:
+    with pytest.raises(
+        MtmError,
+        match=r"^no table 'nope', 'mtm_migrations' in schema 'legacy_ref' to take rows from",
+    ):
+        baseline.baseline(
+            database_url,
+            "legacy_ref",
+            ledger_table="mtm_migrations",
+            data_tables=["customers", "nope", "mtm_migrations"],
+        )

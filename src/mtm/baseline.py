@@ -16,6 +16,10 @@ run with ``search_path`` set to any new schema:
   reference schema is reported in ``Baseline.warnings`` instead, because only a person
   can tell whether it is a reference or data.
 
+It is structure only, unless ``data_tables`` names tables whose rows (put there by
+legacy data migrations) should come along: their ``INSERT``s and the positions of
+their sequences follow the structure.
+
 ``pg_dump`` must have the server's major version (it refuses newer servers, and a newer
 one may write syntax an older server does not read); ``find_pg_dump`` looks in the
 embedded PostgreSQL's own binaries, the usual install folders and ``PATH``.
@@ -287,11 +291,12 @@ def neutralize(sql: str, schema: str) -> tuple[str, list[str]]:
                     continue
             elif token.kind == LITERAL:
                 following = statement[index + 1] if index + 1 < len(statement) else None
+                previous = parts[-1] if parts else ""
                 is_reference = (
                     following is not None
                     and following.kind == CODE
                     and following.text.lstrip().lower().startswith("::reg")
-                )
+                ) or previous.rstrip().lower().endswith("pg_catalog.setval(")
                 inner = text[1:-1]
                 if is_reference:
                     for prefix in prefixes:
@@ -322,8 +327,19 @@ def _pattern(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def dump_schema(url: str, schema: str, *, pg_dump: str, exclude_tables: Sequence[str] = ()) -> str:
-    """Run ``pg_dump --schema-only`` on one schema; the password travels in the environment."""
+def dump_schema(
+    url: str,
+    schema: str,
+    *,
+    pg_dump: str,
+    exclude_tables: Sequence[str] = (),
+    data_tables: Sequence[str] = (),
+) -> str:
+    """Run ``pg_dump --schema-only`` on one schema; the password travels in the environment.
+
+    With ``data_tables``, the rows of those tables instead (``INSERT`` statements with
+    column names, and the positions of the sequences they own).
+    """
     params = conninfo_to_dict(_libpq_url(url))
     password = params.pop("password", None)
     env = dict(os.environ)
@@ -331,7 +347,6 @@ def dump_schema(url: str, schema: str, *, pg_dump: str, exclude_tables: Sequence
         env["PGPASSWORD"] = str(password)
     args = [
         pg_dump,
-        "--schema-only",
         "--no-owner",
         "--no-privileges",
         "--no-tablespaces",
@@ -339,7 +354,12 @@ def dump_schema(url: str, schema: str, *, pg_dump: str, exclude_tables: Sequence
         f"--schema={_pattern(schema)}",
         f"--dbname={make_conninfo('', **params)}",
     ]
-    args += [f"--exclude-table={_pattern(schema)}.{_pattern(t)}" for t in exclude_tables]
+    if data_tables:
+        args += ["--data-only", "--column-inserts", "--rows-per-insert=100"]
+        args += [f"--table={_pattern(schema)}.{_pattern(t)}" for t in data_tables]
+    else:
+        args.append("--schema-only")
+        args += [f"--exclude-table={_pattern(schema)}.{_pattern(t)}" for t in exclude_tables]
     try:
         done = subprocess.run(args, capture_output=True, text=True, env=env, timeout=600)
     except (OSError, subprocess.SubprocessError) as exc:
@@ -357,18 +377,35 @@ def baseline(
     *,
     ledger_table: str | None = None,
     pg_dump: str | None = None,
+    data_tables: Sequence[str] = (),
 ) -> Baseline:
     """The structure of ``schema`` as schema-neutral SQL (see the module docstring).
 
     ``ledger_table`` (mtm's ledger in that schema) is left out. ``pg_dump`` is the
     program to use; by default one of the server's major version is looked for.
+    ``data_tables`` names tables whose rows follow the structure as ``INSERT``s (for
+    rows a legacy data migration put there), with the positions of their sequences.
     """
     with psycopg.connect(_libpq_url(url), autocommit=True, connect_timeout=10) as conn:
         row = conn.execute("SHOW server_version_num").fetchone()
         version = int(row[0]) if row else 0
         found = conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema,)).fetchone()
+        tables = {
+            r[0]
+            for r in conn.execute(
+                "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE n.nspname = %s AND c.relkind IN ('r', 'p')",
+                (schema,),
+            )
+        }
     if found is None:
         raise MtmError(f"schema {schema!r} does not exist: name the reference schema to baseline")
+    unknown = [t for t in data_tables if t not in tables or t == ledger_table]
+    if unknown:
+        raise MtmError(
+            f"no table {', '.join(map(repr, unknown))} in schema {schema!r} to take rows from: "
+            "name tables of the reference schema"
+        )
     major = version // 10000
     program = pg_dump or find_pg_dump(major)
     if pg_dump is not None and pg_dump_version(pg_dump) != major:
@@ -380,4 +417,10 @@ def baseline(
         url, schema, pg_dump=program, exclude_tables=[ledger_table] if ledger_table else []
     )
     sql, warnings = neutralize(dump, schema)
+    if data_tables:
+        rows, _ = neutralize(
+            dump_schema(url, schema, pg_dump=program, data_tables=list(data_tables)), schema
+        )
+        # Literals in rows are data: a value naming the schema is not worth a warning.
+        sql = sql + "\n" + rows
     return Baseline(schema, sql, program, version, tuple(warnings))
