@@ -195,15 +195,22 @@ def test_neutralize_plain_names_and_word_boundaries() -> None:
         "CREATE VIEW acme.v AS SELECT t.a, xacme.a FROM acme.t, public.acme xacme;\n"
         "ALTER TABLE ONLY acme.t ALTER COLUMN a SET DEFAULT nextval('acme.s'::regclass);\n"
         "SELECT E'it''s \\' acme.t';\n"
+        "CREATE EXTENSION IF NOT EXISTS citext WITH SCHEMA acme;\n"
+        "SELECT pg_catalog.setval('acme.s', 3, true);\n"
     )
     sql, warnings = baseline.neutralize(dump, "acme")
     assert sql.split("\n\n") == [
         "CREATE TABLE t (a int);",
         "CREATE VIEW v AS SELECT t.a, xacme.a FROM t, public.acme xacme;",
         "ALTER TABLE ONLY t ALTER COLUMN a SET DEFAULT nextval('s'::regclass);",
-        "SELECT E'it''s \\' acme.t';\n",
+        "SELECT E'it''s \\' acme.t';",
+        "CREATE EXTENSION IF NOT EXISTS citext WITH SCHEMA acme;",
+        "SELECT pg_catalog.setval('s', 3, true);\n",
     ]
-    assert len(warnings) == 1
+    assert [w.split(",", 1)[0] for w in warnings] == [
+        "names schema 'acme' inside a string or function body",
+        "names schema 'acme' as a schema",
+    ]
 
 
 def test_baseline_with_rows_of_named_tables(conn: Connection, database_url: str) -> None:

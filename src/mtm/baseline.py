@@ -272,6 +272,11 @@ def neutralize(sql: str, schema: str) -> tuple[str, list[str]]:
         r"(?<![A-Za-z0-9_$])(?:" + re.escape(schema) + "|" + re.escape(quoted) + r")\.",
         re.IGNORECASE,
     )
+    # "WITH SCHEMA acme" (an extension), "SET SCHEMA acme": not a qualifier, not rewritable
+    as_schema = re.compile(
+        r"\bSCHEMA\s+(?:" + re.escape(quoted) + "|" + re.escape(schema) + r")(?![A-Za-z0-9_$.])",
+        re.IGNORECASE,
+    )
     kept: list[str] = []
     warnings: list[str] = []
     for statement in statements(sql):
@@ -310,7 +315,10 @@ def neutralize(sql: str, schema: str) -> tuple[str, list[str]]:
             parts.append(text)
         text = "".join(parts).strip()
         kept.append(text)
-        if flagged:
+        if as_schema.search(text):
+            first = text.splitlines()[0]
+            warnings.append(f"names schema {schema!r} as a schema, left as is: {first}")
+        elif flagged:
             first = text.splitlines()[0] if text else ""
             warnings.append(
                 f"names schema {schema!r} inside a string or function body, left as is: {first}"
