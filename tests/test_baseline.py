@@ -14,7 +14,8 @@ from mtm.errors import MtmError
 
 # A legacy tenant schema: serial and identity columns, a sequence, FKs inside the schema
 # and to public, a CHECK, an expression index, an enum used by a column, a view, a
-# function with its trigger, a domain, a literal and a function body naming the schema.
+# function with its trigger, a domain, a partitioned table, a row-level security policy, a
+# literal and a function body naming the schema.
 REFERENCE = """
 CREATE SCHEMA legacy_ref;
 SET search_path = legacy_ref;
@@ -51,6 +52,10 @@ END
 $$;
 CREATE TRIGGER invoices_touch BEFORE UPDATE ON invoices
     FOR EACH ROW EXECUTE FUNCTION touch();
+CREATE TABLE events (at date NOT NULL, customer_id int) PARTITION BY RANGE (at);
+CREATE TABLE events_2025 PARTITION OF events FOR VALUES FROM ('2025-01-01') TO ('2026-01-01');
+ALTER TABLE customers ENABLE ROW LEVEL SECURITY;
+CREATE POLICY customers_with_plan ON customers USING (plan_id IS NOT NULL);
 CREATE TABLE mtm_migrations (name text PRIMARY KEY, checksum text NOT NULL);
 SET search_path = public;
 """

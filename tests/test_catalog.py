@@ -38,6 +38,10 @@ CREATE SEQUENCE s1 INCREMENT 5;
 CREATE FUNCTION f(a mood) RETURNS mood LANGUAGE sql AS $$SELECT a$$;
 CREATE FUNCTION touch() RETURNS trigger LANGUAGE plpgsql AS $$BEGIN RETURN NEW; END$$;
 CREATE TRIGGER tr BEFORE INSERT ON t FOR EACH ROW WHEN (NEW.x > 1) EXECUTE FUNCTION touch();
+CREATE TABLE events (at date NOT NULL) PARTITION BY RANGE (at);
+CREATE TABLE events_2025 PARTITION OF events FOR VALUES FROM ('2025-01-01') TO ('2026-01-01');
+ALTER TABLE u ENABLE ROW LEVEL SECURITY;
+CREATE POLICY u_own ON u USING (id > 0);
 CREATE TABLE mtm_migrations (name text PRIMARY KEY);
 """
 
@@ -83,6 +87,7 @@ def test_same_ddl_gives_equal_fingerprints_and_descriptions(conn: Connection) ->
         "trigger",
         "enum",
         "domain",
+        "policy",
     }
 
 
@@ -170,7 +175,25 @@ DRIFTS = [
         "on_delete",
     ),
     ("ALTER DOMAIN positive SET DEFAULT 2", "domain", "", "positive", "different", "default"),
-    ("ALTER TABLE u ENABLE ROW LEVEL SECURITY", "relation", "", "u", "different", "row_security"),
+    ("ALTER TABLE u DISABLE ROW LEVEL SECURITY", "relation", "", "u", "different", "row_security"),
+    (
+        "ALTER TABLE events DETACH PARTITION events_2025; ALTER TABLE events ATTACH PARTITION "
+        "events_2025 FOR VALUES FROM ('2025-01-01') TO ('2025-07-01')",
+        "relation",
+        "",
+        "events_2025",
+        "different",
+        "inherits",
+    ),
+    (
+        "DROP POLICY u_own ON u; CREATE POLICY u_own ON u USING (id > 1)",
+        "policy",
+        "u",
+        "u_own",
+        "different",
+        "using",
+    ),
+    ("CREATE POLICY u_more ON u USING (true)", "policy", "u", "u_more", "extra", None),
 ]
 
 

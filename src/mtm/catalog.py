@@ -153,7 +153,14 @@ def _deps(classid: str, objid: str) -> str:
 # Each part yields (sid, kind, parent, name, detail text[]). The detail fields of a kind
 # are named in FIELDS, in the same order.
 FIELDS: dict[str, tuple[str, ...]] = {
-    "relation": ("relkind", "persistence", "row_security", "partition_key", "definition"),
+    "relation": (
+        "relkind",
+        "persistence",
+        "row_security",
+        "partition_key",
+        "inherits",
+        "definition",
+    ),
     "column": ("position", "type", "not_null", "default", "identity", "generated", "collation"),
     "constraint": (
         "type",
@@ -205,6 +212,7 @@ FIELDS: dict[str, tuple[str, ...]] = {
         "body_md5",
     ),
     "trigger": ("type", "function", "arguments", "columns", "when", "enabled", "depends_on"),
+    "policy": ("command", "permissive", "using", "with_check", "depends_on"),
     "enum": ("labels",),
     "domain": ("base_type", "not_null", "default"),
 }
@@ -219,6 +227,10 @@ _PARTS = [
         (SELECT p.partstrat::text || ' ' || {_colnames("c.oid", "p.partattrs::int2[]")}
                 || coalesce(' ' || {_tree("p.partexprs")}, '')
            FROM pg_partitioned_table p WHERE p.partrelid = c.oid),
+        (SELECT string_agg({_refname("pc.relnamespace", "pc.relname")}, ', ' ORDER BY ih.inhseqno)
+           FROM pg_inherits ih JOIN pg_class pc ON pc.oid = ih.inhparent
+          WHERE ih.inhrelid = c.oid)
+          || coalesce(' ' || {_tree("c.relpartbound")}, ''),
         (SELECT {_tree("r.ev_action")} || ' ' || coalesce({_deps("pg_rewrite", "r.oid")}, '')
            FROM pg_rewrite r WHERE r.ev_class = c.oid AND r.rulename = '_RETURN')]
     FROM pg_class c JOIN s ON c.relnamespace = s.sid
@@ -266,7 +278,9 @@ _PARTS = [
     f"""
     SELECT s.sid, 'index', c.relname::text, x.relname::text, ARRAY[
         (SELECT am.amname::text FROM pg_am am WHERE am.oid = x.relam),
-        i.indisunique::text, i.indisprimary::text,
+        i.indisunique::text || CASE WHEN i.indnullsnotdistinct THEN ' nulls not distinct'
+                                    ELSE '' END,
+        i.indisprimary::text,
         {_colnames("i.indrelid", "i.indkey::int2[]")},
         i.indnkeyatts::text,
         array_to_string(i.indoption::int2[], ' '),
@@ -323,6 +337,16 @@ _PARTS = [
         {_deps("pg_trigger", "g.oid")}]
     FROM pg_trigger g JOIN pg_class c ON c.oid = g.tgrelid JOIN s ON c.relnamespace = s.sid
     WHERE NOT g.tgisinternal AND NOT c.relname = ANY(:exclude)
+    """,
+    # row-level security policies (their roles are left out: tenant roles differ by name)
+    f"""
+    SELECT s.sid, 'policy', c.relname::text, pol.polname::text, ARRAY[
+        pol.polcmd::text, pol.polpermissive::text,
+        CASE WHEN pol.polqual IS NOT NULL THEN {_tree("pol.polqual")} END,
+        CASE WHEN pol.polwithcheck IS NOT NULL THEN {_tree("pol.polwithcheck")} END,
+        {_deps("pg_policy", "pol.oid")}]
+    FROM pg_policy pol JOIN pg_class c ON c.oid = pol.polrelid JOIN s ON c.relnamespace = s.sid
+    WHERE NOT c.relname = ANY(:exclude)
     """,
     # enum types, labels in their order
     """
