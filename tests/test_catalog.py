@@ -310,3 +310,16 @@ def test_compare_is_pure_and_names_each_change() -> None:
     ]
     assert a != b
     assert catalog.compare(a, a) == []
+
+
+def test_the_jit_setting_is_put_back(conn: Connection) -> None:
+    """JIT is turned off for the catalog query only; the session keeps its own setting."""
+    build(conn, "acme")
+    for setting in ("on", "off"):
+        conn.exec_driver_sql(f"SET jit = {setting}")
+        catalog.fingerprints(conn, ["acme"])
+        catalog.describe(conn, "acme")
+        assert conn.exec_driver_sql("SHOW jit").scalar() == setting
+        with catalog._without_jit(conn):
+            assert conn.exec_driver_sql("SHOW jit").scalar() == "off"
+        assert conn.exec_driver_sql("SHOW jit").scalar() == setting
