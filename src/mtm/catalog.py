@@ -241,7 +241,8 @@ _PARTS = [
     f"""
     SELECT s.sid, 'column', c.relname::text, a.attname::text, ARRAY[
         (row_number() OVER (PARTITION BY a.attrelid ORDER BY a.attnum))::text,
-        {_neutral("format_type(a.atttypid, a.atttypmod)")},
+        CASE WHEN t.typnamespace = s.sid THEN {_neutral("format_type(a.atttypid, a.atttypmod)")}
+             ELSE format_type(a.atttypid, a.atttypmod) END,
         a.attnotnull::text,
         CASE WHEN a.attgenerated = '' THEN {_neutral("pg_get_expr(ad.adbin, 0)")} END,
         nullif(a.attidentity::text, ''),
