@@ -5,13 +5,13 @@ from __future__ import annotations
 
 from sqlalchemy.engine import Connection
 
-from .schemas import existing_schemas
 from .config import Config
 from .ledger import PUBLIC, orphan_ledgers, read_ledgers, read_states
 from .migrations import MigrationSet, Namespace
 from .plan import fingerprint, plan_from_ledger
 from .planner import Tables, tenant_rows
 from .results import ValidateResult
+from .schemas import existing_schemas
 
 
 def audit(conn: Connection, config: Config, mset: MigrationSet, tables: Tables) -> ValidateResult:

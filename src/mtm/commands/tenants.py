@@ -10,7 +10,6 @@ import psycopg
 from sqlalchemy.engine import Connection
 
 from .. import planner, roles, steps
-from ..schemas import current_database, schema_exists
 from ..config import Config
 from ..creation import create_tenant
 from ..database import Database, rollback_quietly, run_script
@@ -24,6 +23,7 @@ from ..plan import fingerprint
 from ..registry import Tenant, get_tenant, list_tenants, tenant_of_domain
 from ..results import CreateResult, DropResult
 from ..runner import Runner
+from ..schemas import current_database, schema_exists
 from .base import session
 from .bootstrap import _existing, ensure_bootstrap
 from .migrate import refuse_problems
