@@ -10,11 +10,13 @@ from __future__ import annotations
 import json
 import os
 import re
+import threading
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, quote_plus
 
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
@@ -175,14 +177,7 @@ class Config:
                 f"(found database_url and {', '.join(sorted(parts))})"
             )
         if parts:
-            url = URL.create(
-                "postgresql+psycopg",
-                username=parts.get("db_user"),
-                password=parts.get("db_password"),
-                host=parts.get("db_host") or "localhost",
-                port=parts.get("db_port"),
-                database=parts.get("db_name"),
-            ).render_as_string(hide_password=False)
+            url = _url_from_parts(parts)
         env = os.environ if env is None else env
         if env.get(ENV_DATABASE_URL):
             url = env[ENV_DATABASE_URL]
@@ -220,6 +215,23 @@ class Config:
     def state_table(self) -> str:
         """The public summary of every schema's ledger (kept in step with it)."""
         return f"{self.migrations_table}_state"
+
+
+def _url_from_parts(parts: dict[Any, Any]) -> str:
+    """The URL of the db_* keys, every part percent-encoded, so that psql and libpq read
+    it back exactly (SQLAlchemy's rendering leaves a space in a password as it is)."""
+    user = parts.get("db_user")
+    password = parts.get("db_password")
+    userinfo = quote(user, safe="") if user is not None else ""
+    if password is not None:
+        userinfo += ":" + quote(password, safe="")
+    host = parts.get("db_host") or "localhost"
+    if ":" in host:
+        host = f"[{host}]"
+    port = f":{parts['db_port']}" if parts.get("db_port") is not None else ""
+    name = parts.get("db_name")
+    path = "/" + quote(name, safe="") if name is not None else ""
+    return f"postgresql+psycopg://{userinfo}{'@' if userinfo else ''}{host}{port}{path}"
 
 
 def find_config(start: Path) -> tuple[Path, dict[str, Any]] | None:
@@ -287,11 +299,31 @@ def _read_legacy_json(file: Path) -> dict[str, Any]:
 
 
 def sqlalchemy_url(url: str, source: str = "database_url") -> URL:
-    """Parse a database URL and point it at psycopg 3 (``postgresql+psycopg``)."""
+    """Parse a database URL and point it at psycopg 3 (``postgresql+psycopg``).
+
+    A URL whose user name or password holds an unencoded ``@`` is refused: no parser
+    can tell where such a password ends (SQLAlchemy and libpq both stop at the first
+    ``@``, which would send the rest of the password to the server as a host name).
+    The password of every URL parsed here is remembered, so that ``mask_url`` hides it
+    wherever it turns up later, whatever a driver or the server did to the URL.
+    """
     try:
         parsed = make_url(url)
     except (ArgumentError, ValueError):
-        raise ConfigError(f"{source}: not a database URL: {mask_url(url)!r}") from None
+        parsed = None
+    if parsed is None or _ambiguous(parsed):
+        if _AUTHORITY_AT.search(url):
+            raise ConfigError(
+                f"{source}: cannot tell where the password ends in {mask_url(url)!r}: "
+                "percent-encode @ as %40 in the user name and password "
+                "(and : as %3A, / as %2F, % as %25, space as %20), or use the db_* keys"
+            )
+        raise ConfigError(f"{source}: not a database URL: {mask_url(url)!r}")
+    if parsed.password:
+        remember_secret(str(parsed.password))
+    query_password = parsed.query.get("password")
+    for item in [query_password] if isinstance(query_password, str) else query_password or ():
+        remember_secret(item)
     if parsed.drivername in ("postgres", "postgresql", "postgresql+psycopg"):
         return parsed.set(drivername="postgresql+psycopg")
     raise ConfigError(
@@ -299,25 +331,54 @@ def sqlalchemy_url(url: str, source: str = "database_url") -> URL:
     )
 
 
-# user:password@ in a URL anywhere in a text (up to the @ that ends the host's word: a
-# password may hold an unencoded @ or space), and password=... as a URL query parameter
-# or libpq keyword. When in doubt, more is masked, never less.
-_URL_PASSWORD = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^\s:/@]*:)[^\n]*?@(?![^\s/]*@)", re.IGNORECASE)
+# scheme://...@...@ before the query: an @ that is not the one ending the user info.
+_AUTHORITY_AT = re.compile(r"://[^?]*@[^?]*@")
+
+
+def _ambiguous(parsed: URL) -> bool:
+    """A parse that took part of the password for the host, port or database."""
+    parts = (parsed.username, parsed.host, parsed.database)
+    return any(part is not None and "@" in part for part in parts)
+
+
+# user:password@ in a URL anywhere in a text, up to the last @ before the next
+# whitespace (a password may hold an unencoded @, /, : or space), and password=... as a
+# URL query parameter or libpq keyword. When in doubt, more is masked, never less.
+_URL_PASSWORD = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^\s:/@]*:)[^\n]*?@(?!\S*@)", re.IGNORECASE)
 _PASSWORD_PARAM = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s&'\"]+)", re.IGNORECASE)
+
+# Passwords of the URLs this process parsed (sqlalchemy_url), in every spelling a
+# message may hold them: as given, percent-encoded, as SQLAlchemy renders them.
+MIN_SECRET_LENGTH = 4  # shorter ones would mask every second word and protect nothing
+_SECRETS: set[str] = set()
+_SECRETS_LOCK = threading.Lock()
+
+
+def remember_secret(password: str) -> None:
+    """Have ``mask_url`` hide ``password`` (and its URL spellings) in every text."""
+    if len(password) < MIN_SECRET_LENGTH:
+        return
+    rendered = URL.create("x", username="u", password=password, host="h")
+    spelled = rendered.render_as_string(hide_password=False)[len("x://u:") : -len("@h")]
+    forms = {password, quote(password, safe=""), quote_plus(password), spelled}
+    with _SECRETS_LOCK:
+        _SECRETS.update(form for form in forms if len(form) >= MIN_SECRET_LENGTH)
 
 
 def mask_url(text: str) -> str:
     """A URL, or any message holding one, with every password replaced by ***.
 
-    Used for every message and log line mtm shows: the user:password@ part of URLs and
-    ``password=`` parameters (in a URL's query or a libpq connection string).
+    Used for every message and log line mtm shows: the user:password@ part of URLs,
+    ``password=`` parameters (in a URL's query or a libpq connection string), and any
+    occurrence of the password of a URL mtm parsed (libpq's own error text included).
     """
-    try:
-        text = make_url(text).render_as_string(hide_password=True)
-    except (ArgumentError, ValueError):
-        pass
     text = _URL_PASSWORD.sub(lambda m: m.group(1) + "***@", text)
-    return _PASSWORD_PARAM.sub(lambda m: m.group(1) + "***", text)
+    text = _PASSWORD_PARAM.sub(lambda m: m.group(1) + "***", text)
+    with _SECRETS_LOCK:
+        secrets = sorted(_SECRETS, key=len, reverse=True)
+    for secret in secrets:
+        text = text.replace(secret, "***")
+    return text
 
 
 def _type_name(t: type) -> str:

@@ -180,7 +180,7 @@ def checkout(engine: Engine) -> Iterator[Connection]:
     except sa.exc.OperationalError as exc:
         reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
         shown = mask_url(engine.url.render_as_string(hide_password=True))
-        raise DatabaseUnavailable(f"cannot connect to {shown}: {reason}") from None
+        raise DatabaseUnavailable(mask_url(f"cannot connect to {shown}: {reason}")) from None
     try:
         yield conn
     finally:
