@@ -88,4 +88,9 @@ def drop_role_sql(role: str) -> list[str]:
     its remaining privileges here are revoked, then the role goes.
     """
     r = quote_ident(role)
-    return [f"REASSIGN OWNED BY {r} TO CURRENT_USER", f"DROP OWNED BY {r}", f"DROP ROLE {r}"]
+    return [
+        f"GRANT {r} TO CURRENT_USER",
+        f"REASSIGN OWNED BY {r} TO CURRENT_USER",
+        f"DROP OWNED BY {r}",
+        f"DROP ROLE {r}",
+    ]
