@@ -161,11 +161,18 @@ def tenants_cmd(ctx: click.Context, as_json: bool) -> None:
 @cli.command()
 @click.argument("schema")
 @click.option("--yes", is_flag=True, help="Really drop the schema and all its data.")
+@click.option(
+    "--cascade-outside",
+    is_flag=True,
+    help="Also drop objects outside the schema that depend on it (views, foreign keys...).",
+)
 @click.pass_context
-def drop(ctx: click.Context, schema: str, yes: bool) -> None:
+def drop(ctx: click.Context, schema: str, yes: bool, cascade_outside: bool) -> None:
     """Drop tenant SCHEMA: its schema with all data, and its registry row (needs --yes)."""
-    result = commands.drop(_config(ctx), schema, yes=yes)
+    result = commands.drop(_config(ctx), schema, yes=yes, cascade_outside=cascade_outside)
     click.echo(f"dropped tenant {schema}" + (f" and role {result.role}" if result.role else ""))
+    if result.outside:
+        click.echo(f"also dropped, outside schema {schema}: {'; '.join(result.outside)}")
 
 
 def _migrate_options(f: Any) -> Any:

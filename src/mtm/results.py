@@ -69,6 +69,7 @@ class DropResult:
     schema: str
     dropped: bool
     role: str | None = None
+    outside: tuple[str, ...] = ()  # objects outside the schema dropped with it
 
 
 @dataclass

@@ -261,17 +261,21 @@ def create_body(config: Config, schema: str, migration: Migration) -> list[str]:
 
 def drop(config: Config, schema: str, role_sql: Sequence[str] = ()) -> list[str]:
     """Drop a tenant: its schema, registry row (domains cascade), state row and role."""
-    return frame(
-        config,
-        schema,
-        "tenant",
-        before=[
+    return drop_framed(config, schema, role_sql).around([])
+
+
+def drop_framed(config: Config, schema: str, role_sql: Sequence[str] = ()) -> Framed:
+    """``drop`` in two parts: ``head`` opens the transaction and takes the schema's lock,
+    ``tail`` drops; between them the drop may look at what it would take with it."""
+    framed = frame(config, schema, "tenant", after=role_sql, state="delete")
+    return Framed(
+        framed.head,
+        [
             f"DROP SCHEMA IF EXISTS {quote_ident(schema)} CASCADE",
             f"DELETE FROM {tenant_ref(config)} WHERE schema_name = {quote_literal(schema)}",
+            *framed.tail,
         ],
-        after=role_sql,
-        state="delete",
-    ).around([])
+    )
 
 
 def refresh_states(config: Config, schemas: Sequence[str], namespace: Namespace) -> list[str]:

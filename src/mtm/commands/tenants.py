@@ -9,7 +9,7 @@ from typing import NoReturn
 import psycopg
 from sqlalchemy.engine import Connection
 
-from .. import planner, roles, steps
+from .. import dependents, planner, roles, steps
 from ..config import Config
 from ..creation import create_tenant
 from ..database import Database, rollback_quietly, run_script
@@ -203,8 +203,14 @@ def tenants(config: Config) -> list[Tenant]:
         return list_tenants(conn, config)
 
 
-def drop(config: Config, schema: str, *, yes: bool = False) -> DropResult:
-    """Drop a tenant's schema (with all its data) and its registry row; needs ``yes``."""
+def drop(
+    config: Config, schema: str, *, yes: bool = False, cascade_outside: bool = False
+) -> DropResult:
+    """Drop a tenant's schema (with all its data) and its registry row; needs ``yes``.
+
+    Refuses, naming them, while objects outside the schema depend on it (they would go
+    with it), unless ``cascade_outside``.
+    """
     if not isinstance(schema, str) or not schema:
         raise UsageError("name the tenant to drop")
     with session(config, purpose="mtm drop") as (_, conn):
@@ -217,21 +223,33 @@ def drop(config: Config, schema: str, *, yes: bool = False) -> DropResult:
                 f"{schema!r} and all its data"
             )
         role = roles.owned_role(conn, config, schema)
-        script = steps.drop(config, schema, roles.drop_role_sql(role) if role else ())
+        framed = steps.drop_framed(config, schema, roles.drop_role_sql(role) if role else ())
         try:
-            run_script(conn, script)
-        except psycopg.Error as exc:  # e.g. the role holds privileges in another database
+            run_script(conn, framed.head)
+            outside = dependents.outside_dependents(conn, schema)
+            if outside and not cascade_outside:
+                raise UsageError(
+                    f"refusing to drop tenant {schema!r}: {len(outside)} object(s) outside "
+                    f"schema {schema!r} depend on it and would be dropped with it: "
+                    f"{'; '.join(outside)}; change them first, or pass --cascade-outside "
+                    "to drop them too (nothing was dropped)"
+                )
+            try:
+                run_script(conn, framed.tail)
+            except psycopg.Error as exc:  # e.g. the role holds privileges in another database
+                if not role:
+                    raise
+                reason = str(exc).strip().splitlines()[0]
+                raise TenantError(
+                    f"tenant {schema!r} was not dropped: dropping its role {role!r} failed: "
+                    f"{reason} (nothing was changed)"
+                ) from None
+        except BaseException:
             rollback_quietly(conn)
-            if not role:
-                raise
-            reason = str(exc).strip().splitlines()[0]
-            raise TenantError(
-                f"tenant {schema!r} was not dropped: dropping its role {role!r} failed: "
-                f"{reason} (nothing was changed)"
-            ) from None
+            raise
     log.info(
         "dropped tenant %s",
         schema,
         extra={"event": "tenant.drop", "schema": schema, "role": role},
     )
-    return DropResult(schema, True, role)
+    return DropResult(schema, True, role, outside)
