@@ -3,16 +3,23 @@ database left exactly as it was."""
 
 from __future__ import annotations
 
+import asyncio
+import codecs
+import hashlib
+import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
+import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import mtm
 from conftest import Project, _libpq
-from mtm.errors import InvalidName
+from mtm.errors import ConfigError, InvalidName, UsageError
 from mtm.identifiers import (
     MAX_IDENTIFIER_BYTES,
     RESERVED_WORDS,
@@ -22,6 +29,7 @@ from mtm.identifiers import (
     validate_domain,
     validate_schema_name,
 )
+from mtm.resolver import MISSING
 
 
 def _untouched(project: Project) -> None:
@@ -369,3 +377,218 @@ def test_non_text_names_are_refused() -> None:
             validate_domain(value)
     with pytest.raises(InvalidName):
         quote_ident("a\x00b")
+
+
+# --- resolver, domains, ports, options, files, the mapper's arguments -------------------
+
+
+def test_invalidate_wins_over_a_lookup_already_in_flight(project: Project) -> None:
+    """A lookup that read the registry before invalidate() must not cache that answer."""
+    assert project.cli("create", "acme", "--domain", "shop.example.com").exit_code == 0
+    assert project.cli("create", "globex").exit_code == 0
+    engine = mtm.create_app_engine(project.url)
+    resolver = mtm.TenantResolver(engine, ttl=3600)
+    read, release = threading.Event(), threading.Event()
+
+    @sa.event.listens_for(engine, "after_cursor_execute")
+    def _hold(*_: Any) -> None:  # the registry was read: hold the answer there
+        if threading.current_thread().name == "lookup":
+            read.set()
+            assert release.wait(30)
+
+    answers: list[Any] = []
+    lookup = threading.Thread(
+        target=lambda: answers.append(resolver.resolve("shop.example.com")), name="lookup"
+    )
+    try:
+        lookup.start()
+        assert read.wait(30)
+        project.query("UPDATE public.tenants_domains SET schema_name = 'globex'")
+        resolver.invalidate()
+        release.set()
+        lookup.join(30)
+        assert answers[0].schema == "acme"  # it returns what it read...
+        assert resolver.cached("shop.example.com") is MISSING  # ...but does not keep it
+        assert resolver.resolve("shop.example.com").schema == "globex"
+        # Invalidating one host, or one schema, stops an in-flight lookup the same way.
+        for forget in ({"host": "shop.example.com"}, {"schema": "globex"}):
+            resolver.invalidate()
+            read.clear()
+            release.clear()
+            lookup = threading.Thread(target=resolver.resolve, args=("shop.example.com",))
+            lookup.name = "lookup"
+            lookup.start()
+            assert read.wait(30)
+            resolver.invalidate(forget.get("host"), schema=forget.get("schema"))
+            release.set()
+            lookup.join(30)
+            assert resolver.cached("shop.example.com") is MISSING, forget
+    finally:
+        release.set()
+        engine.dispose()
+
+
+def test_invalidate_wins_over_an_async_lookup_in_flight(project: Project) -> None:
+    assert project.cli("create", "acme", "--domain", "shop.example.com").exit_code == 0
+    engine = mtm.create_async_app_engine(project.url)
+    resolver = mtm.AsyncTenantResolver(engine, ttl=3600)
+    read, release = threading.Event(), threading.Event()
+
+    @sa.event.listens_for(engine.sync_engine, "after_cursor_execute")
+    def _hold(*_: Any) -> None:  # blocks the event loop: the invalidation comes from a thread
+        read.set()
+        assert release.wait(30)
+
+    def invalidate_while_held() -> None:
+        assert read.wait(30)
+        resolver.invalidate(schema="acme")
+        release.set()
+
+    async def main() -> Any:
+        try:
+            return await resolver.resolve("shop.example.com")
+        finally:
+            await engine.dispose()
+
+    helper = threading.Thread(target=invalidate_while_held)
+    helper.start()
+    try:
+        assert asyncio.run(main()).schema == "acme"
+    finally:
+        release.set()
+        helper.join(30)
+    assert resolver.cached("shop.example.com") is MISSING
+
+
+def test_unicode_domains_follow_idna_2008_and_old_rows_still_resolve(project: Project) -> None:
+    assert normalize_host("ß.example.com") == "xn--zca.example.com"  # IDNA 2003: ss
+    assert normalize_host("Straße.example.com:443") == "xn--strae-oqa.example.com"
+    r = project.cli("create", "acme", "--domain", "ß.example.com")
+    assert r.exit_code == 0, r.output
+    assert project.scalar("SELECT domain FROM public.tenants_domains") == "xn--zca.example.com"
+    # A tenant whose domain an older mtm stored the IDNA 2003 way.
+    assert project.cli("create", "globex", "--domain", "strasse.example.com").exit_code == 0
+    engine = mtm.create_app_engine(project.url)
+    try:
+        resolver = mtm.TenantResolver(engine)
+        mapper = mtm.MapperTable(engine)
+        for lookup in (resolver.resolve, mapper.lookup):
+            assert lookup("ß.example.com").schema == "acme"
+            assert lookup("XN--ZCA.example.com").schema == "acme"
+            assert lookup("straße.example.com").schema == "globex"  # found as strasse
+            assert lookup("strasse.example.com").schema == "globex"
+            assert lookup("ss.example.com") is None
+        # Where both spellings are registered, the current one wins.
+        r = project.cli("create", "initech", "--domain", "straße.example.com")
+        assert r.exit_code == 0, r.output
+        resolver.invalidate()
+        for lookup in (resolver.resolve, mapper.lookup):
+            assert lookup("straße.example.com").schema == "initech"
+            assert lookup("strasse.example.com").schema == "globex"
+    finally:
+        engine.dispose()
+
+    async def async_lookup() -> Any:
+        async_engine = mtm.create_async_app_engine(project.url)
+        try:
+            return await mtm.AsyncTenantResolver(async_engine).resolve("ß.example.com")
+        finally:
+            await async_engine.dispose()
+
+    assert asyncio.run(async_lookup()).schema == "acme"
+
+
+@pytest.mark.parametrize("port", ["0", "65536", "99999"])
+def test_ports_outside_1_to_65535_are_refused(project: Project, port: str) -> None:
+    r = project.cli("create", "acme", "--domain", f"acme.example.com:{port}")
+    assert r.exit_code == 2
+    assert r.output == (
+        f"error: domain 'acme.example.com:{port}' has port {port}; "
+        "a port is a number from 1 to 65535\n"
+    )
+    _untouched(project)
+    assert project.cli("create", "acme", "--domain", "acme.example.com:65535").exit_code == 0
+    engine = mtm.create_app_engine(project.url)
+    try:
+        resolver = mtm.TenantResolver(engine)
+        assert resolver.resolve("acme.example.com:65535").schema == "acme"
+        for host in (f"acme.example.com:{port}", f"[::1]:{port}", "acme.example.com:\uff18\uff10"):
+            assert resolver.resolve(host) is None, host
+        # The middleware answers such a Host as it answers an unknown one.
+        app = mtm.WSGITenantMiddleware(lambda env, start: [b"app"], resolver)
+        statuses: list[str] = []
+        body = app(
+            {"HTTP_HOST": f"acme.example.com:{port}", "REQUEST_METHOD": "GET", "PATH_INFO": "/"},
+            lambda status, headers, *_: statuses.append(status),
+        )
+        assert statuses[0].startswith("404") and b"app" not in b"".join(body)
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("wait", ["nan", "inf", "-inf", "-1"])
+def test_lock_wait_must_be_finite_and_not_negative(project: Project, wait: str) -> None:
+    project.write("public", "0001_plans.sql", "CREATE TABLE plans (id int);")
+    r = project.cli("migrate", "--lock-wait", wait)
+    assert r.exit_code == 2
+    assert r.output == (
+        f"error: --lock-wait must be a number of seconds, 0 or more; got {float(wait)!r}\n"
+    )
+    _untouched(project)
+    with pytest.raises(UsageError, match="--lock-wait must be"):
+        mtm.migrate(project.config, lock_wait=float(wait))
+    _untouched(project)
+
+
+def test_a_byte_order_mark_in_a_sql_file_is_not_sql(project: Project) -> None:
+    sql_text = "CREATE TABLE items (id int);\n-- mtm:down\nDROP TABLE items;\n"
+    path = project.write("tenant", "0001_items.sql", "")
+    path.write_bytes(codecs.BOM_UTF8 + sql_text.encode())
+    plain = project.write(
+        "tenant",
+        "0002_plain.sql",
+        "ALTER TABLE items ADD note text;\n-- mtm:down\nALTER TABLE items DROP note;\n",
+    )
+    assert project.cli("create", "acme").exit_code == 0
+    assert project.scalar("SELECT to_regclass('acme.items') IS NOT NULL")
+    checksums = dict(project.query("SELECT name, checksum FROM acme.mtm_migrations"))
+    # The mark is not part of the checksum; a file without one keeps the checksum it
+    # always had (SHA-256 of its bytes), so nothing applied before reads as edited.
+    assert checksums["0001_items"] == hashlib.sha256(sql_text.encode()).hexdigest()
+    assert checksums["0002_plain"] == hashlib.sha256(plain.read_bytes()).hexdigest()
+    path.write_text(sql_text)  # an editor drops the mark: not an edit
+    r = project.cli("validate")
+    assert r.exit_code == 0, r.output
+    path.write_bytes(codecs.BOM_UTF8 + sql_text.encode())
+    assert project.cli("down", "--tenant", "acme", "--steps", "2").exit_code == 0
+    assert project.scalar("SELECT to_regclass('acme.items') IS NULL")
+    # A Python migration with a mark worked before and keeps its checksum of the bytes.
+    py = project.write("tenant", "0003_py.py", "def up(op):\n    op.execute('SELECT 1')\n")
+    py.write_bytes(codecs.BOM_UTF8 + py.read_bytes())
+    assert project.cli("migrate").exit_code == 0
+    assert (
+        project.scalar("SELECT checksum FROM acme.mtm_migrations WHERE name = '0003_py'")
+        == hashlib.sha256(py.read_bytes()).hexdigest()
+    )
+
+
+def test_mapper_table_takes_a_url_or_an_engine(project: Project) -> None:
+    assert project.cli("create", "acme", "--domain", "acme.example.com").exit_code == 0
+    engine = mtm.create_app_engine(project.url)
+    mappers = [
+        mtm.MapperTable(project.url),  # as text, postgresql://...
+        mtm.MapperTable(sa.make_url(project.url)),  # a SQLAlchemy URL
+        mtm.MapperTable(engine, project.config),
+    ]
+    try:
+        for mapper in mappers:
+            assert mapper.lookup("ACME.example.com:443").schema == "acme"
+            assert [t.schema for t in mapper.tenants()] == ["acme"]
+    finally:
+        for mapper in mappers:
+            mapper.dispose()
+        engine.dispose()
+    with pytest.raises(ConfigError, match="mtm needs a PostgreSQL URL"):
+        mtm.MapperTable("mysql://u@h/db")
+    with pytest.raises(TypeError, match="needs an SQLAlchemy Engine or a database URL"):
+        mtm.MapperTable(42)  # type: ignore[arg-type]

@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import re
 
+import idna
+
 from .errors import InvalidName
 
 MAX_IDENTIFIER_BYTES = 63
@@ -89,25 +91,51 @@ MAX_DOMAIN_LENGTH = 253
 _HOST_PORT_RE = re.compile(r"[^:\[\]]+:[0-9]{1,5}")
 
 
+MAX_PORT = 65535
+
+
 def normalize_host(host: str) -> str:
     """Normalise a Host header or domain: lower case, no port, no trailing dot.
 
     ``"Acme.Example.com:8443"`` -> ``"acme.example.com"``; ``"[::1]:80"`` -> ``"::1"``.
-    Unicode names become their IDNA (``xn--``) form. Does not validate.
+    Unicode names become their ``xn--`` form under IDNA 2008 / UTS 46 (what browsers
+    send: ``ß`` stays ``ß``, it is not folded to ``ss`` as IDNA 2003 did). A port that is
+    not a number from 1 to 65535 gives ``""``: no tenant owns such a host. Does not
+    validate otherwise.
     """
     host = host.strip()
+    port: str | None = None
     if host.startswith("["):  # IPv6 literal, maybe with a port
         end = host.find("]")
+        if end != -1 and host[end + 1 : end + 2] == ":":
+            port = host[end + 2 :]
         host = host[1:end] if end != -1 else host[1:]
     elif host.count(":") == 1:
-        host = host.split(":", 1)[0]
+        host, port = host.split(":", 1)
+    if port and not (port.isascii() and port.isdigit() and 1 <= int(port) <= MAX_PORT):
+        return ""
     host = host.rstrip(".").lower()
     if not host.isascii():
         try:
-            host = host.encode("idna").decode("ascii")
-        except UnicodeError:
+            host = idna.encode(host, uts46=True, transitional=False).decode("ascii")
+        except (idna.IDNAError, UnicodeError):
             pass
     return host
+
+
+def legacy_idna_form(domain: str) -> str | None:
+    """The form IDNA 2003 gave a normalised domain, where it differs (``ß`` -> ``ss``).
+
+    mtm once stored Unicode domains that way; lookups try this form after the current
+    one, so those tenants still resolve.
+    """
+    if "xn--" not in domain:
+        return None
+    try:
+        legacy = idna.decode(domain).encode("idna").decode("ascii")
+    except (idna.IDNAError, UnicodeError):
+        return None
+    return legacy if legacy != domain else None
 
 
 def validate_domain(domain: object) -> str:
@@ -121,6 +149,9 @@ def validate_domain(domain: object) -> str:
         raise InvalidName(
             f"domain {shown} is not a host name (no scheme or path; a port, if any, is digits)"
         )
+    port = raw.rsplit(":", 1)[1] if ":" in raw else ""
+    if port and not 1 <= int(port) <= MAX_PORT:
+        raise InvalidName(f"domain {shown} has port {port}; a port is a number from 1 to 65535")
     host = normalize_host(domain)
     if not host:
         raise InvalidName(f"domain {shown} is empty")

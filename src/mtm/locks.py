@@ -9,6 +9,7 @@ session-level run lock for the whole run, so two runs never overlap; its
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 import socket
@@ -21,7 +22,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from .config import Config
-from .errors import LockHeld
+from .errors import LockHeld, UsageError
 from .identifiers import quote_literal
 
 log = logging.getLogger("mtm.lock")
@@ -69,6 +70,13 @@ def run_label(command: str) -> str:
     return f"mtm {command} pid={os.getpid()} host={socket.gethostname()}"[:63]
 
 
+def check_lock_wait(wait: float) -> float:
+    """``wait`` if it is a number of seconds mtm can wait (finite, 0 or more)."""
+    if not isinstance(wait, int | float) or not math.isfinite(wait) or wait < 0:
+        raise UsageError(f"--lock-wait must be a number of seconds, 0 or more; got {wait!r}")
+    return float(wait)
+
+
 def acquire_run_lock(conn: Connection, config: Config, *, wait: float, command: str) -> None:
     """Take the database-wide run lock on ``conn`` (a session lock) or raise LockHeld.
 
@@ -88,6 +96,7 @@ def try_run_lock(conn: Connection, config: Config, *, wait: float, command: str)
 
     Sets the session's application_name first, so that others see who holds it.
     """
+    wait = check_lock_wait(wait)
     conn.execute(
         sa.text("SELECT set_config('application_name', :n, false)"), {"n": run_label(command)}
     )

@@ -9,6 +9,7 @@ migrations run in name order.
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import importlib.util
 import inspect
@@ -179,9 +180,13 @@ def _read_migration(path: Path, namespace: Namespace, name: str) -> Migration:
         data = path.read_bytes()
     except OSError as exc:
         raise MigrationFileError(f"cannot read {path}: {exc.strerror}") from None
+    if path.suffix == ".py":  # Python reads a BOM itself; the checksum stays the file's
+        return Migration(name, namespace, path, hashlib.sha256(data).hexdigest(), "python")
+    # A UTF-8 byte order mark (some Windows editors write one) is not SQL: PostgreSQL
+    # would fail on it. It is left out of the checksum too, so adding or removing one is
+    # not an edit; no applied file can have had one, so no recorded checksum changes.
+    data = data.removeprefix(codecs.BOM_UTF8)
     checksum = hashlib.sha256(data).hexdigest()
-    if path.suffix == ".py":
-        return Migration(name, namespace, path, checksum, "python")
     try:
         text = sqlscript.strip_bom(data.decode("utf-8"))
     except UnicodeDecodeError:

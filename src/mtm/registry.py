@@ -13,10 +13,10 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import URL, Connection, Engine
 
-from .config import Config
-from .identifiers import normalize_host, quote_ident
+from .config import Config, sqlalchemy_url
+from .identifiers import legacy_idna_form, normalize_host, quote_ident
 
 PUBLIC = "public"
 
@@ -68,12 +68,22 @@ def _tenant_query(config: Config, where: str = "") -> sa.TextClause:
 
 
 def by_domain_query(config: Config) -> sa.TextClause:
-    """The one tenant-by-host query (parameter ``d``: a normalised domain), one index
-    probe; ``MapperTable`` and the resolvers all use it."""
+    """The one tenant-by-host query (parameters: ``by_domain_params``), one indexed
+    query; ``MapperTable`` and the resolvers all use it.
+
+    A domain stored in its IDNA 2003 form by an older mtm (``ss.example.com`` for
+    ``ß.example.com``) is found too; the current form wins if both are registered.
+    """
     return _tenant_query(
         config,
-        f"WHERE t.schema_name = (SELECT schema_name FROM {domain_ref(config)} WHERE domain = :d)",
+        f"WHERE t.schema_name = (SELECT schema_name FROM {domain_ref(config)} "
+        "WHERE domain IN (:d, :legacy) ORDER BY domain = :d DESC LIMIT 1)",
     )
+
+
+def by_domain_params(domain: str) -> dict[str, str]:
+    """The parameters of ``by_domain_query`` for a normalised domain."""
+    return {"d": domain, "legacy": legacy_idna_form(domain) or domain}
 
 
 def tenant_from_row(row: Any) -> Tenant:
@@ -129,20 +139,37 @@ def count_tenants(conn: Connection, config: Config) -> int:
 class MapperTable:
     """Look tenants up by host name, as an application does for each request.
 
-    ``MapperTable(engine, config)``; ``lookup("Acme.Example.com:8443")`` returns the
+    ``MapperTable(engine_or_url, config)``: an SQLAlchemy engine, or a database URL
+    (``postgresql://...``, as text or a SQLAlchemy ``URL``) for which it makes its own
+    engine (``dispose()`` closes it). ``lookup("Acme.Example.com:8443")`` returns the
     ``Tenant`` owning ``acme.example.com`` or None. Every call is one indexed query.
     """
 
-    def __init__(self, engine: Engine, config: Config | None = None) -> None:
+    def __init__(self, engine: Engine | str | URL, config: Config | None = None) -> None:
+        self._owns_engine = not isinstance(engine, Engine)
+        if isinstance(engine, URL):
+            engine = engine.render_as_string(hide_password=False)
+        if isinstance(engine, str):
+            engine = sa.create_engine(sqlalchemy_url(engine), pool_pre_ping=True)
+        if not isinstance(engine, Engine):
+            raise TypeError(
+                f"MapperTable needs an SQLAlchemy Engine or a database URL, "
+                f"got {type(engine).__name__}"
+            )
         self.engine = engine
         self.config = config or Config()
+
+    def dispose(self) -> None:
+        """Close the connections of the engine made from a URL (not of one passed in)."""
+        if self._owns_engine:
+            self.engine.dispose()
 
     def lookup(self, host: str) -> Tenant | None:
         domain = normalize_host(host)
         if not domain:
             return None
         with self.engine.connect() as conn:
-            row = conn.execute(by_domain_query(self.config), {"d": domain}).first()
+            row = conn.execute(by_domain_query(self.config), by_domain_params(domain)).first()
         return tenant_from_row(row) if row else None
 
     def get(self, schema: str) -> Tenant | None:

@@ -27,7 +27,7 @@ from sqlalchemy.engine import Engine
 
 from .config import Config
 from .identifiers import normalize_host
-from .registry import Tenant, by_domain_query, tenant_from_row
+from .registry import Tenant, by_domain_params, by_domain_query, tenant_from_row
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
@@ -53,8 +53,15 @@ class TenantCache:
         self.clock = clock
         self._entries: OrderedDict[str, tuple[float, Tenant | None]] = OrderedDict()
         self._lock = threading.Lock()
+        self._generation = 0  # moves on with every invalidate()
         self.hits = 0
         self.misses = 0
+
+    @property
+    def generation(self) -> int:
+        """Read before asking the database; pass to ``put`` with the answer."""
+        with self._lock:
+            return self._generation
 
     def get(self, host: str, *, count: bool = True) -> Tenant | None:
         """The cached answer for a normalised host, or ``MISSING``."""
@@ -70,19 +77,27 @@ class TenantCache:
             self.misses += count
             return MISSING  # type: ignore[no-any-return]
 
-    def put(self, host: str, tenant: Tenant | None) -> None:
+    def put(self, host: str, tenant: Tenant | None, generation: int | None = None) -> None:
+        """Cache an answer, unless ``invalidate()`` ran since ``generation`` was read: an
+        answer read before an invalidation may be the old one, and must not outlive it."""
         ttl = self.ttl if tenant is not None else self.negative_ttl
         if ttl <= 0:
             return
         with self._lock:
+            if generation is not None and generation != self._generation:
+                return
             self._entries[host] = (self.clock() + ttl, tenant)
             self._entries.move_to_end(host)
             while len(self._entries) > self.maxsize:
                 self._entries.popitem(last=False)
 
     def invalidate(self, host: str | None = None, *, schema: str | None = None) -> None:
-        """Forget one host, every host of one tenant schema, or (no arguments) all."""
+        """Forget one host, every host of one tenant schema, or (no arguments) all.
+
+        Lookups in flight at that moment return their answer but do not cache it.
+        """
         with self._lock:
+            self._generation += 1
             if host is None and schema is None:
                 self._entries.clear()
                 return
@@ -187,11 +202,12 @@ class TenantResolver(_Base):
                 found = self.cache.get(domain, count=False)  # answered while we waited?
                 if found is not MISSING:
                     return found
+                generation = self.cache.generation
                 with self.engine.connect() as conn:
-                    row = conn.execute(self._query, {"d": domain}).first()
+                    row = conn.execute(self._query, by_domain_params(domain)).first()
                 self._count_query()
                 tenant = tenant_from_row(row) if row else None
-                self.cache.put(domain, tenant)
+                self.cache.put(domain, tenant, generation)
                 return tenant
         finally:
             self._leave(domain)
@@ -229,11 +245,12 @@ class AsyncTenantResolver(_Base):
                 found = self.cache.get(domain, count=False)
                 if found is not MISSING:
                     return found
+                generation = self.cache.generation
                 async with self.engine.connect() as conn:
-                    row = (await conn.execute(self._query, {"d": domain})).first()
+                    row = (await conn.execute(self._query, by_domain_params(domain))).first()
                 self._count_query()
                 tenant = tenant_from_row(row) if row else None
-                self.cache.put(domain, tenant)
+                self.cache.put(domain, tenant, generation)
                 return tenant
         finally:
             self._leave(key)

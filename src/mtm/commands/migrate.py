@@ -14,7 +14,7 @@ from ..database import run_script
 from ..errors import UsageError, ValidationFailed
 from ..identifiers import validate_schema_name
 from ..ledger import PUBLIC
-from ..locks import acquire_run_lock, release_run_lock
+from ..locks import acquire_run_lock, check_lock_wait, release_run_lock
 from ..migrations import MigrationSet, Namespace, discover
 from ..plan import SchemaPlan, fingerprint
 from ..progress import NoProgress, Progress
@@ -49,6 +49,7 @@ def migrate(
     jobs = config.jobs if jobs is None else jobs
     if jobs < 1:
         raise UsageError("--jobs must be at least 1")
+    lock_wait = check_lock_wait(lock_wait)
     run_settings = settings(config, lock_timeout, statement_timeout, retries)
     mset = discover(config.migrations_directory)
     mset.load_all()
