@@ -84,8 +84,12 @@ def owned_role(conn: Connection, config: Config, schema: str) -> str | None:
 def drop_role_sql(role: str) -> list[str]:
     """Statements that remove a tenant role (inside the drop transaction).
 
-    Anything the role came to own in this database goes to the user running mtm, then
-    its remaining privileges here are revoked, then the role goes.
+    The user running mtm first grants itself the role: REASSIGN OWNED and DROP OWNED
+    need the role's privileges, which a CREATEROLE user who is not a superuser does not
+    hold over the roles it made (PostgreSQL 15: no membership; 16+: ADMIN without
+    INHERIT). Then anything the role came to own in this database goes to the user
+    running mtm, its remaining privileges here are revoked, and the role goes (with
+    the membership).
     """
     r = quote_ident(role)
     return [
