@@ -192,6 +192,17 @@ def test_drop_removes_schema_registry_row_state_and_role_in_one_transaction() ->
     assert "lock_timeout" not in _kinds(script)  # a drop waits for running steps
 
 
+def test_drop_framed_locks_before_the_drop_and_is_the_same_script() -> None:
+    framed = steps.drop_framed(CONFIG, "acme", ['DROP ROLE "r"'])
+    assert framed.around([]) == steps.drop(CONFIG, "acme", ['DROP ROLE "r"'])
+    # What runs between head and tail (the look at outside dependents) is under the lock,
+    # in the transaction, and before anything is dropped.
+    assert _kinds(framed.head)[:2] == ["BEGIN", "lock"]
+    assert not any("DROP" in s or "DELETE" in s for s in framed.head)
+    assert framed.tail[0] == 'DROP SCHEMA IF EXISTS "acme" CASCADE'
+    assert framed.tail[-1] == "COMMIT"
+
+
 def test_outside_transaction_scripts() -> None:
     m = _migration()
     check = steps.outside_check(CONFIG, "acme", "tenant", "fp")
