@@ -22,6 +22,7 @@ RAW = ROOT.parent / "shared" / "bench" / "raw_baseline.py"
     shutil.which("psql") is None and not list(Path("/usr/lib/postgresql").glob("*/bin/psql")),
     reason="the raw floor needs psql",
 )
+@pytest.mark.slow
 def test_fleet_benchmark_runs(server_url: str, tmp_path: Path) -> None:
     out = tmp_path / "fleet.json"
     args = ["--tenants", "5", "--noop-tenants", "20", "--jobs-list", "1,2"]

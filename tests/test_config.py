@@ -162,6 +162,7 @@ def _env_without_url() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k != "MTM_DATABASE_URL"}
 
 
+@pytest.mark.slow
 def test_init_then_db_url_gives_a_url_psql_accepts(tmp_path: Path) -> None:
     """The embedded server: started on first use, kept running, stopped by db stop."""
     proj = tmp_path / "p"

@@ -25,6 +25,8 @@ from _reliability import (
 from conftest import Project, _libpq, make_project
 from mtm.embedded import EmbeddedServer
 
+pytestmark = pytest.mark.slow  # every test here kills or interrupts a real mtm process
+
 GATE = 4343
 TENANTS = [f"t{i}" for i in range(1, 7)]
 HEAD = ["0001_items", "0002_two", "0003_three"]
@@ -192,7 +194,6 @@ def test_sigkill_during_a_public_step_and_the_lock_it_leaves(project: Project) -
     assert ledger(project, "public") == ["0001_gated"]
 
 
-@pytest.mark.slow
 def test_postgres_restart_under_a_run(tmp_path: Path) -> None:
     # A server of its own, in this run's own temp folder (see conftest).
     server = EmbeddedServer(tmp_path / "pgdata")

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import psycopg
+import pytest
 
 from _reliability import (
     ledger,
@@ -39,6 +40,7 @@ def gate(project: Project) -> Iterator[psycopg.Connection]:
         conn.close()
 
 
+@pytest.mark.slow
 def test_second_migrate_fails_fast_naming_the_holder_then_waits_with_lock_wait(
     project: Project,
 ) -> None:
@@ -94,6 +96,7 @@ def _asking_for_the_run_lock(project: Project, pid: int) -> bool:
     )
 
 
+@pytest.mark.slow
 def test_create_down_and_drop_while_a_migrate_runs(project: Project) -> None:
     """Tenants created, reverted or dropped mid-run end at head or are reported dropped."""
     project.write(
@@ -155,6 +158,7 @@ def test_create_down_and_drop_while_a_migrate_runs(project: Project) -> None:
     assert r.exit_code == 0, r.output
 
 
+@pytest.mark.slow
 def test_down_never_reverts_under_a_step_it_did_not_plan_for(project: Project) -> None:
     """down plans from the ledger; if a migrate adds a step before down gets the schema's
     lock, down refuses instead of reverting a migration that is no longer the newest."""
@@ -300,6 +304,7 @@ def test_statement_timeout(project: Project) -> None:
     assert tables(project, "acme") == {"items"}
 
 
+@pytest.mark.slow
 def test_two_creates_of_one_tenant_at_once(project: Project) -> None:
     """Both pass the checks before either commits; the second waits for the schema's
     lock, then fails with a clear message, leaving the first tenant whole."""
