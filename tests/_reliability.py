@@ -70,6 +70,11 @@ def wait_until(what: Callable[[], object], timeout: float = 60.0, message: str =
     raise AssertionError(f"timed out after {timeout}s waiting for {message or what}")
 
 
+# Advisory locks are server-wide: another test run on the same server (the shared
+# PostgreSQL 15, say) takes the same gate numbers, so each count keeps to this database.
+_THIS_DATABASE = "database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+
+
 def run_lock_pids(project: Project) -> list[int]:
     """Backends holding mtm's run lock in the project's database."""
     return [
@@ -88,7 +93,8 @@ def schema_lock_held(project: Project, schema: str) -> bool:
     return bool(
         project.scalar(
             "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted "
-            "AND classid = %s AND objid = hashtext(%s)::oid AND objsubid = 2)",
+            "AND classid = %s AND objid = hashtext(%s)::oid AND objsubid = 2 "
+            f"AND {_THIS_DATABASE})",
             (SCHEMA_LOCK_CLASS, schema),
         )
     )
@@ -99,7 +105,7 @@ def waiting_on_gate(project: Project, gate: int) -> int:
     return int(
         project.scalar(
             "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted "
-            "AND classid = 0 AND objid = %s",
+            f"AND classid = 0 AND objid = %s AND {_THIS_DATABASE}",
             (gate,),
         )
     )
@@ -110,7 +116,7 @@ def waiting_on_schema_locks(project: Project) -> int:
     return int(
         project.scalar(
             "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted "
-            "AND classid = %s",
+            f"AND classid = %s AND {_THIS_DATABASE}",
             (SCHEMA_LOCK_CLASS,),
         )
     )
