@@ -6,43 +6,105 @@ Applications use ``TenantResolver`` (cached; ``MapperTable`` is the uncached loo
 find a tenant by host name, ``TenantMiddleware``/``WSGITenantMiddleware`` to do it per
 request, and ``tenant_connection``/``tenant_session`` (and their ``async_`` forms) to
 work inside its schema; see docs/applications.md.
+
+Names are imported on first use (PEP 562), so ``import mtm`` (and ``mtm --help``) does
+not load SQLAlchemy, psycopg or Alembic until something needs them. The library logs
+under the ``mtm`` logger and adds only a ``NullHandler``: applications configure output.
 """
 
 from __future__ import annotations
 
-from .commands import (
-    create,
-    db_start,
-    db_status,
-    db_stop,
-    db_url,
-    down,
-    drop,
-    history,
-    init,
-    migrate,
-    new,
-    status,
-    tenants,
-    validate,
-)
-from .config import Config
-from .database import Database, connect
-from .errors import MtmError
-from .identifiers import tenant_role_name
-from .middleware import TenantMiddleware, WSGITenantMiddleware, current_tenant
-from .registry import MapperTable, Tenant
-from .resolver import AsyncTenantResolver, TenantCache, TenantResolver
-from .session import (
-    async_tenant_connection,
-    async_tenant_session,
-    bind_connection,
-    create_app_engine,
-    create_async_app_engine,
-    tenant_connection,
-    tenant_role,
-    tenant_session,
-)
+import importlib
+import logging
+from typing import TYPE_CHECKING, Any
+
+logging.getLogger("mtm").addHandler(logging.NullHandler())
+
+# public name -> the module that defines it
+_EXPORTS = {
+    **dict.fromkeys(
+        (
+            "create",
+            "db_start",
+            "db_status",
+            "db_stop",
+            "db_url",
+            "down",
+            "drop",
+            "history",
+            "init",
+            "migrate",
+            "new",
+            "status",
+            "tenants",
+            "validate",
+        ),
+        "commands",
+    ),
+    "Config": "config",
+    "Database": "database",
+    "connect": "database",
+    "MtmError": "errors",
+    "tenant_role_name": "identifiers",
+    "TenantMiddleware": "middleware",
+    "WSGITenantMiddleware": "middleware",
+    "current_tenant": "middleware",
+    "MapperTable": "registry",
+    "Tenant": "registry",
+    "AsyncTenantResolver": "resolver",
+    "TenantCache": "resolver",
+    "TenantResolver": "resolver",
+    **dict.fromkeys(
+        (
+            "async_tenant_connection",
+            "async_tenant_session",
+            "bind_connection",
+            "create_app_engine",
+            "create_async_app_engine",
+            "tenant_connection",
+            "tenant_role",
+            "tenant_session",
+        ),
+        "session",
+    ),
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'mtm' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
+
+
+if TYPE_CHECKING:
+    from .commands.inspection import history, status, validate
+    from .commands.migrate import down, migrate
+    from .commands.project import db_start, db_status, db_stop, db_url, init, new
+    from .commands.tenants import create, drop, tenants
+    from .config import Config
+    from .database import Database, connect
+    from .errors import MtmError
+    from .identifiers import tenant_role_name
+    from .middleware import TenantMiddleware, WSGITenantMiddleware, current_tenant
+    from .registry import MapperTable, Tenant
+    from .resolver import AsyncTenantResolver, TenantCache, TenantResolver
+    from .session import (
+        async_tenant_connection,
+        async_tenant_session,
+        bind_connection,
+        create_app_engine,
+        create_async_app_engine,
+        tenant_connection,
+        tenant_role,
+        tenant_session,
+    )
 
 __all__ = [
     "AsyncTenantResolver",

@@ -1,61 +1,80 @@
 """The command line: parse options, call a function of ``mtm.commands``, render the result.
 
-Expected failures (``MtmError``) print one line, ``error: ...``, on stderr and exit
-non-zero; Ctrl-C lets running steps finish and exits 130.
+Expected failures (``MtmError``) print one line, ``error: ...``, on stderr and exit with
+their code (``exits.py``); so does a "permission denied" from the server. Ctrl-C lets
+running steps finish and exits 130. The commands, SQLAlchemy, psycopg and Alembic are
+imported inside the command functions, so ``mtm --help`` and ``--version`` stay fast.
 """
 
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-from rich.console import Console
 
-from . import commands
-from .config import Config, mask_url
-from .errors import MtmError
-from .progress import NoProgress, Progress
-from .report import (
-    LiveProgress,
-    PlainProgress,
-    dump_json,
-    history_table,
-    migrate_json,
-    migrate_summary,
-    status_json,
-    status_table,
-    tenants_table,
-)
+from . import logs
+from .errors import MtmError, insufficient_privilege
+from .exits import Exit
+from .keys import help_of
+from .words import plural
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from .config import Config
+    from .progress import Progress
+
+
+def _mask(text: str) -> str:
+    from .config import mask_url
+
+    return mask_url(text)
 
 
 class MtmGroup(click.Group):
-    """Turns MtmError into one clear line and its exit code."""
+    """Turns MtmError (and a server's "permission denied") into one clear line and its
+    exit code: the one place errors become output."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except MtmError as exc:
-            click.echo(f"error: {mask_url(exc.message)}", err=True)
+            click.echo(f"error: {_mask(exc.message)}", err=True)
             ctx.exit(exc.exit_code)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
-            ctx.exit(130)
+            ctx.exit(Exit.INTERRUPTED)
+        except Exception as exc:
+            refused = insufficient_privilege(exc)
+            if refused is None:
+                raise
+            click.echo(f"error: {_mask(refused.message)}", err=True)
+            ctx.exit(refused.exit_code)
 
 
 def _config(ctx: click.Context) -> Config:
+    from .config import Config
+
     obj = ctx.find_root().obj
     if "config" not in obj:
-        obj["config"] = Config.load(obj.get("config_path"))
+        obj["config"] = Config.load(
+            obj.get("config_path"), overrides={"database_url": obj.get("url")}
+        )
     config: Config = obj["config"]
     return config
 
 
 def _console() -> Console:
+    from rich.console import Console
+
     return Console(highlight=False, soft_wrap=True)
 
 
 def _progress(config: Config, as_json: bool) -> Progress:
+    from .progress import NoProgress
+    from .report import LiveProgress, PlainProgress
+
     if as_json:
         return NoProgress()
     if sys.stdout.isatty():
@@ -71,22 +90,53 @@ def _progress(config: Config, as_json: bool) -> Progress:
     help="Config file (mtm.toml, pyproject.toml or the original tool's .json). "
     "Default: found by walking up from the current directory.",
 )
+@click.option(
+    "--url",
+    metavar="URL",
+    help="The database URL; overrides database_url and the db_* keys of the config "
+    "and their MTM_* variables.",
+)
+@click.option("-v", "--verbose", count=True, help="Log each step (-v), and more (-vv).")
+@click.option("-q", "--quiet", is_flag=True, help="Log errors only.")
+@click.option(
+    "--log-format",
+    type=click.Choice(logs.FORMATS),
+    default="text",
+    show_default=True,
+    help="Log lines on stderr: text, or one JSON object per record.",
+)
 @click.version_option(package_name="multi-tenant-migrate", prog_name="mtm")
 @click.pass_context
-def cli(ctx: click.Context, config_path: str | None) -> None:
+def cli(
+    ctx: click.Context,
+    config_path: str | None,
+    url: str | None,
+    verbose: int,
+    quiet: bool,
+    log_format: str,
+) -> None:
     """mtm: schema-per-tenant PostgreSQL migrations.
 
     A public schema plus one schema per tenant; migrations in two namespaces, public
     and tenant; one command rolls every schema forward.
+
+    Every config key can also be set as MTM_<KEY> (MTM_DATABASE_URL, MTM_JOBS...):
+    option > environment > config file > default. Exit codes: 0 ok; 1 failure or
+    findings; 2 usage or config error, or refused before changing anything; 3
+    status --check found pending work; 4 cannot connect; 130 interrupted.
     """
     ctx.ensure_object(dict)
     ctx.obj["config_path"] = config_path
+    ctx.obj["url"] = url
+    logs.configure(verbose, quiet, log_format)
 
 
 @cli.command()
 @click.argument("directory", default=".", type=click.Path(file_okay=False))
 def init(directory: str) -> None:
     """Write a commented mtm.toml and the migrations/public and migrations/tenant folders."""
+    from . import commands
+
     result = commands.init(directory)
     for path in result.created:
         click.echo(f"created {path}")
@@ -99,6 +149,8 @@ def init(directory: str) -> None:
 @click.pass_context
 def new(ctx: click.Context, namespace: str, message: str, sql: bool) -> None:
     """Write a new migration file named with a UTC timestamp and a slug of MESSAGE."""
+    from . import commands
+
     click.echo(str(commands.new(_config(ctx), namespace, message, sql=sql)))
 
 
@@ -123,13 +175,15 @@ def create(
 ) -> None:
     """Register tenant SCHEMA, create its schema and apply every tenant migration, in one
     transaction."""
+    from . import commands
+
     result = commands.create(
         _config(ctx), schema, domains=domains, name=name, migrate=not no_migrate, role=role
     )
     if n := len(result.public_applied):
-        click.echo(f"applied {n} pending public migration{'s' if n != 1 else ''} first")
+        click.echo(f"applied {plural(n, 'pending public migration')} first")
     click.echo(
-        f"created tenant {result.tenant.schema} with {len(result.applied)} migrations "
+        f"created tenant {result.tenant.schema} with {plural(len(result.applied), 'migration')} "
         f"in {result.seconds:.2f}s"
         + (f" (domains: {', '.join(result.tenant.domains)})" if result.tenant.domains else "")
         + (f" and role {result.role}" if result.role else "")
@@ -141,6 +195,9 @@ def create(
 @click.pass_context
 def tenants_cmd(ctx: click.Context, as_json: bool) -> None:
     """List tenants: schema, name, domains, created."""
+    from . import commands
+    from .report import dump_json, tenants_table
+
     items = commands.tenants(_config(ctx))
     if as_json:
         dump_json(
@@ -169,6 +226,8 @@ def tenants_cmd(ctx: click.Context, as_json: bool) -> None:
 @click.pass_context
 def drop(ctx: click.Context, schema: str, yes: bool, cascade_outside: bool) -> None:
     """Drop tenant SCHEMA: its schema with all data, and its registry row (needs --yes)."""
+    from . import commands
+
     result = commands.drop(_config(ctx), schema, yes=yes, cascade_outside=cascade_outside)
     click.echo(f"dropped tenant {schema}" + (f" and role {result.role}" if result.role else ""))
     if result.outside:
@@ -179,7 +238,7 @@ def _migrate_options(f: Any) -> Any:
     options = [
         click.option("--tenant", "tenants", multiple=True, help="Only this tenant (repeatable)."),
         click.option("--dry-run", is_flag=True, help="Print the plan; change nothing."),
-        click.option("--jobs", "-j", type=int, help="Tenants migrated at once (config: jobs)."),
+        click.option("--jobs", "-j", type=int, help=help_of("jobs")),
         click.option(
             "--continue-on-error",
             is_flag=True,
@@ -197,9 +256,9 @@ def _migrate_options(f: Any) -> Any:
             show_default=True,
             help="Seconds to wait for another run's lock.",
         ),
-        click.option("--lock-timeout", help="Per-migration lock_timeout, e.g. 5s."),
-        click.option("--statement-timeout", help="Per-migration statement_timeout, e.g. 5min."),
-        click.option("--retries", type=int, help="Retries of a step that hit a lock timeout."),
+        click.option("--lock-timeout", help=help_of("lock_timeout")),
+        click.option("--statement-timeout", help=help_of("statement_timeout")),
+        click.option("--retries", type=int, help=help_of("retries")),
         click.option("--json", "as_json", is_flag=True, help="Print a JSON result."),
     ]
     for option in reversed(options):
@@ -236,6 +295,9 @@ def _run_migrate(
     retries: int | None,
     as_json: bool,
 ) -> None:
+    from . import commands
+    from .report import dump_json, migrate_json, migrate_summary
+
     config = _config(ctx)
     result = commands.migrate(
         config,
@@ -256,21 +318,24 @@ def _run_migrate(
         for line in migrate_summary(result, config.public_schema_display_name):
             click.echo(line, err=line.startswith("FAILED"))
     if result.outcome.interrupted:
-        ctx.exit(130)
+        ctx.exit(Exit.INTERRUPTED)
     if not result.ok:
-        ctx.exit(1)
+        ctx.exit(Exit.FAILED)
 
 
 @cli.command()
 @click.option("--tenant", "tenants", multiple=True, help="Only this tenant (repeatable).")
 @click.option("--all", "list_all", is_flag=True, help="One row per tenant, however many.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@click.option("--check", is_flag=True, help="Exit 1 when anything is pending.")
+@click.option("--check", is_flag=True, help="Exit 3 when anything is pending.")
 @click.pass_context
 def status(
     ctx: click.Context, tenants: tuple[str, ...], list_all: bool, as_json: bool, check: bool
 ) -> None:
     """Where every schema stands: applied/total, last applied, pending."""
+    from . import commands
+    from .report import dump_json, status_json, status_table
+
     result = commands.status(_config(ctx), tenants=list(tenants) or None)
     if as_json:
         dump_json(status_json(result))
@@ -279,7 +344,7 @@ def status(
         for renderable in status_table(result, list_all=list_all or bool(tenants)):
             console.print(renderable)
     if check and result.pending:
-        ctx.exit(1)
+        ctx.exit(Exit.PENDING)
 
 
 @cli.command()
@@ -298,6 +363,8 @@ def down(
     to: str | None,
 ) -> None:
     """Revert the most recently applied migrations, newest first, one transaction each."""
+    from . import commands
+
     config = _config(ctx)
     result = commands.down(
         config,
@@ -318,7 +385,7 @@ def down(
     if not result.results:
         click.echo("nothing to revert")
     if not result.ok:
-        ctx.exit(1)
+        ctx.exit(Exit.FAILED)
 
 
 @cli.command()
@@ -328,6 +395,9 @@ def down(
 @click.pass_context
 def history(ctx: click.Context, tenant: str | None, public: bool, as_json: bool) -> None:
     """The ledger of one schema: applied migrations, when, how long."""
+    from . import commands
+    from .report import dump_json, history_table
+
     rows = commands.history(_config(ctx), tenant=tenant, public=public)
     if as_json:
         dump_json([r.__dict__ for r in rows])
@@ -340,6 +410,9 @@ def history(ctx: click.Context, tenant: str | None, public: bool, as_json: bool)
 @click.pass_context
 def validate(ctx: click.Context, as_json: bool) -> None:
     """Check applied migrations against the files and the registry against the schemas."""
+    from . import commands
+    from .report import dump_json
+
     result = commands.validate(_config(ctx))
     if as_json:
         dump_json(
@@ -353,11 +426,11 @@ def validate(ctx: click.Context, as_json: bool) -> None:
         for p in result.problems:
             click.echo(p)
         click.echo(
-            f"{result.schemas_checked:,} schemas checked: "
-            + ("no problems" if result.ok else f"{len(result.problems)} problems")
+            f"{plural(result.schemas_checked, 'schema')} checked: "
+            + ("no problems" if result.ok else plural(len(result.problems), "problem"))
         )
     if not result.ok:
-        ctx.exit(1)
+        ctx.exit(Exit.FAILED)
 
 
 @cli.group()
@@ -369,6 +442,8 @@ def db() -> None:
 @click.pass_context
 def db_start(ctx: click.Context) -> None:
     """Start the embedded server (initialising it on first use)."""
+    from . import commands
+
     click.echo(commands.db_start(_config(ctx)))
 
 
@@ -376,6 +451,8 @@ def db_start(ctx: click.Context) -> None:
 @click.pass_context
 def db_stop(ctx: click.Context) -> None:
     """Stop the embedded server."""
+    from . import commands
+
     stopped = commands.db_stop(_config(ctx))
     click.echo("stopped" if stopped else "not running")
 
@@ -384,9 +461,11 @@ def db_stop(ctx: click.Context) -> None:
 @click.pass_context
 def db_status(ctx: click.Context) -> None:
     """Whether the embedded server runs, and where."""
+    from . import commands
+
     config = _config(ctx)
     if config.database_url:
-        click.echo(f"configured database: {mask_url(config.database_url)}")
+        click.echo(f"configured database: {_mask(config.database_url)}")
         return
     st = commands.db_status(config)
     if st.running:
@@ -394,13 +473,15 @@ def db_status(ctx: click.Context) -> None:
     else:
         state = "stopped" if st.initialized else "not initialised"
         click.echo(f"{state}: data {st.data_dir}")
-        ctx.exit(3)
+        ctx.exit(Exit.FAILED)
 
 
 @db.command("url")
 @click.pass_context
 def db_url(ctx: click.Context) -> None:
     """Print the database URL (starting the embedded server if it is the one used)."""
+    from . import commands
+
     click.echo(commands.db_url(_config(ctx)))
 
 

@@ -1,8 +1,10 @@
 """Configuration: ``mtm.toml``, ``[tool.mtm]`` in ``pyproject.toml``, or the legacy JSON file.
 
-Keys match the original multi-tenant-migrate tool's one for one; the environment
-variable ``MTM_DATABASE_URL`` overrides the database. Every mistake in a file is a
-``ConfigError`` naming the file and the key.
+Keys (declared once, in ``keys.py``) match the original multi-tenant-migrate tool's one
+for one. Each comes from, in order of precedence: a command-line option (``--url``,
+``--jobs``...), the environment variable ``MTM_<KEY>``, the file, its default. Every
+mistake is a ``ConfigError`` naming the file or variable and the key. SQLAlchemy is
+imported only when a URL is parsed, so ``mtm --help`` stays fast.
 """
 
 from __future__ import annotations
@@ -15,57 +17,45 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-from urllib.parse import quote, quote_plus
-
-from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote, quote_plus, urlencode
 
 from .errors import ConfigError, InvalidName
 from .identifiers import validate_role_prefix
+from .keys import BY_NAME, KEYS, URL_PARTS, default
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import URL
 
 CONFIG_FILE = "mtm.toml"
 PYPROJECT = "pyproject.toml"
-ENV_DATABASE_URL = "MTM_DATABASE_URL"
-
-# key -> (type, default). The five db_* parts compose a URL when database_url is absent.
-_KEYS: dict[str, tuple[type, Any]] = {
-    "database_url": (str, None),
-    "db_user": (str, None),
-    "db_password": (str, None),
-    "db_name": (str, None),
-    "db_host": (str, None),
-    "db_port": (int, None),
-    "tenant_table": (str, "tenants"),
-    "public_schema_display_name": (str, "*PUBLIC"),
-    "migrations_directory": (str, "migrations"),
-    "migrations_table": (str, "mtm_migrations"),
-    "jobs": (int, 4),
-    "lock_timeout": (str, "5s"),
-    "statement_timeout": (str, None),
-    "retries": (int, 2),
-    "tenant_role_prefix": (str, "mtm_tenant_"),
-    "tenant_role_member": (str, None),
-}
-
-# Keys whose values are never shown in a message.
-_SECRET_KEYS = {"database_url", "db_password"}
+ENV_DATABASE_URL = BY_NAME["database_url"].env
 
 # The original tool's JSON keys.
-LEGACY_JSON_KEYS = {
-    "dbUser": "db_user",
-    "dbPassword": "db_password",
-    "dbName": "db_name",
-    "dbHost": "db_host",
-    "dbPort": "db_port",
-    "tenantMapperTableName": "tenant_table",
-    "publicSchemaDisplayName": "public_schema_display_name",
-    "migrationsDirectory": "migrations_directory",
-    "migrationsTableName": "migrations_table",
-}
+LEGACY_JSON_KEYS = {k.legacy: k.name for k in KEYS if k.legacy}
 
 _TABLE_NAME_RE = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 _DURATION_RE = re.compile(r"\d+(\.\d+)?\s*(us|ms|s|min|h|d)?")
+
+
+def _problem(key: str, value: Any) -> str | None:
+    """What is wrong with ``value`` for ``key`` (beyond its type), or None."""
+    if value is None:
+        return None
+    if key in ("tenant_table", "migrations_table") and not _TABLE_NAME_RE.fullmatch(value):
+        return f"{key} {value!r} must be a plain lower-case table name"
+    if key == "jobs" and value < 1:
+        return f"jobs must be at least 1, got {value}"
+    if key == "retries" and value < 0:
+        return f"retries must be 0 or more, got {value}"
+    if key in ("lock_timeout", "statement_timeout") and not _DURATION_RE.fullmatch(value.strip()):
+        return f"{key} {value!r} is not a PostgreSQL duration such as '5s'"
+    if key == "tenant_role_prefix":
+        try:
+            validate_role_prefix(value)
+        except InvalidName as exc:
+            return f"tenant_role_prefix: {exc.message}"
+    return None
 
 
 @dataclass(frozen=True)
@@ -74,42 +64,26 @@ class Config:
 
     root: Path = field(default_factory=Path.cwd)
     path: Path | None = None
-    database_url: str | None = None
-    tenant_table: str = "tenants"
-    public_schema_display_name: str = "*PUBLIC"
-    migrations_directory: Path = Path("migrations")
-    migrations_table: str = "mtm_migrations"
-    jobs: int = 4
-    lock_timeout: str = "5s"
-    statement_timeout: str | None = None
-    retries: int = 2
-    tenant_role_prefix: str = "mtm_tenant_"
-    tenant_role_member: str | None = None
+    database_url: str | None = default("database_url")
+    tenant_table: str = default("tenant_table")
+    public_schema_display_name: str = default("public_schema_display_name")
+    migrations_directory: Path = Path(default("migrations_directory"))
+    migrations_table: str = default("migrations_table")
+    jobs: int = default("jobs")
+    lock_timeout: str = default("lock_timeout")
+    statement_timeout: str | None = default("statement_timeout")
+    retries: int = default("retries")
+    tenant_role_prefix: str = default("tenant_role_prefix")
+    tenant_role_member: str | None = default("tenant_role_member")
 
     def __post_init__(self) -> None:
         source = str(self.path) if self.path else "config"
-        for key in ("tenant_table", "migrations_table"):
-            value = getattr(self, key)
-            if not _TABLE_NAME_RE.fullmatch(value):
-                raise ConfigError(
-                    f"{source}: {key} {value!r} must be a plain lower-case table name"
-                )
-        if self.jobs < 1:
-            raise ConfigError(f"{source}: jobs must be at least 1, got {self.jobs}")
-        if self.retries < 0:
-            raise ConfigError(f"{source}: retries must be 0 or more, got {self.retries}")
-        for key in ("lock_timeout", "statement_timeout"):
-            value = getattr(self, key)
-            if value is not None and not _DURATION_RE.fullmatch(value.strip()):
-                raise ConfigError(
-                    f"{source}: {key} {value!r} is not a PostgreSQL duration such as '5s'"
-                )
+        for key in KEYS:
+            problem = _problem(key.name, getattr(self, key.name, None))
+            if problem:
+                raise ConfigError(f"{source}: {problem}")
         if self.database_url is not None:
             sqlalchemy_url(self.database_url, source)
-        try:
-            validate_role_prefix(self.tenant_role_prefix)
-        except InvalidName as exc:
-            raise ConfigError(f"{source}: tenant_role_prefix: {exc.message}") from None
         if not self.migrations_directory.is_absolute():
             object.__setattr__(self, "migrations_directory", self.root / self.migrations_directory)
 
@@ -122,8 +96,13 @@ class Config:
         *,
         cwd: str | os.PathLike[str] | None = None,
         env: Mapping[str, str] | None = None,
+        overrides: Mapping[str, Any] | None = None,
     ) -> Config:
-        """Read the config at ``path``, or find one by walking up from ``cwd``."""
+        """Read the config at ``path``, or find one by walking up from ``cwd``.
+
+        ``env`` (default ``os.environ``) supplies ``MTM_<KEY>`` variables; ``overrides``
+        (command-line options, already typed) win over both.
+        """
         env = os.environ if env is None else env
         if path is not None:
             file = Path(path).expanduser().resolve()
@@ -139,7 +118,7 @@ class Config:
                     "run 'mtm init' or pass --config"
                 )
             file, raw = found
-        return cls.from_mapping(raw, root=file.parent, path=file, env=env)
+        return cls.from_mapping(raw, root=file.parent, path=file, env=env, overrides=overrides)
 
     @classmethod
     def from_mapping(
@@ -149,56 +128,32 @@ class Config:
         root: Path,
         path: Path | None = None,
         env: Mapping[str, str] | None = None,
+        overrides: Mapping[str, Any] | None = None,
     ) -> Config:
-        """Build a Config from already-parsed keys (snake_case), checking every one."""
-        source = str(path) if path else "config"
-        values: dict[str, Any] = {}
-        for key, value in raw.items():
-            if key not in _KEYS:
-                known = ", ".join(sorted(_KEYS))
-                raise ConfigError(f"{source}: unknown key {key!r} (known keys: {known})")
-            expected, _ = _KEYS[key]
-            if not isinstance(value, expected) or isinstance(value, bool):
-                shown = "" if key in _SECRET_KEYS else f" {value!r}"
-                raise ConfigError(
-                    f"{source}: key {key!r} must be {_type_name(expected)}, "
-                    f"got {_type_name(type(value))}{shown}"
-                )
-            values[key] = value
-        url = values.get("database_url")
-        parts = {
-            k: values[k]
-            for k in ("db_user", "db_password", "db_name", "db_host", "db_port")
-            if k in values
-        }
-        if url is not None and parts:
-            raise ConfigError(
-                f"{source}: give either database_url or the db_* keys, not both "
-                f"(found database_url and {', '.join(sorted(parts))})"
-            )
-        if parts:
-            url = _url_from_parts(parts)
+        """Build a Config from already-parsed keys (snake_case), checking every one.
+
+        Layers, lowest first: the file's keys, ``MTM_<KEY>`` variables, ``overrides``.
+        """
         env = os.environ if env is None else env
-        if env.get(ENV_DATABASE_URL):
-            url = env[ENV_DATABASE_URL]
-            source = ENV_DATABASE_URL
+        source = str(path) if path else "config"
+        layers = [_file_values(raw, source), _env_values(env), _option_values(overrides or {})]
+        values: dict[str, Any] = {}
+        url: str | None = None
+        url_source = "config"
+        for layer in layers:
+            for key, (value, origin) in layer.items():
+                problem = _problem(key, value)
+                if problem:
+                    raise ConfigError(f"{origin}: {problem}")
+                if key not in URL_PARTS and key != "database_url":
+                    values[key] = value
+            url, url_source = _layer_url(layer, url, url_source)
         if url is not None:
-            sqlalchemy_url(url, source)
-        return cls(
-            root=root,
-            path=path,
-            database_url=url,
-            tenant_table=values.get("tenant_table", "tenants"),
-            public_schema_display_name=values.get("public_schema_display_name", "*PUBLIC"),
-            migrations_directory=Path(values.get("migrations_directory", "migrations")),
-            migrations_table=values.get("migrations_table", "mtm_migrations"),
-            jobs=values.get("jobs", 4),
-            lock_timeout=values.get("lock_timeout", "5s"),
-            statement_timeout=values.get("statement_timeout"),
-            retries=values.get("retries", 2),
-            tenant_role_prefix=values.get("tenant_role_prefix", "mtm_tenant_"),
-            tenant_role_member=values.get("tenant_role_member"),
-        )
+            sqlalchemy_url(url, url_source)
+        if "migrations_directory" in values:
+            values["migrations_directory"] = Path(values["migrations_directory"])
+        fields: dict[str, Any] = values
+        return cls(root=root, path=path, database_url=url, **fields)
 
     # --- derived ---------------------------------------------------------------------
 
@@ -217,21 +172,109 @@ class Config:
         return f"{self.migrations_table}_state"
 
 
-def _url_from_parts(parts: dict[Any, Any]) -> str:
+_Layer = dict[str, tuple[Any, str]]  # key -> (value, where it came from)
+
+
+def _file_values(raw: Mapping[str, Any], source: str) -> _Layer:
+    out: _Layer = {}
+    for key, value in raw.items():
+        if key not in BY_NAME:
+            known = ", ".join(sorted(BY_NAME))
+            raise ConfigError(f"{source}: unknown key {key!r} (known keys: {known})")
+        expected = BY_NAME[key].type
+        if not isinstance(value, expected) or isinstance(value, bool):
+            shown = "" if BY_NAME[key].secret else f" {value!r}"
+            raise ConfigError(
+                f"{source}: key {key!r} must be {_type_name(expected)}, "
+                f"got {_type_name(type(value))}{shown}"
+            )
+        out[key] = (value, source)
+    return out
+
+
+def _env_values(env: Mapping[str, str]) -> _Layer:
+    """``MTM_<KEY>`` variables, typed; other ``MTM_`` names are not keys and are ignored."""
+    out: _Layer = {}
+    for key in KEYS:
+        text = env.get(key.env)
+        if not text:
+            continue
+        if key.type is int:
+            try:
+                out[key.name] = (int(text.strip()), key.env)
+            except ValueError:
+                shown = "" if key.secret else f", got {text!r}"
+                raise ConfigError(f"{key.env}: must be an integer{shown}") from None
+        else:
+            out[key.name] = (text, key.env)
+    return out
+
+
+def _option_values(overrides: Mapping[str, Any]) -> _Layer:
+    out: _Layer = {}
+    for key, value in overrides.items():
+        if key not in BY_NAME:
+            raise ValueError(f"not a config key: {key!r}")
+        if value is not None:
+            out[key] = (value, "--url" if key == "database_url" else f"--{key.replace('_', '-')}")
+    return out
+
+
+def _layer_url(layer: _Layer, url: str | None, source: str) -> tuple[str | None, str]:
+    """The database URL after one layer: its database_url replaces the URL of the layers
+    below; its db_* parts replace those parts of it (or compose a new one)."""
+    parts = {k: layer[k] for k in URL_PARTS if k in layer}
+    if "database_url" in layer:
+        value, origin = layer["database_url"]
+        if parts:
+            names = sorted({o for _, o in parts.values()})
+            if names == [origin]:
+                raise ConfigError(
+                    f"{origin}: give either database_url or the db_* keys, not both "
+                    f"(found database_url and {', '.join(sorted(parts))})"
+                )
+            raise ConfigError(f"{origin}: give either it or {', '.join(names)}, not both")
+        return value, origin
+    if not parts:
+        return url, source
+    given = {k: v for k, (v, _) in parts.items()}
+    origin = ", ".join(sorted({o for _, o in parts.values()}))
+    if url is None:
+        return _url_from_parts(given), origin
+    base = sqlalchemy_url(url, source)
+    below = {
+        "db_user": base.username,
+        "db_password": base.password,
+        "db_host": base.host,
+        "db_port": base.port,
+        "db_name": base.database,
+    }
+    merged = {k: v for k, v in {**below, **given}.items() if v is not None}
+    return _url_from_parts(merged, default_host=None, query=base.query), origin
+
+
+def _url_from_parts(
+    parts: Mapping[str, Any],
+    *,
+    default_host: str | None = "localhost",
+    query: Mapping[str, str | tuple[str, ...]] | None = None,
+) -> str:
     """The URL of the db_* keys, every part percent-encoded, so that psql and libpq read
-    it back exactly (SQLAlchemy's rendering leaves a space in a password as it is)."""
+    it back exactly (SQLAlchemy's rendering leaves a space in a password as it is).
+    ``query`` keeps the parameters of a URL whose parts a higher layer replaced."""
     user = parts.get("db_user")
     password = parts.get("db_password")
-    userinfo = quote(user, safe="") if user is not None else ""
+    userinfo = quote(str(user), safe="") if user is not None else ""
     if password is not None:
-        userinfo += ":" + quote(password, safe="")
-    host = parts.get("db_host") or "localhost"
+        userinfo += ":" + quote(str(password), safe="")
+    host = parts.get("db_host") or default_host or ""
     if ":" in host:
         host = f"[{host}]"
     port = f":{parts['db_port']}" if parts.get("db_port") is not None else ""
     name = parts.get("db_name")
     path = "/" + quote(name, safe="") if name is not None else ""
-    return f"postgresql+psycopg://{userinfo}{'@' if userinfo else ''}{host}{port}{path}"
+    tail = "?" + urlencode(query, doseq=True) if query else ""
+    return f"postgresql+psycopg://{userinfo}{'@' if userinfo else ''}{host}{port}{path}{tail}"
 
 
 def find_config(start: Path) -> tuple[Path, dict[str, Any]] | None:
@@ -307,6 +350,9 @@ def sqlalchemy_url(url: str, source: str = "database_url") -> URL:
     The password of every URL parsed here is remembered, so that ``mask_url`` hides it
     wherever it turns up later, whatever a driver or the server did to the URL.
     """
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
     try:
         parsed = make_url(url)
     except (ArgumentError, ValueError):
@@ -358,6 +404,8 @@ def remember_secret(password: str) -> None:
     """Have ``mask_url`` hide ``password`` (and its URL spellings) in every text."""
     if len(password) < MIN_SECRET_LENGTH:
         return
+    from sqlalchemy.engine import URL
+
     rendered = URL.create("x", username="u", password=password, host="h")
     spelled = rendered.render_as_string(hide_password=False)[len("x://u:") : -len("@h")]
     forms = {password, quote(password, safe=""), quote_plus(password), spelled}

@@ -21,6 +21,7 @@ from rich.text import Text
 from .ledger import AppliedMigration
 from .registry import Tenant
 from .results import MigrateResult, SchemaResult, SchemaStatus, StatusResult
+from .words import plural
 
 LIST_LIMIT = 50  # above this many tenants, status and plain progress summarise
 
@@ -141,7 +142,7 @@ class PlainProgress:
         self.c.total, self.c.steps_total = schemas, steps
         self.last = time.perf_counter()
         if schemas > LIST_LIMIT:
-            self._line(f"migrating {schemas:,} schemas ({steps:,} steps)")
+            self._line(f"migrating {plural(schemas, 'schema')} ({plural(steps, 'step')})")
 
     def step(self, worker: int, schema: str, migration: str) -> None:
         pass
@@ -158,7 +159,7 @@ class PlainProgress:
                 done = result.applied or result.reverted
                 verb = "reverted" if result.reverted else "applied"
                 self._line(
-                    f"{self._name(result.schema)}: {verb} {len(done)} "
+                    f"{self._name(result.schema)}: {verb} {len(done):,} "
                     f"({', '.join(done)}) in {result.seconds:.2f}s"
                 )
             now = time.perf_counter()
@@ -170,7 +171,8 @@ class PlainProgress:
         c = self.c
         elapsed = time.perf_counter() - c.started
         self._line(
-            f"{c.done:,}/{c.total:,} schemas, {c.steps:,} steps, {len(c.failed)} failed, "
+            f"{c.done:,}/{plural(c.total, 'schema')}, {plural(c.steps, 'step')}, "
+            f"{len(c.failed):,} failed, "
             f"{_fmt_rate(c.done, elapsed)}, ETA {_fmt_eta(c.done, c.total, elapsed)}"
         )
 
@@ -200,11 +202,11 @@ def migrate_summary(result: MigrateResult, display_name: str) -> list[str]:
         for p in result.tenant_plans[:LIST_LIMIT]:
             lines.append(f"{p.schema}: would apply {', '.join(m.name for m in p.pending)}")
         if len(result.tenant_plans) > LIST_LIMIT:
-            lines.append(f"... and {len(result.tenant_plans) - LIST_LIMIT:,} more tenants")
+            lines.append(f"... and {plural(len(result.tenant_plans) - LIST_LIMIT, 'more tenant')}")
         steps = (len(pp.pending) if pp else 0) + sum(len(p.pending) for p in result.tenant_plans)
         lines.append(
-            f"dry run: {steps:,} steps in {len(result.tenant_plans):,} of "
-            f"{result.tenants_total:,} tenants (+ public: {len(pp.pending) if pp else 0})"
+            f"dry run: {plural(steps, 'step')} in {len(result.tenant_plans):,} of "
+            f"{plural(result.tenants_total, 'tenant')} (+ public: {len(pp.pending) if pp else 0})"
             "; nothing was changed"
         )
         return lines
@@ -217,14 +219,14 @@ def migrate_summary(result: MigrateResult, display_name: str) -> list[str]:
     at_head = result.tenants_total - len(result.tenant_plans)
     if result.steps == 0 and not result.failures and not o.connection_errors:
         lines.append(
-            f"nothing to do: public and {result.tenants_total:,} tenants at head "
+            f"nothing to do: public and {plural(result.tenants_total, 'tenant')} at head "
             f"({result.seconds:.2f}s)"
         )
         return lines
-    parts = [f"{result.steps:,} steps applied"]
+    parts = [f"{plural(result.steps, 'step')} applied"]
     if result.public is not None:
         parts.append("public " + ("migrated" if result.public.ok else "FAILED"))
-    parts.append(f"{migrated:,} tenants migrated")
+    parts.append(f"{plural(migrated, 'tenant')} migrated")
     if o.failures:
         parts.append(f"{len(o.failures):,} failed")
     if o.not_started:
@@ -346,7 +348,8 @@ def status_table(result: StatusResult, *, list_all: bool = False) -> list[Any]:
     pub = "at head" if result.public.at_head else f"{len(result.public.pending)} pending"
     out.append(
         Text(
-            f"{len(result.tenants):,} tenants: {at_head:,} at head, {behind:,} behind; public {pub}"
+            f"{plural(len(result.tenants), 'tenant')}: {at_head:,} at head, "
+            f"{behind:,} behind; public {pub}"
         )
     )
     for s in [result.public, *result.tenants]:

@@ -23,6 +23,7 @@ from . import steps
 from .config import Config
 from .database import driver, rollback_quietly, run_script
 from .failures import GONE, LEDGER_MOVED, RETRYABLE, StepError, sqlstate, step_error
+from .keys import default
 from .migrations import Migration, Namespace, StepContext
 from .plan import SchemaPlan, fingerprint
 from .progress import NoProgress, Progress
@@ -38,9 +39,9 @@ Replanner = Callable[[Connection, str, Namespace], SchemaPlan]
 
 @dataclass
 class Settings:
-    lock_timeout: str | None = "5s"
-    statement_timeout: str | None = None
-    retries: int = 2
+    lock_timeout: str | None = default("lock_timeout")
+    statement_timeout: str | None = default("statement_timeout")
+    retries: int = default("retries")
     retry_delay: float = 0.5
 
     @property

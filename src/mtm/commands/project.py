@@ -10,44 +10,12 @@ from .. import database
 from ..config import CONFIG_FILE, Config
 from ..embedded import EmbeddedServer, EmbeddedStatus
 from ..errors import ConfigError, UsageError
+from ..keys import init_template
 from ..results import InitResult
 
 # --- init and new ----------------------------------------------------------------------
 
-CONFIG_TEMPLATE = """\
-# mtm configuration. Every key is optional; the values shown are the defaults.
-
-# Where the database is. With neither database_url nor the db_* keys, mtm runs an
-# embedded PostgreSQL with its data in .mtm/pgdata beside this file.
-# The MTM_DATABASE_URL environment variable overrides both.
-# database_url = "postgresql://user:password@localhost:5432/app"
-# db_user = "app"
-# db_password = "secret"
-# db_name = "app"
-# db_host = "localhost"
-# db_port = 5432
-
-# The registry of tenants in the public schema (and <tenant_table>_domains beside it).
-tenant_table = "tenants"
-
-# How the public schema is shown in status tables.
-public_schema_display_name = "*PUBLIC"
-
-# Migration files: {dir}/public/ and {dir}/tenant/, relative to this file.
-migrations_directory = "migrations"
-
-# The ledger table of applied migrations, one in every schema.
-migrations_table = "mtm_migrations"
-
-# Tenants migrated at once, each on its own connection.
-jobs = 4
-
-# Each migration gives up waiting for a lock after this long (then retries), so DDL
-# never queues behind a long query and blocks the application.
-lock_timeout = "5s"
-retries = 2
-# statement_timeout = "5min"
-"""
+CONFIG_TEMPLATE = init_template()  # every key, its help and default: keys.py
 
 
 def init(directory: str | Path = ".") -> InitResult:
