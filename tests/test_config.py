@@ -193,7 +193,7 @@ def test_init_then_db_url_gives_a_url_psql_accepts(tmp_path: Path) -> None:
         )
     assert stop.returncode == 0 and "stopped" in stop.stdout
     st = subprocess.run([*mtm, "db", "status"], cwd=proj, env=env, capture_output=True, text=True)
-    assert st.returncode == 3 and "stopped" in st.stdout
+    assert st.returncode == 1 and "stopped" in st.stdout
 
 
 def test_missing_embedded_extra_says_how_to_fix(tmp_path: Path) -> None:
@@ -220,6 +220,6 @@ def test_unreachable_database_is_one_clear_error(tmp_path: Path) -> None:
     result = CliRunner().invoke(
         cli, ["--config", str(tmp_path / "mtm.toml"), "status"], env={"MTM_DATABASE_URL": None}
     )
-    assert result.exit_code == 1
+    assert result.exit_code == 4  # the first connection failed
     assert result.output.startswith("error: cannot connect to postgresql+psycopg://app:***@")
     assert "hunter2" not in result.output

@@ -88,7 +88,7 @@ def test_original_readme_scenario(project: Project) -> None:
         """,
     )
     r = project.cli("status", "--check")
-    assert r.exit_code == 1
+    assert r.exit_code == 3  # pending work
     assert "2 behind" in r.output
     r = project.cli("migrate")
     assert r.exit_code == 0, r.output

@@ -56,6 +56,8 @@ class DatabaseUnavailable(MtmError):
 class LockHeld(MtmError):
     """Another mtm run holds the migration lock."""
 
+    exit_code = Exit.USAGE  # refused before anything changed
+
 
 class PublicMigrationsLocked(LockHeld):
     """A create found public migrations pending while another run holds the run lock:
@@ -67,6 +69,8 @@ class PublicMigrationsLocked(LockHeld):
 class TenantError(MtmError):
     """A tenant operation refused: unknown tenant, existing schema, domain taken..."""
 
+    exit_code = Exit.USAGE  # refused before anything changed
+
 
 class InsufficientPrivilege(MtmError):
     """The role mtm connects as lacks a privilege; raised before anything changed."""
@@ -76,6 +80,8 @@ class InsufficientPrivilege(MtmError):
 
 class ValidationFailed(MtmError):
     """Applied migrations disagree with the files (edited, missing, out of order)."""
+
+    exit_code = Exit.USAGE  # refused before anything changed
 
 
 _SQLSTATE_INSUFFICIENT_PRIVILEGE = "42501"

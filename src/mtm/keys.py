@@ -37,7 +37,8 @@ KEYS: tuple[Key, ...] = (
         "database_url",
         str,
         None,
-        "the database; with neither it nor the db_* keys, an embedded PostgreSQL",
+        "the database (percent-encode @ : / % and spaces in user and password); with neither "
+        "it nor the db_* keys, an embedded PostgreSQL",
         secret=True,
         example="postgresql://app:secret@localhost:5432/app",
     ),
@@ -81,7 +82,12 @@ KEYS: tuple[Key, ...] = (
         "the ledger table of applied migrations, one in every schema",
         "migrationsTableName",
     ),
-    Key("jobs", int, 4, "tenants migrated at once, each on its own connection"),
+    Key(
+        "jobs",
+        int,
+        4,
+        "tenants migrated at once, each on its own connection (why 4: docs/performance.md)",
+    ),
     Key(
         "lock_timeout",
         str,
@@ -100,7 +106,7 @@ KEYS: tuple[Key, ...] = (
         "tenant_role_prefix",
         str,
         "mtm_tenant_",
-        "the name prefix of the roles mtm create --role makes",
+        "the name prefix of the roles mtm create --role makes (docs/applications.md)",
     ),
     Key(
         "tenant_role_member",
