@@ -199,7 +199,7 @@ def test_create_refuses_existing_schema_and_taken_domain(project: Project) -> No
     project.write("tenant", "0001_t.sql", "CREATE TABLE t (id int);")
     assert project.cli("create", "acme", "--domain", "acme.example.com").exit_code == 0
     r = project.cli("create", "acme")
-    assert r.exit_code == 1 and "tenant 'acme' already exists" in r.output
+    assert r.exit_code == 2 and "tenant 'acme' already exists" in r.output
     project.query("CREATE SCHEMA stray")
     r = project.cli("create", "stray")
     assert r.exit_code == 1 and "schema 'stray' already exists" in r.output
@@ -234,7 +234,7 @@ def test_tenants_list_and_drop(project: Project) -> None:
     assert [t.schema for t in mtm.tenants(project.config)] == ["globex"]
     assert project.scalar("SELECT count(*) FROM public.tenants_domains") == 0
     r = project.cli("drop", "nobody", "--yes")
-    assert r.exit_code == 1 and "no tenant 'nobody'" in r.output
+    assert r.exit_code == 2 and "no tenant 'nobody'" in r.output
 
 
 def test_mapper_lookup_and_tenant_connection(project: Project) -> None:
@@ -276,7 +276,7 @@ def test_dry_run_and_tenant_filter(project: Project) -> None:
     assert project.scalar("SELECT to_regclass('globex.t') IS NOT NULL")
     assert project.scalar("SELECT to_regclass('acme.t')") is None
     r = project.cli("migrate", "--tenant", "nobody")
-    assert r.exit_code == 1 and "no tenant 'nobody' is registered" in r.output
+    assert r.exit_code == 2 and "no tenant 'nobody' is registered" in r.output
     result = mtm.migrate(project.config)
     assert result.ok and result.steps == 1
     again = mtm.migrate(project.config)
@@ -298,7 +298,7 @@ def test_down_steps_to_public_and_refusals(project: Project) -> None:
     mtm.migrate(project.config)
     # 0004 has no down: refuse before changing anything
     r = project.cli("down", "--tenant", "acme", "--steps", "2")
-    assert r.exit_code == 1
+    assert r.exit_code == 2
     assert "acme: migration 0004_py has no down" in r.output
     assert project.scalar("SELECT count(*) FROM acme.mtm_migrations") == 4
     (project.migrations / "tenant" / "0004_py.py").write_text(
@@ -339,7 +339,7 @@ def test_history(project: Project) -> None:
     r = project.cli("history", "--tenant", "acme")
     assert r.exit_code == 0 and "0002_b" in r.output
     r = project.cli("history", "--tenant", "nobody")
-    assert r.exit_code == 1 and "no tenant 'nobody'" in r.output
+    assert r.exit_code == 2 and "no tenant 'nobody'" in r.output
     assert project.cli("history", "--public").exit_code == 0
 
 

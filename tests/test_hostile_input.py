@@ -86,7 +86,7 @@ def test_other_commands_refuse_hostile_schema_names(project: Project) -> None:
         assert r.exit_code == 2, (args, r.output)
         assert "schema name" in r.output
     r = project.cli("drop", "x;y", "--yes")
-    assert r.exit_code == 1 and "no tenant 'x;y' is registered" in r.output
+    assert r.exit_code == 2 and "no tenant 'x;y' is registered" in r.output
     assert project.schemas() == set()
 
 

@@ -45,7 +45,7 @@ def test_edited_migration_is_reported_and_migrate_refuses(project: Project) -> N
         ), problems
 
     r = project.cli("migrate")
-    assert r.exit_code == 1
+    assert r.exit_code == 2
     assert "refusing to migrate" in r.output
     assert "acme: migration 0002_orders was edited" in r.output
     assert "0002_orders.sql" in r.output
@@ -63,7 +63,7 @@ def test_edited_public_migration(project: Project) -> None:
         "public: migration 0001_plans was edited"
     )
     r = project.cli("migrate")
-    assert r.exit_code == 1 and "public: migration 0001_plans was edited" in r.output
+    assert r.exit_code == 2 and "public: migration 0001_plans was edited" in r.output
 
 
 def test_applied_migration_whose_file_is_gone(project: Project) -> None:
@@ -76,7 +76,7 @@ def test_applied_migration_whose_file_is_gone(project: Project) -> None:
         "globex: applied migration 0002_orders has no file",
     ]
     r = project.cli("migrate")
-    assert r.exit_code == 1 and "applied migration 0002_orders has no file" in r.output
+    assert r.exit_code == 2 and "applied migration 0002_orders has no file" in r.output
 
 
 def test_registry_row_without_schema(project: Project) -> None:
@@ -134,7 +134,7 @@ def test_out_of_order_migration_is_refused_then_allowed(project: Project) -> Non
     project.write("tenant", "0002_late.sql", "CREATE TABLE late (id int);")
 
     r = project.cli("migrate")
-    assert r.exit_code == 1
+    assert r.exit_code == 2
     assert (
         "acme: migration 0002_late sorts before 0003_orders, which is already applied "
         "(use --allow-out-of-order to apply it anyway)"
@@ -155,6 +155,6 @@ def test_out_of_order_in_the_public_schema(project: Project) -> None:
     assert project.cli("migrate").exit_code == 0
     project.write("public", "0001_a.sql", "CREATE TABLE a (id int);")
     r = project.cli("migrate")
-    assert r.exit_code == 1 and "public: migration 0001_a sorts before 0002_b" in r.output
+    assert r.exit_code == 2 and "public: migration 0001_a sorts before 0002_b" in r.output
     assert project.cli("migrate", "--allow-out-of-order").exit_code == 0
     assert ledger(project, "public") == ["0001_a", "0002_b"]

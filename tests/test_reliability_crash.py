@@ -178,7 +178,7 @@ def test_sigkill_during_a_public_step_and_the_lock_it_leaves(project: Project) -
         os.kill(run.pid, signal.SIGKILL)
         run.wait(timeout=10)
         r = project.cli("migrate")
-        assert r.exit_code == 1
+        assert r.exit_code == 2
         assert f"mtm migrate pid={run.pid}" in r.output
         assert f"process {run.pid} is no longer running" in r.output
         assert "pg_terminate_backend(" in r.output

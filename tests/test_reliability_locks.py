@@ -56,7 +56,7 @@ def test_second_migrate_fails_fast_naming_the_holder_then_waits_with_lock_wait(
             # Fails at once: a run that queued instead would never return while the gate
             # is held (project.run's timeout would fail the test).
             second = project.run("migrate")
-            assert second.returncode == 1, second.stderr
+            assert second.returncode == 2, second.stderr
             message = second.stderr
             assert "another mtm run holds the migration lock" in message
             assert f"mtm migrate pid={first.pid} host=" in message  # who
@@ -333,7 +333,7 @@ def test_two_creates_of_one_tenant_at_once(project: Project) -> None:
                 if p.poll() is None:
                     p.kill()
     assert first.returncode == 0, err1
-    assert second.returncode == 1
+    assert second.returncode == 2
     assert err2.strip() == "error: tenant 'dup' already exists"
     assert ledger(project, "dup") == ["0001_items"]
     assert project.query("SELECT schema_name FROM public.tenants_domains") == [("dup",)]

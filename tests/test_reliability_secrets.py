@@ -44,7 +44,7 @@ def test_unreachable_database_never_shows_the_password(tmp_path: Path) -> None:
         ["drop", "acme", "--yes"],
     ):
         r = project.cli(*args)
-        assert r.exit_code == 1, (args, r.output)
+        assert r.exit_code == 4, (args, r.output)
         assert SECRET not in r.output, args
         assert "cannot connect to postgresql+psycopg://app:***@127.0.0.1:" in r.output, args
 
@@ -55,7 +55,7 @@ def test_unreachable_database_in_a_real_process_and_from_the_environment(
     project = _unreachable(tmp_path, "postgresql://nobody@127.0.0.1:1/none")
     url = f"postgresql://app:{SECRET}@127.0.0.1:{_free_port()}/app"
     r = project.run("migrate", "--json", env={"MTM_DATABASE_URL": url})
-    assert r.returncode == 1
+    assert r.returncode == 4
     assert SECRET not in r.stdout + r.stderr
     assert "Traceback" not in r.stderr
     assert "app:***@127.0.0.1" in r.stderr

@@ -203,7 +203,7 @@ def test_down_refuses_before_changing_anything(project: Project) -> None:
     for schema in ("acme", "globex"):
         assert project.cli("create", schema).exit_code == 0
     r = project.cli("down", "--all-tenants", "--steps", "2")
-    assert r.exit_code == 1
+    assert r.exit_code == 2
     assert "refusing to revert anything" in r.output
     assert "acme: migration 0002_orders has no down" in r.output
     assert "globex: migration 0002_orders has no down" in r.output
