@@ -423,6 +423,31 @@ COMMANDS = [
 ]
 
 
+@pytest.mark.parametrize(
+    ("server", "statement", "expected"),
+    [
+        (
+            "permission denied for table mtm_migrations",
+            'SELECT name FROM "acme"."mtm_migrations" ORDER BY 1',
+            "needs SELECT on table acme.mtm_migrations;",
+        ),
+        ("permission denied for table tenants", "INSERT INTO tenants", "needs INSERT on table"),
+        ("permission denied for schema public", "SELECT 1", "needs USAGE on schema public;"),
+        ("permission denied for schema acme", "CREATE TABLE t ()", "needs CREATE on schema acme;"),
+        ("permission denied to create role", "CREATE ROLE r", "lacks that privilege;"),
+        ("permission denied for table t", None, "lacks that privilege;"),
+    ],
+)
+def test_privilege_message_names_privilege_and_object(
+    server: str, statement: str | None, expected: str
+) -> None:
+    from mtm.errors import _privilege_message
+
+    message = _privilege_message(server, statement)
+    assert message.startswith(server + ": the role mtm connects as ")
+    assert expected in message
+
+
 @pytest.fixture
 def weak_role(project: Project) -> Iterator[str]:
     """A login role with CREATE on the project's database and nothing else."""

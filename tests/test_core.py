@@ -202,9 +202,9 @@ def test_create_refuses_existing_schema_and_taken_domain(project: Project) -> No
     assert r.exit_code == 2 and "tenant 'acme' already exists" in r.output
     project.query("CREATE SCHEMA stray")
     r = project.cli("create", "stray")
-    assert r.exit_code == 1 and "schema 'stray' already exists" in r.output
+    assert r.exit_code == 2 and "schema 'stray' already exists" in r.output
     r = project.cli("create", "globex", "--domain", "ACME.example.com.")
-    assert r.exit_code == 1
+    assert r.exit_code == 2
     assert "domain 'acme.example.com' already belongs to tenant 'acme'" in r.output
     assert "globex" not in project.schemas()
     r = project.cli("create", "globex", "--domain", "bad_domain!")
@@ -307,7 +307,7 @@ def test_down_steps_to_public_and_refusals(project: Project) -> None:
     )
     # edited after applied: refuse too
     r = project.cli("down", "--tenant", "acme")
-    assert r.exit_code == 1 and "was edited after it was applied" in r.output
+    assert r.exit_code == 2 and "was edited after it was applied" in r.output
     project.query(
         "UPDATE acme.mtm_migrations SET checksum = %s WHERE name = '0004_py'",
         (mtm.commands.discover(project.migrations).tenant[3].checksum,),
@@ -323,7 +323,7 @@ def test_down_steps_to_public_and_refusals(project: Project) -> None:
     r = project.cli("down")
     assert r.exit_code == 2 and "choose exactly one" in r.output
     r = project.cli("down", "--tenant", "acme", "--to", "0003_t3")
-    assert r.exit_code == 1 and "0003_t3 is not applied" in r.output
+    assert r.exit_code == 2 and "0003_t3 is not applied" in r.output
     # status after down: pending again, and migrate brings it back
     assert mtm.status(project.config).tenants[0].pending == ["0002_t2", "0003_t3", "0004_py"]
     assert mtm.migrate(project.config).steps == 4

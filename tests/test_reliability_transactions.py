@@ -214,7 +214,7 @@ def test_down_refuses_before_changing_anything(project: Project) -> None:
     # The same when one tenant would be fine and another is not.
     assert project.cli("down", "--tenant", "globex").exit_code == 0
     r = project.cli("down", "--all-tenants", "--to", "0001_items")
-    assert r.exit_code == 1
+    assert r.exit_code == 2
     assert "acme: migration 0002_orders has no down" in r.output
     assert ledger(project, "acme") == ["0001_items", "0002_orders", "0003_notes"]
     assert ledger(project, "globex") == ["0001_items", "0002_orders"]

@@ -7,6 +7,8 @@ code. Anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import re
+
 from .exits import Exit
 
 
@@ -119,10 +121,15 @@ def _privilege_message(primary: str, statement: str | None) -> str:
         needed = verb
     else:
         return (
-            f"{primary}: the role mtm connects as lacks a privilege it needs there; "
-            "nothing was changed (grant it, or run mtm as the owner of mtm's tables)"
+            f"{primary}: the role mtm connects as lacks that privilege; nothing was "
+            "changed (grant it, or run mtm as the owner of mtm's tables)"
         )
     what = primary.split(" for ", 1)[1]
+    kind, _, name = what.partition(" ")
+    # The server names a table without its schema; the statement may say which one.
+    qualified = set(re.findall(rf'"?(\w+)"?\."?{re.escape(name)}\b', statement or ""))
+    if kind == "table" and len(qualified) == 1:
+        what = f"table {qualified.pop()}.{name}"
     return (
         f"{primary}: the role mtm connects as needs {needed} on {what}; nothing was "
         "changed (grant it, or run mtm as the owner of mtm's tables)"
