@@ -164,6 +164,9 @@ def test_url_option_and_variable_reach_the_database_through_the_real_cli(
     assert via_env.returncode == 0, via_env.stderr
     via_flag = project.run("--url", project.url, "status", env={"MTM_DATABASE_URL": UNREACHABLE})
     assert via_flag.returncode == 0, via_flag.stderr
+    bad = project.run("--url", "mysql://a:hunter2@h/d", "status")
+    assert bad.returncode == Exit.USAGE
+    assert bad.stderr.startswith("error: --url: mtm needs a PostgreSQL URL"), bad.stderr
     shown = project.run("--url", UNREACHABLE, "status", env={"MTM_DATABASE_URL": project.url})
     assert shown.returncode == Exit.UNREACHABLE
     assert "hunter2" not in shown.stderr and "127.0.0.1:1" in shown.stderr
