@@ -382,6 +382,17 @@ def test_verbose_levels() -> None:
     assert level_for(2, True) == logging.ERROR
 
 
+def test_the_cli_in_process_leaves_the_mtm_logger_as_it_found_it(project: Project) -> None:
+    import logging
+
+    logger = logging.getLogger("mtm")
+    before = (logger.level, list(logger.handlers))
+    assert project.cli("-vv", "--log-format", "json", "status").exit_code == 0
+    assert project.cli("-q", "create", "Bad Name").exit_code == 2
+    assert (logger.level, list(logger.handlers)) == before
+    assert any(isinstance(h, logging.NullHandler) for h in logger.handlers)  # the library's
+
+
 def _runner_events_emitted() -> bool:
     sources = (ROOT / "src" / "mtm").rglob("*.py")
     return any('"step.start"' in f.read_text(encoding="utf-8") for f in sources)

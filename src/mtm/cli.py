@@ -51,6 +51,8 @@ class MtmGroup(click.Group):
                 raise
             click.echo(f"error: {_mask(refused.message)}", err=True)
             ctx.exit(refused.exit_code)
+        finally:
+            logs.unconfigure()
 
 
 def _config(ctx: click.Context) -> Config:

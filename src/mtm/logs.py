@@ -96,13 +96,20 @@ def configure(
 ) -> logging.Handler:
     """Send the ``mtm`` logger's records to ``stream`` (default: the current stderr);
     replaces the handler an earlier call added."""
+    unconfigure()
     logger = logging.getLogger(LOGGER)
-    for old in [h for h in logger.handlers if getattr(h, "_mtm_cli", False)]:
-        logger.removeHandler(old)
     handler: logging.Handler = logging.StreamHandler(stream) if stream is not None else _Stderr()
-    setattr(handler, "_mtm_cli", True)  # noqa: B010 - marks the handler this module added
+    setattr(handler, "_mtm_cli", logger.level)  # noqa: B010 - marks it; the level before
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     handler.addFilter(MaskPasswords())
     logger.addHandler(handler)
     logger.setLevel(level_for(verbose, quiet))
     return handler
+
+
+def unconfigure() -> None:
+    """Take back what ``configure`` did (the CLI run in-process, as tests do, ends)."""
+    logger = logging.getLogger(LOGGER)
+    for handler in [h for h in logger.handlers if hasattr(h, "_mtm_cli")]:
+        logger.removeHandler(handler)
+        logger.setLevel(getattr(handler, "_mtm_cli"))  # noqa: B009
