@@ -393,17 +393,13 @@ def test_the_cli_in_process_leaves_the_mtm_logger_as_it_found_it(project: Projec
     assert any(isinstance(h, logging.NullHandler) for h in logger.handlers)  # the library's
 
 
-def _runner_events_emitted() -> bool:
-    sources = (ROOT / "src" / "mtm").rglob("*.py")
-    return any('"step.start"' in f.read_text(encoding="utf-8") for f in sources)
-
-
-@pytest.mark.xfail(
-    not _runner_events_emitted(), strict=True, reason="runner events not yet emitted"
-)
 def test_v_shows_each_step_and_json_lines_are_step_events(project: Project) -> None:
-    project.write("tenant", "0001_items.sql", "CREATE TABLE items (id int);")
-    project.write("tenant", "0002_more.sql", "CREATE TABLE more (id int);")
+    project.write(
+        "tenant", "0001_items.sql", "CREATE TABLE items (id int);\n-- mtm:down\nDROP TABLE items;"
+    )
+    project.write(
+        "tenant", "0002_more.sql", "CREATE TABLE more (id int);\n-- mtm:down\nDROP TABLE more;"
+    )
     assert project.run("create", "acme", "--no-migrate").returncode == 0
     url = make_url(project.url)
     if not url.password:
@@ -415,11 +411,18 @@ def test_v_shows_each_step_and_json_lines_are_step_events(project: Project) -> N
     assert text.returncode == 0, text.stderr
     for name in ("0001_items", "0002_more"):
         assert name in text.stderr
-    project.run("down", "--tenant", "acme", "--steps", "2")
+    assert "INFO mtm.step: " in text.stderr
+    assert project.run("down", "--tenant", "acme", "--steps", "2").returncode == 0
     j = project.run("--log-format", "json", "-v", "--url", secret_url, "migrate")
+    assert j.returncode == 0, j.stderr
     lines = [json.loads(line) for line in j.stderr.splitlines() if line.strip()]
     events = {rec["event"] for rec in lines}
     assert {"step.start", "step.end"} <= events
+    ends = [rec for rec in lines if rec["event"] == "step.end"]
+    assert {(rec["logger"], rec["level"], rec["schema"], rec["migration"]) for rec in ends} == {
+        ("mtm.step", "INFO", "acme", "0001_items"),
+        ("mtm.step", "INFO", "acme", "0002_more"),
+    }
     password = url.password or ""
     assert password not in text.stderr + j.stderr + j.stdout
 

@@ -4,6 +4,8 @@ configures handlers. (The CLI's -v and --log-format flags render these records.)
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 
 import psycopg
 import pytest
@@ -55,7 +57,8 @@ def test_migrate_logs_each_step_and_the_run(
     assert (end.steps, end.failed) == (5, 0)  # type: ignore[attr-defined]
     assert caplog.records.index(start) < caplog.records.index(starts[0])
     assert caplog.records.index(end) > caplog.records.index(ends[-1])
-    assert not logging.getLogger("mtm").handlers  # the library adds no handler
+    # the library adds no handler that outputs: only the NullHandler of mtm/__init__.py
+    assert [type(h) for h in logging.getLogger("mtm").handlers] == [logging.NullHandler]
 
 
 def test_retry_and_failure_are_logged(project: Project, caplog: pytest.LogCaptureFixture) -> None:
@@ -104,3 +107,16 @@ def test_a_lock_wait_is_logged(project: Project, caplog: pytest.LogCaptureFixtur
     assert wait.name == "mtm.lock" and wait.lock == "run"  # type: ignore[attr-defined]
     (gave_up,) = _events(caplog, "lock.timeout")
     assert gave_up.waited_ms >= 300  # type: ignore[attr-defined]
+
+
+def test_the_library_prints_no_record_without_the_applications_logging() -> None:
+    """Without a handler, stdlib logging would print WARNING and above on stderr
+    (``logging.lastResort``); the library's NullHandler keeps it silent."""
+    code = (
+        "import logging, mtm\n"
+        "logging.getLogger('mtm.step').error('step failed', extra={'event': 'step.failed'})\n"
+        "logging.getLogger('mtm.run').warning('retry', extra={'event': 'step.retry'})\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert (r.stdout, r.stderr) == ("", "")
