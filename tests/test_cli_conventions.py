@@ -131,6 +131,25 @@ def test_precedence_option_over_variable_over_file_over_default(tmp_path: Path) 
     assert make_url(part.database_url or "").host == "file"
 
 
+def test_a_password_part_over_a_file_url_is_percent_encoded_and_keeps_its_query(
+    tmp_path: Path,
+) -> None:
+    """MTM_DB_PASSWORD replacing the password of the file's URL: every character survives
+    (read back by SQLAlchemy and by libpq), and the URL's other parts and query stay."""
+    (tmp_path / "mtm.toml").write_text(
+        'database_url = "postgresql://app:old@/shop?host=/run/pg&sslmode=disable"\n'
+    )
+    nasty = "Lp6 Nq1@Bd5/:%?#&="
+    c = Config.load(tmp_path / "mtm.toml", env={"MTM_DB_PASSWORD": nasty})
+    url = make_url(c.database_url or "")
+    assert (url.username, url.password, url.host, url.database) == ("app", nasty, None, "shop")
+    assert dict(url.query) == {"host": "/run/pg", "sslmode": "disable"}
+    libpq = psycopg.conninfo.conninfo_to_dict(
+        (c.database_url or "").replace("postgresql+psycopg://", "postgresql://")
+    )
+    assert libpq["password"] == nasty and libpq["host"] == "/run/pg"
+
+
 @pytest.mark.parametrize(
     ("env", "message"),
     [

@@ -25,7 +25,7 @@ def test_create_applies_pending_public_migrations_first(project: Project) -> Non
     r = project.cli("create", "acme")
     assert r.exit_code == 0, r.output
     assert "applied 1 pending public migration first" in r.output
-    assert "created tenant acme with 1 migrations" in r.output
+    assert "created tenant acme with 1 migration in" in r.output
     assert project.query("SELECT name FROM public.mtm_migrations") == [("0001_plans",)]
     assert project.scalar("SELECT to_regclass('acme.subscriptions') IS NOT NULL")
     # The public run is recorded like migrate's: status agrees, nothing left to do.

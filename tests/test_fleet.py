@@ -143,7 +143,7 @@ def test_migrate_json_shape_on_failure(project: Project) -> None:
     _fleet(project, 4, poisoned=("t01", "t02"))
     r = project.cli("migrate", "--jobs", "1", "--continue-on-error", "--json")
     assert r.exit_code == 1
-    out: dict[str, Any] = json.loads(r.output)
+    out: dict[str, Any] = json.loads(r.stdout)  # stderr: the failed steps' ERROR records
     assert out["ok"] is False and out["dry_run"] is False
     assert out["tenants_total"] == 4 and out["tenants_pending"] == 4
     assert out["tenants_migrated"] == 2 and out["steps"] == 2 * 3 + 2

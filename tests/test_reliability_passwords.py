@@ -25,6 +25,7 @@ from sqlalchemy.engine import make_url
 from conftest import Project, _libpq, make_project
 from mtm.config import mask_url, sqlalchemy_url
 from mtm.errors import ConfigError
+from mtm.exits import Exit
 
 # Every token of 3+ characters between the special characters is unique, so a
 # fragment of a password in any output is found by looking for its tokens.
@@ -122,7 +123,7 @@ def _check_refusal(password: str, args: tuple[str, ...], code: int, out: str) ->
     if args == ("db", "status") and code == 0:
         assert "app:***@" in out, out
         return
-    assert code in (1, 2), (args, out)
+    assert code in (Exit.USAGE, Exit.UNREACHABLE), (code, args, out)  # config; connect
     assert out.strip().startswith("error: "), (args, out)
     assert len(out.strip().splitlines()) == 1, (args, out)
 

@@ -116,7 +116,8 @@ def test_migration_errors_are_masked_in_text_and_json(project: Project) -> None:
     )
     r = project.cli("migrate", "--json")
     assert r.exit_code == 1
-    failure = json.loads(r.output)["failures"][0]
+    failure = json.loads(r.stdout)["failures"][0]
+    assert "step.failed" in r.stderr and SECRET not in r.stderr  # the ERROR record, masked
     assert failure["schema"] == "public" and SECRET not in failure["error"]
     assert "etl:***@warehouse" in failure["error"]
     (project.migrations / "public" / "0001_py.py").unlink()
