@@ -66,3 +66,10 @@ class TenantError(MtmError):
 
 class ValidationFailed(MtmError):
     """Applied migrations disagree with the files (edited, missing, out of order)."""
+
+
+class TablesRefused(MtmError):
+    """mtm's own tables are not usable as they are: made by another tool, or of another
+    version than this mtm's. Raised before anything changes."""
+
+    exit_code = 2

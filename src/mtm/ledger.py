@@ -39,20 +39,16 @@ def ledger_ref(config: Config, schema: str) -> str:
 
 
 def ledger_ddl(config: Config, schema: str) -> str:
+    """A ledger at the newest version of mtm's tables (``tables.VERSION``).
+
+    ``checksum`` is NULL for a migration recorded without one to verify (adopted from
+    another tool, ``adopted`` true); ``tables.py`` upgrades older ledgers.
+    """
     return (
         f"CREATE TABLE IF NOT EXISTS {ledger_ref(config, schema)} ("
-        "name text PRIMARY KEY, checksum text NOT NULL, "
+        "name text PRIMARY KEY, checksum text, "
         "applied_at timestamptz NOT NULL DEFAULT clock_timestamp(), "
-        "duration_ms double precision)"
-    )
-
-
-def state_ddl(config: Config) -> str:
-    return (
-        f"CREATE TABLE IF NOT EXISTS {quote_ident(PUBLIC)}.{quote_ident(config.state_table)} ("
-        "schema_name text PRIMARY KEY, namespace text NOT NULL, applied integer NOT NULL, "
-        "last_migration text, fingerprint text NOT NULL, "
-        "updated_at timestamptz NOT NULL DEFAULT now())"
+        "duration_ms double precision, adopted boolean NOT NULL DEFAULT false)"
     )
 
 
