@@ -467,9 +467,15 @@ def test_a_foreign_ledger_in_a_tenant_schema_is_refused(project: Project) -> Non
     project.query("CREATE TABLE globex.mtm_migrations (filename varchar(255) PRIMARY KEY)")
     project.write("tenant", "0002_more.sql", "CREATE TABLE more (id int);")
     before = catalog(project)
-    for args in (("migrate",), ("migrate", "--dry-run")):
+    for args in (
+        ("migrate",),
+        ("migrate", "--dry-run"),
+        ("validate",),
+        ("history", "--tenant", "globex"),
+        ("down", "--tenant", "globex"),
+    ):
         r = project.cli(*args)
-        assert r.exit_code == 2, r.output
+        assert r.exit_code == 2, (args, r.output)
         assert_one_line_error(
             r.output,
             'table "globex"."mtm_migrations" (not mtm\'s ledger) was made by another tool',

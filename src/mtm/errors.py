@@ -7,6 +7,8 @@ code. Anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 
 class MtmError(Exception):
     """An expected failure with a message meant for the person running mtm."""
@@ -73,3 +75,16 @@ class TablesRefused(MtmError):
     version than this mtm's. Raised before anything changes."""
 
     exit_code = 2
+
+
+def made_by_another_tool(tables: Sequence[tuple[str, str]], keys: Sequence[str]) -> TablesRefused:
+    """The refusal of tables that carry mtm's names but not its shapes: ``tables`` are
+    (quoted name, what mtm would have it be), ``keys`` the config keys that rename them."""
+    named = ", ".join(f"{ref} (not mtm's {what})" for ref, what in tables)
+    one = len(tables) == 1
+    return TablesRefused(
+        f"{'table' if one else 'tables'} {named} {'was' if one else 'were'} made by another "
+        "tool; nothing was changed. Taking such a database over is planned as 'mtm adopt'; "
+        f"until then point {' / '.join(sorted(set(keys)))} in the config at names no other "
+        "tool uses"
+    )

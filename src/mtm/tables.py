@@ -29,7 +29,7 @@ from sqlalchemy.engine import Connection
 from . import steps
 from .config import Config
 from .database import rollback_quietly, run_script
-from .errors import MtmError, TablesRefused
+from .errors import MtmError, TablesRefused, made_by_another_tool
 from .identifiers import quote_ident
 from .ledger import PUBLIC, ledger_ddl, ledger_ref, state_ref
 from .locks import schema_lock_sql
@@ -203,33 +203,41 @@ def inspect(conn: Connection, config: Config) -> Tables:
     return Tables(exists, version)
 
 
-def foreign_tenant_ledgers(conn: Connection, config: Config) -> list[str]:
-    """Registered tenants whose schema holds a table named like the ledger that is not
-    mtm's (one catalog query; run before anything changes tenants' ledgers)."""
-    return list(
-        conn.execute(
-            sa.text(
-                "SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-                "WHERE c.relname = :l AND n.nspname IN "
-                f"(SELECT schema_name FROM {tenant_ref(config)}) "
-                "AND (c.relkind NOT IN ('r', 'p') OR (SELECT count(*) FROM pg_attribute a "
-                "WHERE a.attrelid = c.oid AND NOT a.attisdropped "
-                "AND a.attname IN ('name', 'checksum', 'applied_at')) < 3) "
-                "ORDER BY 1 LIMIT 5"
-            ),
-            {"l": config.migrations_table},
-        ).scalars()
+def refuse_foreign_ledgers(
+    conn: Connection, config: Config, schemas: Sequence[str] | None = None
+) -> None:
+    """Refuse tables named like the ledger that another tool made, in ``schemas`` (None:
+    every registered tenant's). One catalog query, an index probe per ledger: ``migrate``
+    asks it only of the schemas it is about to change."""
+    if schemas is not None and not schemas:
+        return
+    among = (
+        "n.nspname = ANY(CAST(:s AS name[]))"
+        if schemas is not None
+        else f"EXISTS (SELECT 1 FROM {tenant_ref(config)} t WHERE t.schema_name = n.nspname)"
     )
+    params: dict[str, object] = {"l": config.migrations_table}
+    if schemas is not None:
+        params["s"] = list(schemas)
+    bad = conn.execute(
+        sa.text(
+            # relname = name(:l), not text: the catalog's index on relname is used
+            "SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            f"WHERE c.relname = CAST(:l AS name) AND n.nspname <> 'public' AND {among} "
+            "AND (c.relkind NOT IN ('r', 'p') OR NOT EXISTS (SELECT 1 FROM pg_attribute a "
+            "WHERE a.attrelid = c.oid AND a.attname = 'checksum' AND NOT a.attisdropped)) "
+            "ORDER BY 1 LIMIT 5"
+        ),
+        params,
+    ).scalars()
+    refs = [(ledger_ref(config, s), "ledger") for s in bad]
+    if refs:
+        raise made_by_another_tool(refs, ["migrations_table"])
 
 
 def _refuse_foreign(config: Config, tables: Sequence[tuple[str, str]]) -> None:
-    named = ", ".join(f"{ref} (not mtm's {_SHAPES[k][0]})" for ref, k in tables)
-    keys = " / ".join(sorted({_KEYS[k] for _, k in tables}))
-    raise TablesRefused(
-        f"{'table' if len(tables) == 1 else 'tables'} {named} "
-        f"{'was' if len(tables) == 1 else 'were'} made by another tool; nothing was "
-        "changed. Taking such a database over is planned as 'mtm adopt'; until then point "
-        f"{keys} in the config at names no other tool uses"
+    raise made_by_another_tool(
+        [(ref, _SHAPES[k][0]) for ref, k in tables], [_KEYS[k] for _, k in tables]
     )
 
 
@@ -329,14 +337,12 @@ def bring_up_to_date(
     tables = inspect(conn, config)
     if tables.version > VERSION:
         refuse_other_versions(config, tables)
-    if tables["registry"]:
-        bad = foreign_tenant_ledgers(conn, config)
-        if bad:
-            _refuse_foreign(config, [(ledger_ref(config, s), "ledger") for s in bad])
     if tables.version in (0, VERSION):
         if not dry_run and not tables.complete:
             ensure_bootstrap(conn, config)
         return None
+    if tables["registry"]:
+        refuse_foreign_ledgers(conn, config)  # before every ledger is changed
     if dry_run:
         ledgers = len(_ledger_schemas(conn, config))
         return TablesUpgrade(tables.version, VERSION, ledgers, done=False)
@@ -350,7 +356,7 @@ def _ledger_schemas(conn: Connection, config: Config) -> list[str]:
         conn.execute(
             sa.text(
                 "SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-                "WHERE c.relname = :l AND c.relkind IN ('r', 'p') "
+                "WHERE c.relname = CAST(:l AS name) AND c.relkind IN ('r', 'p') "
                 "AND (SELECT count(*) FROM pg_attribute a WHERE a.attrelid = c.oid "
                 "AND NOT a.attisdropped AND a.attname IN ('name', 'checksum', 'applied_at')) = 3 "
                 'ORDER BY n.nspname COLLATE "C"'

@@ -21,7 +21,7 @@ from ..progress import NoProgress, Progress
 from ..registry import count_tenants
 from ..results import DownResult, FleetOutcome, MigrateResult
 from ..runner import Runner
-from ..tables import bring_up_to_date
+from ..tables import bring_up_to_date, refuse_foreign_ledgers
 from ..tables import existing as _existing
 from .base import session, settings
 
@@ -67,6 +67,7 @@ def migrate(
             )
             public, every, total = _plan(conn, config, mset, only, allow_out_of_order)
             plans = [p for p in every if not p.at_head]
+            refuse_foreign_ledgers(conn, config, [p.schema for p in plans])
             refuse_problems([public, *plans])
             if dry_run:
                 seconds = time.perf_counter() - started
