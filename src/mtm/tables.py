@@ -41,24 +41,16 @@ log = logging.getLogger("mtm.tables")
 # The version of mtm's own tables this code creates and expects.
 VERSION = 2
 
-# Columns that make a table with one of mtm's names recognisably mtm's (those of
-# version 1, so that an older mtm's table is not taken for a foreign one).
-_SHAPES: dict[str, tuple[str, tuple[str, ...]]] = {
-    "registry": ("tenant registry", ("schema_name", "name", "created_at")),
-    "domains": ("domain table", ("domain", "schema_name")),
-    "state": ("state summary", ("schema_name", "namespace", "fingerprint")),
-    "ledger": ("ledger", ("name", "checksum", "applied_at")),
-    "version": ("version marker", ("version",)),
-    "repairs": ("repair audit", ("schema_name", "migration", "new_checksum")),
-}
-# Which config key renames each table, for the way out of a clash.
-_KEYS = {
-    "registry": "tenant_table",
-    "domains": "tenant_table",
-    "state": "migrations_table",
-    "ledger": "migrations_table",
-    "version": "migrations_table",
-    "repairs": "migrations_table",
+# What each of mtm's tables is, the config key that renames it, and the columns that
+# make a table of that name recognisably mtm's (those of version 1, so that an older
+# mtm's table is not taken for another tool's).
+_SHAPES: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    "registry": ("tenant registry", "tenant_table", ("schema_name", "name", "created_at")),
+    "domains": ("domain table", "tenant_table", ("domain", "schema_name")),
+    "state": ("state summary", "migrations_table", ("schema_name", "namespace", "fingerprint")),
+    "ledger": ("ledger", "migrations_table", ("name", "checksum", "applied_at")),
+    "version": ("version marker", "migrations_table", ("version",)),
+    "repairs": ("repair audit", "migrations_table", ("schema_name", "migration", "new_checksum")),
 }
 
 
@@ -189,11 +181,13 @@ def inspect(conn: Connection, config: Config) -> Tables:
     found = {r[0]: (r[1], set(r[2])) for r in rows}
     foreign = [
         k
-        for k, (kind, columns) in found.items()
-        if kind not in ("r", "p") or not set(_SHAPES[k][1]) <= columns
+        for k in keys
+        if k in found and (found[k][0] not in ("r", "p") or not set(_SHAPES[k][2]) <= found[k][1])
     ]
     if foreign:
-        _refuse_foreign(config, [(refs[k], k) for k in foreign])
+        raise made_by_another_tool(
+            [(refs[k], _SHAPES[k][0]) for k in foreign], [_SHAPES[k][1] for k in foreign]
+        )
     exists = {k: k in found for k in keys}
     if exists["version"]:
         query = sa.text(f"SELECT max(version) FROM {version_ref(config)}")
@@ -235,13 +229,7 @@ def refuse_foreign_ledgers(
         raise made_by_another_tool(refs, ["migrations_table"])
 
 
-def _refuse_foreign(config: Config, tables: Sequence[tuple[str, str]]) -> None:
-    raise made_by_another_tool(
-        [(ref, _SHAPES[k][0]) for ref, k in tables], [_KEYS[k] for _, k in tables]
-    )
-
-
-def refuse_other_versions(config: Config, tables: Tables) -> None:
+def refuse_other_versions(tables: Tables) -> None:
     """Refuse tables older than this code (``mtm migrate`` upgrades them) or newer."""
     if tables.version > VERSION:
         raise TablesRefused(
@@ -259,7 +247,7 @@ def check(conn: Connection, config: Config) -> Tables:
     """What every command does before it reads mtm's tables: refuse foreign tables and
     a version other than this code's; a database without mtm's tables is fine."""
     tables = inspect(conn, config)
-    refuse_other_versions(config, tables)
+    refuse_other_versions(tables)
     return tables
 
 
@@ -336,7 +324,7 @@ def bring_up_to_date(
     transaction. In a dry run, only says whether an upgrade is pending."""
     tables = inspect(conn, config)
     if tables.version > VERSION:
-        refuse_other_versions(config, tables)
+        refuse_other_versions(tables)
     if tables.version in (0, VERSION):
         if not dry_run and not tables.complete:
             ensure_bootstrap(conn, config)
