@@ -216,6 +216,33 @@ def test_the_release_database_is_refused_until_migrate_upgrades_it(
     assert [t.schema for t in mtm.tenants(project.config)] == ["acme", "globex"]
 
 
+def test_a_connection_lost_during_the_upgrade_is_reported_and_changes_nothing(
+    tmp_path: Path, database_url: str
+) -> None:
+    load_v1(database_url)
+    project = v1_project(tmp_path / "app", database_url)
+    before = catalog(project)
+    blocker = _block_ledger(project, "globex")
+    proc = spawn(project, "migrate", "--lock-timeout", "10min")
+    try:
+        wait_until(lambda: _waiting_on(project, "globex"), 60, "the upgrade at globex")
+        (pid,) = _waiting_on(project, "globex")
+        project.query("SELECT pg_terminate_backend(%s)", (pid,))
+        out, err = proc.communicate(timeout=60)
+    finally:
+        blocker.close()
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1, out + err
+    assert_one_line_error(
+        err,
+        "upgrading mtm's tables from version 1 to 2 failed: terminating connection",
+        "nothing was changed; run 'mtm migrate' again",
+    )
+    assert catalog(project) == before
+    assert_untouched_v1(project)
+
+
 def test_tables_of_a_newer_mtm_are_refused(project: Project) -> None:
     assert project.cli("create", "acme").exit_code == 0
     project.query("INSERT INTO public.mtm_migrations_version (version) VALUES (%s)", (VERSION + 1,))
