@@ -216,6 +216,7 @@ def test_the_release_database_is_refused_until_migrate_upgrades_it(
     assert [t.schema for t in mtm.tenants(project.config)] == ["acme", "globex"]
 
 
+@pytest.mark.slow  # a real mtm process, its backend terminated
 def test_a_connection_lost_during_the_upgrade_is_reported_and_changes_nothing(
     tmp_path: Path, database_url: str
 ) -> None:
@@ -271,8 +272,10 @@ def _waiting_on(project: Project, schema: str) -> list[int]:
     return [
         r[0]
         for r in project.query(
+            # relation oids are per database and pg_locks is server-wide: keep to this one
             "SELECT pid FROM pg_locks WHERE locktype = 'relation' AND NOT granted "
-            "AND relation = %s::regclass",
+            "AND relation = %s::regclass "
+            "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
             (f"{schema}.mtm_migrations",),
         )
     ]
