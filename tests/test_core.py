@@ -404,7 +404,10 @@ def test_a_foreign_table_named_like_the_registry_is_refused(project: Project) ->
     for args in (("create", "acme"), ("migrate",), ("status",), ("tenants",)):
         r = project.cli(*args)
         assert r.exit_code == 2, (args, r.output)
-        assert 'table "public"."tenants" exists but is not an mtm tenant registry' in r.output
-        assert "set tenant_table" in r.output
+        assert (
+            'table "public"."tenants" (not mtm\'s tenant registry) was made by another tool'
+            in r.output
+        )
+        assert "point tenant_table in the config at names no other tool uses" in r.output
     assert project.schemas() == set()
     assert project.scalar("SELECT to_regclass('public.mtm_migrations')") is None

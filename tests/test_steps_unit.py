@@ -169,8 +169,8 @@ def test_create_frames_registry_schema_and_ledger_before_the_migrations() -> Non
         'INSERT INTO "public"."tenants" (schema_name, name) VALUES (\'acme\', NULL)'
     )
     assert framed.head[5] == (
-        'INSERT INTO "public"."tenants_domains" (domain, schema_name) VALUES '
-        "('a.example.com', 'acme'), ('b.example.com', 'acme')"
+        'INSERT INTO "public"."tenants_domains" (domain, schema_name, is_primary) VALUES '
+        "('a.example.com', 'acme', true), ('b.example.com', 'acme', false)"
     )
     assert framed.head[6] == 'CREATE SCHEMA "acme"'
     assert framed.head[7].startswith('CREATE TABLE IF NOT EXISTS "acme"."mtm_migrations"')

@@ -8,6 +8,7 @@ code. Anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 from .exits import Exit
 
@@ -133,4 +134,24 @@ def _privilege_message(primary: str, statement: str | None) -> str:
     return (
         f"{primary}: the role mtm connects as needs {needed} on {what}; nothing was "
         "changed (grant it, or run mtm as the owner of mtm's tables)"
+    )
+
+
+class TablesRefused(MtmError):
+    """mtm's own tables are not usable as they are: made by another tool, or of another
+    version than this mtm's. Raised before anything changes."""
+
+    exit_code = Exit.USAGE
+
+
+def made_by_another_tool(tables: Sequence[tuple[str, str]], keys: Sequence[str]) -> TablesRefused:
+    """The refusal of tables that carry mtm's names but not its shapes: ``tables`` are
+    (quoted name, what mtm would have it be), ``keys`` the config keys that rename them."""
+    named = ", ".join(f"{ref} (not mtm's {what})" for ref, what in tables)
+    one = len(tables) == 1
+    return TablesRefused(
+        f"{'table' if one else 'tables'} {named} {'was' if one else 'were'} made by another "
+        "tool; nothing was changed. Taking such a database over is planned as 'mtm adopt'; "
+        f"until then point {' / '.join(sorted(set(keys)))} in the config at names no other "
+        "tool uses"
     )

@@ -18,6 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from .config import Config
+from .errors import made_by_another_tool
 from .identifiers import quote_ident, quote_literal
 from .migrations import Migration, Namespace
 from .plan import LedgerRow
@@ -39,20 +40,16 @@ def ledger_ref(config: Config, schema: str) -> str:
 
 
 def ledger_ddl(config: Config, schema: str) -> str:
+    """A ledger at the newest version of mtm's tables (``tables.VERSION``).
+
+    ``checksum`` is NULL for a migration recorded without one to verify (adopted from
+    another tool, ``adopted`` true); ``tables.py`` upgrades older ledgers.
+    """
     return (
         f"CREATE TABLE IF NOT EXISTS {ledger_ref(config, schema)} ("
-        "name text PRIMARY KEY, checksum text NOT NULL, "
+        "name text PRIMARY KEY, checksum text, "
         "applied_at timestamptz NOT NULL DEFAULT clock_timestamp(), "
-        "duration_ms double precision)"
-    )
-
-
-def state_ddl(config: Config) -> str:
-    return (
-        f"CREATE TABLE IF NOT EXISTS {quote_ident(PUBLIC)}.{quote_ident(config.state_table)} ("
-        "schema_name text PRIMARY KEY, namespace text NOT NULL, applied integer NOT NULL, "
-        "last_migration text, fingerprint text NOT NULL, "
-        "updated_at timestamptz NOT NULL DEFAULT now())"
+        "duration_ms double precision, adopted boolean NOT NULL DEFAULT false)"
     )
 
 
@@ -136,14 +133,20 @@ def read_ledgers(
 
 
 def existing_ledgers(conn: Connection, config: Config, schemas: Iterable[str]) -> set[str]:
-    """Which of ``schemas`` have a ledger table."""
+    """Which of ``schemas`` have a ledger table; refuses a table of that name that
+    another tool made (it has no checksum column), before anything reads it."""
     rows = conn.execute(
         sa.text(
-            "SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "SELECT n.nspname, EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = c.oid "
+            "AND a.attname = 'checksum' AND NOT a.attisdropped) "
+            "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
             "WHERE c.relname = :t AND c.relkind IN ('r', 'p') AND n.nspname = ANY(:s)"
         ),
         {"t": config.migrations_table, "s": list(schemas)},
-    )
+    ).all()
+    foreign = [(ledger_ref(config, r[0]), "ledger") for r in rows if not r[1]]
+    if foreign:
+        raise made_by_another_tool(foreign[:5], ["migrations_table"])
     return {r[0] for r in rows}
 
 

@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL, Connection, Engine
 
 from .config import Config, sqlalchemy_url
-from .identifiers import legacy_idna_form, normalize_host, quote_ident
+from .identifiers import legacy_idna_form, normalize_host, quote_ident, quote_literal
 
 PUBLIC = "public"
 
@@ -40,22 +40,13 @@ def domain_ref(config: Config) -> str:
     return f"{quote_ident(PUBLIC)}.{quote_ident(config.domain_table)}"
 
 
-def registry_ddl(config: Config) -> list[str]:
-    index = quote_ident(f"{config.domain_table}_schema_name_idx")
-    return [
-        f"CREATE TABLE IF NOT EXISTS {tenant_ref(config)} ("
-        "schema_name text PRIMARY KEY CHECK (schema_name ~ '^[a-z_][a-z0-9_]*$' "
-        "AND octet_length(schema_name) <= 63), "
-        "name text, "
-        "created_at timestamptz NOT NULL DEFAULT now(), "
-        "updated_at timestamptz NOT NULL DEFAULT now())",
-        f"CREATE TABLE IF NOT EXISTS {domain_ref(config)} ("
-        "domain text PRIMARY KEY CHECK (domain = lower(domain) AND length(domain) <= 253), "
-        f"schema_name text NOT NULL REFERENCES {tenant_ref(config)} (schema_name) "
-        "ON DELETE CASCADE ON UPDATE CASCADE, "
-        "created_at timestamptz NOT NULL DEFAULT now())",
-        f"CREATE INDEX IF NOT EXISTS {index} ON {domain_ref(config)} (schema_name)",
-    ]
+def domains_insert_sql(config: Config, schema: str, domains: list[str]) -> str:
+    """A new tenant's domains; the first one is its primary domain."""
+    values = ", ".join(
+        f"({quote_literal(d)}, {quote_literal(schema)}, {'true' if i == 0 else 'false'})"
+        for i, d in enumerate(domains)
+    )
+    return f"INSERT INTO {domain_ref(config)} (domain, schema_name, is_primary) VALUES {values}"
 
 
 def _tenant_query(config: Config, where: str = "") -> sa.TextClause:

@@ -20,7 +20,7 @@ from rich.text import Text
 
 from .ledger import AppliedMigration
 from .registry import Tenant
-from .results import MigrateResult, SchemaResult, SchemaStatus, StatusResult
+from .results import MigrateResult, SchemaResult, SchemaStatus, StatusResult, TablesUpgrade
 from .words import plural
 
 LIST_LIMIT = 50  # above this many tenants, status and plain progress summarise
@@ -195,6 +195,8 @@ def migrate_summary(result: MigrateResult, display_name: str) -> list[str]:
     def name(schema: str) -> str:
         return display_name if schema == "public" else schema
 
+    if result.tables is not None:
+        lines.append(tables_line(result.tables))
     if result.dry_run:
         pp = result.public_plan
         if pp is not None and pp.pending:
@@ -245,11 +247,32 @@ def migrate_summary(result: MigrateResult, display_name: str) -> list[str]:
     return lines
 
 
+def tables_line(upgrade: TablesUpgrade) -> str:
+    """What happened to mtm's own tables before the migrations."""
+    span = f"from version {upgrade.from_version} to {upgrade.to_version}"
+    ledgers = f"{upgrade.ledgers:,} {'ledger' if upgrade.ledgers == 1 else 'ledgers'}"
+    if not upgrade.done:
+        return f"mtm's tables would be upgraded {span} ({ledgers}, in one transaction)"
+    return f"upgraded mtm's tables {span} ({ledgers}) in {upgrade.seconds:.2f}s"
+
+
 def migrate_json(result: MigrateResult) -> dict[str, Any]:
     o = result.outcome
+    t = result.tables
     return {
         "ok": result.ok,
         "dry_run": result.dry_run,
+        "tables_upgrade": (
+            {
+                "from_version": t.from_version,
+                "to_version": t.to_version,
+                "ledgers": t.ledgers,
+                "done": t.done,
+                "seconds": round(t.seconds, 3),
+            }
+            if t
+            else None
+        ),
         "seconds": round(result.seconds, 3),
         "steps": result.steps,
         "tenants_total": result.tenants_total,

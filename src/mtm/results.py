@@ -72,6 +72,17 @@ class DropResult:
     outside: tuple[str, ...] = ()  # objects outside the schema dropped with it
 
 
+@dataclass(frozen=True)
+class TablesUpgrade:
+    """An upgrade of mtm's own tables (``tables.py``): done, or (in a dry run) pending."""
+
+    from_version: int
+    to_version: int
+    ledgers: int
+    done: bool
+    seconds: float = 0.0
+
+
 @dataclass
 class MigrateResult:
     """What a migrate run did (or, with dry_run, would do)."""
@@ -83,6 +94,7 @@ class MigrateResult:
     tenants_total: int
     outcome: FleetOutcome
     seconds: float
+    tables: TablesUpgrade | None = None  # mtm's own tables upgraded (or, dry run, pending)
 
     @property
     def failures(self) -> list[SchemaResult]:

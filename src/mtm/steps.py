@@ -28,7 +28,7 @@ from .ledger import (
 )
 from .locks import schema_lock_sql
 from .migrations import Migration, Namespace
-from .registry import domain_ref, tenant_ref
+from .registry import domains_insert_sql, tenant_ref
 
 # Raised by a step whose schema's ledger is not what the plan expected.
 LEDGER_MOVED = "MTM01"
@@ -236,16 +236,16 @@ def create(
     setup: Sequence[str] = (),
     timeouts: Timeouts = Timeouts(),
 ) -> Framed:
-    """The frame of a create: registry row, domains, schema, ledger and ``setup`` (the
-    tenant role) before the migrations (the body), the state row after them."""
+    """The frame of a create: registry row, domains (the first one primary), schema,
+    ledger and ``setup`` (the tenant role) before the migrations (the body), the state
+    row after them."""
     lit = quote_literal
     before = [
         f"INSERT INTO {tenant_ref(config)} (schema_name, name) "
         f"VALUES ({lit(schema)}, {lit(name) if name is not None else 'NULL'})"
     ]
     if domains:
-        values = ", ".join(f"({lit(d)}, {lit(schema)})" for d in domains)
-        before.append(f"INSERT INTO {domain_ref(config)} (domain, schema_name) VALUES {values}")
+        before.append(domains_insert_sql(config, schema, list(domains)))
     before += [f"CREATE SCHEMA {quote_ident(schema)}", ledger_ddl(config, schema), *setup]
     return frame(config, schema, "tenant", timeouts=timeouts, before=before)
 

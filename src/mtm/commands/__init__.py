@@ -25,7 +25,7 @@ from ..results import (
     StatusResult,
     ValidateResult,
 )
-from .bootstrap import ensure_bootstrap
+from ..tables import ensure_bootstrap
 from .inspection import history, status, validate
 from .migrate import down, migrate
 from .project import (

@@ -10,16 +10,21 @@ from sqlalchemy.engine import Connection, Engine
 from ..config import Config
 from ..database import checkout, create_engine
 from ..runner import Settings
+from ..tables import check
 
 
 @contextmanager
 def session(
-    config: Config, *, pool_size: int = 1, purpose: str = "mtm"
+    config: Config, *, pool_size: int = 1, purpose: str = "mtm", upgrades: bool = False
 ) -> Iterator[tuple[Engine, Connection]]:
-    """An engine and a connection for one command, both closed at the end."""
+    """An engine and a connection for one command, both closed at the end. mtm's tables
+    are checked first (another tool's, or of another version: refused) unless the
+    command ``upgrades`` them."""
     engine = create_engine(config, pool_size=pool_size, purpose=purpose)
     try:
         with checkout(engine) as conn:
+            if not upgrades:
+                check(conn, config)
             yield engine, conn
     finally:
         engine.dispose()

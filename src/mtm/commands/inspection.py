@@ -13,8 +13,8 @@ from ..ledger import PUBLIC, AppliedMigration, existing_ledgers, read_history
 from ..migrations import discover
 from ..registry import list_tenants
 from ..results import SchemaStatus, StatusResult, ValidateResult
+from ..tables import existing as _existing
 from .base import session
-from .bootstrap import _existing
 
 
 def status(config: Config, *, tenants: Sequence[str] | None = None) -> StatusResult:

@@ -21,8 +21,9 @@ from ..progress import NoProgress, Progress
 from ..registry import count_tenants
 from ..results import DownResult, FleetOutcome, MigrateResult
 from ..runner import Runner
+from ..tables import bring_up_to_date, refuse_foreign_ledgers
+from ..tables import existing as _existing
 from .base import session, settings
-from .bootstrap import _existing, ensure_bootstrap
 
 
 def migrate(
@@ -54,18 +55,25 @@ def migrate(
     mset = discover(config.migrations_directory)
     mset.load_all()
     only = [validate_schema_name(t) for t in tenants] if tenants else None
-    with session(config, pool_size=jobs, purpose="mtm migrate") as (engine, conn):
+    with session(config, pool_size=jobs, purpose="mtm migrate", upgrades=True) as (
+        engine,
+        conn,
+    ):
         if not dry_run:
             acquire_run_lock(conn, config, wait=lock_wait, command="migrate")
         try:
-            if not dry_run:
-                ensure_bootstrap(conn, config)
+            upgrade = bring_up_to_date(
+                conn, config, dry_run=dry_run, lock_timeout=run_settings.lock_timeout
+            )
             public, every, total = _plan(conn, config, mset, only, allow_out_of_order)
             plans = [p for p in every if not p.at_head]
+            refuse_foreign_ledgers(conn, config, [p.schema for p in plans])
             refuse_problems([public, *plans])
             if dry_run:
                 seconds = time.perf_counter() - started
-                return MigrateResult(True, None, public, plans, total, FleetOutcome(), seconds)
+                return MigrateResult(
+                    True, None, public, plans, total, FleetOutcome(), seconds, upgrade
+                )
             _rewrite_stale(conn, config, every)
             runner = Runner(
                 config,
@@ -77,7 +85,9 @@ def migrate(
                 runner, engine, conn, public, plans, jobs=jobs, continue_on_error=continue_on_error
             )
             seconds = time.perf_counter() - started
-            return MigrateResult(False, public_result, public, plans, total, outcome, seconds)
+            return MigrateResult(
+                False, public_result, public, plans, total, outcome, seconds, upgrade
+            )
         finally:
             if not dry_run:
                 try:

@@ -24,8 +24,9 @@ from ..registry import Tenant, get_tenant, list_tenants, tenant_of_domain
 from ..results import CreateResult, DropResult
 from ..runner import Runner
 from ..schemas import current_database, schema_exists
+from ..tables import ensure_bootstrap
+from ..tables import existing as _existing
 from .base import session
-from .bootstrap import _existing, ensure_bootstrap
 from .migrate import refuse_problems
 
 log = logging.getLogger("mtm.tenant")
