@@ -41,6 +41,11 @@ def rproject(tmp_path: Path, database_url: str) -> Iterator[Project]:
                 conn.execute(psycopg.sql.SQL("DROP ROLE {}").format(quoted))
 
 
+def _login_url(url: str, user: str, password: str) -> str:
+    """The test database's URL, logging in as ``user``."""
+    return sa.make_url(url).set(username=user, password=password).render_as_string(False)
+
+
 def _role(project: Project, schema: str) -> str:
     return mtm.tenant_role(project.config, schema)
 
@@ -125,7 +130,7 @@ def test_a_login_member_cannot_switch_to_another_tenant(rproject: Project) -> No
     and is a member of tenant roles (tenant_role_member), here of alpha's only."""
     p = rproject
     login = f"{p.config.tenant_role_prefix}app"
-    p.query(f'CREATE ROLE "{login}" NOLOGIN NOINHERIT')
+    p.query(f"CREATE ROLE \"{login}\" LOGIN PASSWORD 'app-secret' NOINHERIT")
     config = p.root / "mtm.toml"
     config.write_text(config.read_text() + f'tenant_role_member = "{login}"\n')
     assert p.cli("create", "alpha", "--role").exit_code == 0
@@ -138,13 +143,7 @@ def test_a_login_member_cannot_switch_to_another_tenant(rproject: Project) -> No
     )
     assert members == [(_role(p, "alpha"),)]
 
-    engine = mtm.create_app_engine(p.url, pool_size=1, max_overflow=0)
-
-    @sa.event.listens_for(engine, "connect")
-    def _as_login(dbapi: psycopg.Connection, _: object) -> None:
-        dbapi.execute(f'SET SESSION AUTHORIZATION "{login}"')  # stands in for a real login
-        dbapi.commit()
-
+    engine = mtm.create_app_engine(_login_url(p.url, login, "app-secret"), pool_size=1)
     try:
         with mtm.tenant_connection(engine, "alpha", role=_role(p, "alpha")) as conn:
             conn.execute(sa.text("INSERT INTO items (label) VALUES ('by the app')"))
