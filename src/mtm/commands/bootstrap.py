@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from .. import roles
 from ..config import Config
 from ..database import run_script
 from ..errors import ConfigError
@@ -33,11 +34,12 @@ def _existing(conn: Connection, config: Config) -> dict[str, bool]:
 
 
 def ensure_bootstrap(conn: Connection, config: Config) -> None:
-    """Create the registry, the state table and the public ledger if any is missing."""
-    if all(_existing(conn, config).values()):
-        return
-    statements = [*registry_ddl(config), state_ddl(config), ledger_ddl(config, PUBLIC)]
-    run_script(
-        conn,
-        "BEGIN;\n" + schema_lock_sql(PUBLIC) + ";\n" + ";\n".join(statements) + ";\nCOMMIT",
-    )
+    """Create the registry, the state table and the public ledger if any is missing;
+    let ``tenant_role_member`` read the registry."""
+    if not all(_existing(conn, config).values()):
+        statements = [*registry_ddl(config), state_ddl(config), ledger_ddl(config, PUBLIC)]
+        run_script(
+            conn,
+            "BEGIN;\n" + schema_lock_sql(PUBLIC) + ";\n" + ";\n".join(statements) + ";\nCOMMIT",
+        )
+    roles.grant_registry_read(conn, config)
