@@ -169,6 +169,7 @@ KINDS: list[tuple[str, list[str], bool, bool]] = [
     ("custom setting", ["SET app.tenant = 'acme'"], True, True),
     ("set_config", ["SELECT set_config('app.user', 'wile', false)"], True, True),
     ("work_mem", ["SELECT set_config('work_mem', '77MB', false)"], True, True),
+    ("row_security", ["SET row_security = off"], True, True),
     ("PREPARE", ["PREPARE q AS SELECT name FROM customers"], True, True),
     ("WITH HOLD cursor", ["DECLARE c CURSOR WITH HOLD FOR SELECT name FROM customers"], True, True),
     ("LISTEN", ["LISTEN acme_events"], True, True),
