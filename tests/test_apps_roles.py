@@ -432,6 +432,7 @@ def test_passwords_never_reach_logs_or_the_server(
     rotated = mtm.rotate_role(p.config, "acme")
     secrets = [s for s in (created.password, rotated.password) if s]
     assert len(secrets) == 2 and created.role == rotated.role
+    assert created.password not in repr(created) and rotated.password not in repr(rotated)
     secrets.append(_verifier(p, rotated.role))
     for record in caplog.records:
         text = repr(record.__dict__) + record.getMessage()
