@@ -18,7 +18,7 @@ import sqlalchemy as sa
 
 import mtm
 from conftest import Project, _libpq, make_project
-from mtm.errors import TenantError
+from mtm.errors import TenantError, UsageError
 from mtm.identifiers import tenant_role_name
 
 ITEMS = "CREATE TABLE items (id serial PRIMARY KEY, label text);"
@@ -537,3 +537,21 @@ def test_the_shared_member_role_is_only_a_safety_net(rproject: Project) -> None:
             assert conn.execute(sa.text("SELECT current_user")).scalar() == login
     finally:
         engine.dispose()
+
+
+def test_kept_connection_creates_login_roles(rproject: Project, tmp_path: Path) -> None:
+    """``mtm.connect(...).create`` takes the login options of ``mtm.create``."""
+    p = rproject
+    pw_file = tmp_path / "globex.pw"
+    with mtm.connect(p.config) as db:
+        acme = db.create("acme", role=True, login=True)
+        globex = db.create("globex", role=True, login=True, password_file=pw_file)
+        with pytest.raises(UsageError, match="add --role"):
+            db.create("initech", login=True)
+    assert acme.password is not None and acme.password_file is None
+    assert acme.password not in repr(acme)
+    assert globex.password is None and globex.password_file == pw_file
+    assert stat.S_IMODE(pw_file.stat().st_mode) == 0o600
+    assert _scram_matches(_verifier(p, _role(p, "acme")), acme.password)
+    assert _scram_matches(_verifier(p, _role(p, "globex")), pw_file.read_text().strip())
+    assert "initech" not in p.schemas()
