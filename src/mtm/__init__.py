@@ -35,6 +35,7 @@ _EXPORTS = {
             "init",
             "migrate",
             "new",
+            "rotate_role",
             "status",
             "tenants",
             "validate",
@@ -87,7 +88,7 @@ if TYPE_CHECKING:
     from .commands.inspection import history, status, validate
     from .commands.migrate import down, migrate
     from .commands.project import db_start, db_status, db_stop, db_url, init, new
-    from .commands.tenants import create, drop, tenants
+    from .commands.tenants import create, drop, rotate_role, tenants
     from .config import Config
     from .database import Database, connect
     from .errors import MtmError
@@ -135,6 +136,7 @@ __all__ = [
     "init",
     "migrate",
     "new",
+    "rotate_role",
     "status",
     "tenant_connection",
     "tenant_role",

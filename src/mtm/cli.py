@@ -166,6 +166,15 @@ def new(ctx: click.Context, namespace: str, message: str, sql: bool) -> None:
     is_flag=True,
     help="Also create a PostgreSQL role that can use only this tenant's schema.",
 )
+@click.option(
+    "--login",
+    is_flag=True,
+    help="Let the tenant's role log in, with a generated password (needs --role).",
+)
+@click.option(
+    "--password-file",
+    help="Write the login role's password to this file (mode 0600) instead of printing it.",
+)
 @click.pass_context
 def create(
     ctx: click.Context,
@@ -174,13 +183,22 @@ def create(
     name: str | None,
     no_migrate: bool,
     role: bool,
+    login: bool,
+    password_file: str | None,
 ) -> None:
     """Register tenant SCHEMA, create its schema and apply every tenant migration, in one
     transaction."""
     from . import commands
 
     result = commands.create(
-        _config(ctx), schema, domains=domains, name=name, migrate=not no_migrate, role=role
+        _config(ctx),
+        schema,
+        domains=domains,
+        name=name,
+        migrate=not no_migrate,
+        role=role,
+        login=login,
+        password_file=password_file,
     )
     if n := len(result.public_applied):
         click.echo(f"applied {plural(n, 'pending public migration')} first")
@@ -190,6 +208,15 @@ def create(
         + (f" (domains: {', '.join(result.tenant.domains)})" if result.tenant.domains else "")
         + (f" and role {result.role}" if result.role else "")
     )
+    _show_password(result.role, result.password, result.password_file)
+
+
+def _show_password(role: str | None, password: str | None, path: Any) -> None:
+    """The one place a login role's password is shown: on stdout, or where it went."""
+    if password is not None:
+        click.echo(f"password of role {role} (shown only now): {password}")
+    elif path is not None:
+        click.echo(f"password of role {role} written to {path} (mode 0600)")
 
 
 @cli.command("tenants")
@@ -433,6 +460,27 @@ def validate(ctx: click.Context, as_json: bool) -> None:
         )
     if not result.ok:
         ctx.exit(Exit.FAILED)
+
+
+@cli.group()
+def role() -> None:
+    """Tenant login roles: one set of credentials per tenant."""
+
+
+@role.command("rotate")
+@click.argument("schema")
+@click.option(
+    "--password-file",
+    help="Write the new password to this file (mode 0600) instead of printing it.",
+)
+@click.option("--login", is_flag=True, help="Let a tenant role made without --login log in.")
+@click.pass_context
+def role_rotate(ctx: click.Context, schema: str, password_file: str | None, login: bool) -> None:
+    """Give tenant SCHEMA's login role a new password; sessions already open keep running."""
+    from . import commands
+
+    result = commands.rotate_role(_config(ctx), schema, password_file=password_file, login=login)
+    _show_password(result.role, result.password, result.password_file)
 
 
 @cli.group()

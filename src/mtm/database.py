@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -124,6 +125,8 @@ class Database:
         migrate: bool = True,
         migrations: MigrationSet | None = None,
         role: bool = False,
+        login: bool = False,
+        password_file: str | Path | None = None,
     ) -> CreateResult:
         """``mtm.create`` on a kept connection, with the same options."""
         from .commands.tenants import create_in  # the command layer sits above this one
@@ -136,6 +139,8 @@ class Database:
             migrate=migrate,
             migrations=migrations,
             role=role,
+            login=login,
+            password_file=password_file,
         )
 
     def close(self) -> None:

@@ -112,7 +112,8 @@ KEYS: tuple[Key, ...] = (
         "tenant_role_member",
         str,
         None,
-        "a login role granted each new tenant role, for applications",
+        "the application's login role: granted each new tenant role (a safety net, not "
+        "a boundary) and read access to the registry",
         example="app",
     ),
 )

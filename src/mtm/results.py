@@ -62,6 +62,17 @@ class CreateResult:
     seconds: float
     role: str | None = None
     public_applied: list[str] = field(default_factory=list)  # pending public ones, first
+    # of the login role, when not written to password_file; never in repr() or logs
+    password: str | None = field(default=None, repr=False)
+    password_file: Path | None = None
+
+
+@dataclass
+class RotateResult:
+    schema: str
+    role: str
+    password: str | None = field(default=None, repr=False)  # unless written to a file
+    password_file: Path | None = None
 
 
 @dataclass

@@ -8,8 +8,17 @@ sequences USAGE, SELECT, UPDATE). It gets nothing on other tenants' schemas, nor
 the ledger table, nor on public tables unless a public migration grants it (to PUBLIC
 or to a group role the tenant roles belong to).
 
+With ``--login`` the tenant role can log in itself, with a generated password: that is
+the isolation boundary (credentials per tenant). Only the password's verifier (SCRAM,
+computed by libpq here) is sent to the server, so the password is never in a statement,
+a server log or an mtm log; mtm hands it to the user once (printed, or written to a
+file of mode 0600) and ``mtm role rotate`` replaces it.
+
 With ``tenant_role_member = "app"`` in the config, the role is also granted to ``app``
-(the role the application logs in as), so the application can ``SET ROLE`` to it.
+(the role the application logs in as), so the application can ``SET ROLE`` to it. Such
+a member of every tenant role can switch into any of them: a safety net against
+mistakes, not a boundary. ``app`` is also granted read access to what resolving a host
+needs (USAGE on public, SELECT on the registry's tenants and domains tables).
 
 Roles are cluster-wide, schemas are per database: mtm marks the roles it creates with
 a comment naming the database and schema, and ``mtm drop`` drops a role only when that
@@ -18,11 +27,25 @@ comment says it belongs to the tenant being dropped.
 
 from __future__ import annotations
 
+import logging
+import os
+import secrets
+import tempfile
+from pathlib import Path
+
+import psycopg
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from .config import Config
+from .database import driver, rollback_quietly, run_script
+from .errors import ConfigError, MtmError, TenantError, UsageError
 from .identifiers import quote_ident, quote_literal, tenant_role_name, validate_schema_name
+from .locks import schema_lock_sql
+from .registry import PUBLIC, domain_ref, tenant_ref
+from .schemas import current_database
+
+log = logging.getLogger("mtm.tenant")
 
 
 def role_for(config: Config, schema: str) -> str:
@@ -35,10 +58,14 @@ def role_marker(database: str, schema: str) -> str:
     return f"mtm tenant role: database {database} schema {schema}"
 
 
-def create_role_sql(config: Config, schema: str, database: str) -> list[str]:
+def create_role_sql(
+    config: Config, schema: str, database: str, verifier: str | None = None
+) -> list[str]:
     """Statements run inside the create transaction, after the schema and its ledger.
 
     The ledger is created before the default privileges, so the role cannot touch it.
+    With a password ``verifier`` the role can log in, and its sessions in this database
+    start in the tenant's schema.
     """
     schema = validate_schema_name(schema)
     role = quote_ident(role_for(config, schema))
@@ -48,8 +75,16 @@ def create_role_sql(config: Config, schema: str, database: str) -> list[str]:
         if config.tenant_role_member
         else []
     )
+    login = (
+        [
+            f"CREATE ROLE {role} LOGIN PASSWORD {quote_literal(verifier)}",
+            _login_search_path_sql(role, schema, database),
+        ]
+        if verifier is not None
+        else [f"CREATE ROLE {role} NOLOGIN"]
+    )
     return [
-        f"CREATE ROLE {role} NOLOGIN",
+        *login,
         *member,
         f"COMMENT ON ROLE {role} IS {quote_literal(role_marker(database, schema))}",
         f"GRANT USAGE ON SCHEMA {s} TO {role}",
@@ -98,3 +133,148 @@ def drop_role_sql(role: str) -> list[str]:
         f"DROP OWNED BY {r}",
         f"DROP ROLE {r}",
     ]
+
+
+# --- login roles: the per-tenant credentials -------------------------------------------
+
+
+def _login_search_path_sql(quoted_role: str, schema: str, database: str) -> str:
+    return (
+        f"ALTER ROLE {quoted_role} IN DATABASE {quote_ident(database)} "
+        f"SET search_path = {quote_ident(schema)}, public, pg_temp"
+    )
+
+
+def new_password() -> str:
+    """A random password (256 bits, URL-safe, so it can go into a connection URL as is)."""
+    return secrets.token_urlsafe(32)
+
+
+def password_verifier(conn: Connection, role: str, password: str) -> str:
+    """What the server stores for ``password`` (SCRAM-SHA-256 unless the server's
+    ``password_encryption`` says otherwise), computed by libpq on this side."""
+    verifier: bytes = driver(conn).pgconn.encrypt_password(password.encode(), role.encode())
+    return verifier.decode()
+
+
+def check_password_file(path: str | os.PathLike[str]) -> Path:
+    """Refuse, before anything changes, a password file mtm could not write."""
+    target = Path(path)
+    if target.is_dir():
+        raise UsageError(f"--password-file {target} is a directory; name a file")
+    folder = target.parent
+    if not folder.is_dir():
+        raise UsageError(f"--password-file {target}: folder {folder} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UsageError(f"--password-file {target}: folder {folder} is not writable")
+    return target
+
+
+def write_password_file(path: Path, password: str) -> None:
+    """Write the password readable by its owner only (mode 0600), atomically: a file
+    already there is replaced whole, never left half-written or more readable."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # mode 0600
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(password + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def rotate_password(
+    conn: Connection, config: Config, schema: str, *, enable_login: bool = False
+) -> tuple[str, str]:
+    """Give the login role of ``schema`` a new password; returns (role, password).
+
+    Sessions already logged in keep running; new ones need the new password.
+    ``enable_login`` turns a NOLOGIN tenant role (``create --role``) into a login role.
+    """
+    role = owned_role(conn, config, schema)
+    if role is None:
+        raise TenantError(
+            f"tenant {schema!r} has no role made by mtm (create tenants with --role --login)"
+        )
+    can_login = conn.execute(
+        sa.text("SELECT rolcanlogin FROM pg_roles WHERE rolname = :r"), {"r": role}
+    ).scalar()
+    if not can_login and not enable_login:
+        raise TenantError(
+            f"role {role!r} of tenant {schema!r} cannot log in; add --login to let it "
+            "log in with the new password"
+        )
+    password = new_password()
+    verifier = password_verifier(conn, role, password)
+    quoted = quote_ident(role)
+    statements = [f"ALTER ROLE {quoted} LOGIN PASSWORD {quote_literal(verifier)}"]
+    if not can_login:
+        statements.append(_login_search_path_sql(quoted, schema, current_database(conn)))
+    database_error = None
+    try:
+        run_script(conn, ["BEGIN", *statements, "COMMIT"])
+    except psycopg.Error as exc:
+        rollback_quietly(conn)
+        database_error = str(exc).strip().splitlines()[0]
+    if database_error is not None:
+        raise MtmError(
+            f"the password of role {role!r} was not changed: {database_error} (the user "
+            "running mtm needs CREATEROLE)"
+        )
+    log.info(
+        "new password for tenant role %s",
+        role,
+        extra={"event": "tenant.role.rotate", "schema": schema, "role": role},
+    )
+    return role, password
+
+
+# --- what the application role may read ------------------------------------------------
+
+
+def grant_registry_read(conn: Connection, config: Config) -> None:
+    """Let ``tenant_role_member`` read exactly what resolving a host needs: USAGE on the
+    registry's schema and SELECT on its tenants and domains tables (nothing to write).
+
+    One query when the grants are there already; otherwise they are made under the
+    public schema's lock, so that concurrent commands do not GRANT at the same time.
+    """
+    member = config.tenant_role_member
+    if not member:
+        return
+    exists, granted = conn.execute(
+        sa.text(
+            "SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = :m), "
+            "CASE WHEN EXISTS (SELECT 1 FROM pg_roles WHERE rolname = :m) THEN "
+            "has_schema_privilege(:m, :s, 'USAGE') AND has_table_privilege(:m, :t, 'SELECT') "
+            "AND has_table_privilege(:m, :d, 'SELECT') END"
+        ),
+        {"m": member, "s": PUBLIC, "t": tenant_ref(config), "d": domain_ref(config)},
+    ).one()
+    if not exists:
+        raise ConfigError(
+            f"tenant_role_member {member!r} is not a role of this server; create it "
+            f"(CREATE ROLE {quote_ident(member)} LOGIN NOINHERIT PASSWORD '...') or remove "
+            "the setting"
+        )
+    if granted:
+        return
+    m = quote_ident(member)
+    script = [
+        "BEGIN",
+        schema_lock_sql(PUBLIC),
+        f"GRANT USAGE ON SCHEMA {quote_ident(PUBLIC)} TO {m}",
+        f"GRANT SELECT ON {tenant_ref(config)}, {domain_ref(config)} TO {m}",
+        "COMMIT",
+    ]
+    database_error = None
+    try:
+        run_script(conn, script)
+    except psycopg.Error as exc:
+        rollback_quietly(conn)
+        database_error = str(exc).strip().splitlines()[0]
+    if database_error is not None:
+        raise MtmError(
+            f"could not let tenant_role_member {member!r} read the tenant registry: "
+            f"{database_error}"
+        )

@@ -1,7 +1,7 @@
 """Connections and ORM sessions bound to a tenant's schema, for applications.
 
 ``tenant_connection(engine, "acme")`` gives a SQLAlchemy ``Connection`` whose
-``search_path`` is ``"acme", public`` (and, with ``role=True``, whose current role is
+``search_path`` is ``"acme", public, pg_temp`` (and, with ``role=True``, whose current role is
 the tenant's role); ``tenant_session`` gives an ORM ``Session`` on such a connection;
 ``async_tenant_connection`` and ``async_tenant_session`` are the asyncio forms.
 
@@ -13,19 +13,23 @@ How the binding is made, and why:
   ``commit()`` inside the block, and the statements after it would silently run against
   ``public``; a plain ``SET`` inside a transaction would vanish at a rollback.)
 * When the block ends, however it ends (normally, after a commit, or with an exception
-  in the middle of a transaction), any open transaction is rolled back and the role and
-  ``search_path`` are reset, again in one round trip, before the connection goes back to
-  the pool. If that reset cannot be done, the connection is invalidated (closed and
-  dropped from the pool) rather than returned: the next user of a pooled connection
-  never inherits a tenant.
+  in the middle of a transaction), any open transaction is rolled back and the session
+  is reset to what a fresh connection would be (``DISCARD ALL``, sent as its parts in
+  one round trip: temp tables and other temp objects, settings, role, prepared
+  statements, ``WITH HOLD`` cursors, ``LISTEN``, session advisory locks, sequence state)
+  before the connection goes back to the pool. If that reset cannot be done, the
+  connection is invalidated (closed and dropped from the pool) rather than returned:
+  the next user of a pooled connection never inherits anything from a tenant.
+* During the block ``pg_temp`` comes last in ``search_path`` (``"acme", public,
+  pg_temp``), so a temporary table can never shadow one of the tenant's tables.
 * Schema names are validated (``validate_schema_name``) and quoted; the values travel
   as bound parameters.
 
-``SET ROLE`` from a pool that logs in as a superuser (or as the schema owner) is a
-safety net against mistakes, not a security boundary: code on that connection could
-``RESET ROLE``. Real isolation needs the application to log in as a role that is not
-a superuser and is a member of only the tenant roles it may use (see
-docs/applications.md).
+``SET ROLE`` is a safety net against mistakes, not a security boundary, whenever the
+login role may become more than the tenant's role: from a superuser or owner pool code
+could ``RESET ROLE``, and a login role that is a member of every tenant role (the shared
+``tenant_role_member``) can ``SET ROLE`` into any of them. The boundary is a login per
+tenant (``mtm create --role --login``; see docs/applications.md).
 """
 
 from __future__ import annotations
@@ -55,18 +59,20 @@ _BIND_SQL = "SELECT set_config('search_path', %(path)s, false)"
 _BIND_ROLE_SQL = (
     "SELECT set_config('search_path', %(path)s, false), set_config('role', %(role)s, false)"
 )
-# RESET ROLE and RESET search_path in one statement: 'none' is what RESET ROLE sets, and
-# pg_settings.reset_val is what RESET would restore (the server, database, role or
-# connection-string default).
-_RESET_SQL = (
-    "SELECT set_config('role', 'none', false), set_config('search_path', reset_val, false) "
-    "FROM pg_settings WHERE name = 'search_path'"
+# DISCARD ALL, statement by statement: DISCARD ALL itself refuses to run in the implicit
+# transaction of a multi-statement query, and this way the reset stays one round trip.
+# RESET ALL restores every setting to its server, database, role or connection-string
+# default. DEALLOCATE ALL also makes psycopg (>= 3.3.6) forget the statements it prepared.
+RESET_SQL = (
+    "CLOSE ALL; SET SESSION AUTHORIZATION DEFAULT; RESET ALL; DEALLOCATE ALL; UNLISTEN *; "
+    "SELECT pg_advisory_unlock_all(); DISCARD PLANS; DISCARD TEMP; DISCARD SEQUENCES"
 )
 
 
 def search_path_for(schema: str) -> str:
-    """The ``search_path`` value of a tenant: its schema, then public."""
-    return f"{quote_ident(validate_schema_name(schema))}, public"
+    """The ``search_path`` value of a tenant: its schema, then public, then ``pg_temp``
+    (last, so that a temporary table never shadows a table of the tenant)."""
+    return f"{quote_ident(validate_schema_name(schema))}, public, pg_temp"
 
 
 def _schema_of(tenant: str | Tenant) -> str:
@@ -119,11 +125,12 @@ def _bind(conn: Connection, schema: str, role: str | None) -> None:
 
 
 def _unbind(conn: Connection) -> None:
-    """Roll back, reset role and search_path; on any failure invalidate the connection."""
+    """Roll back and reset the session to a fresh one; on any failure invalidate the
+    connection."""
     try:
         if conn.in_transaction():
             conn.rollback()
-        _autocommit_execute(conn.connection.dbapi_connection, _RESET_SQL)
+        _autocommit_execute(conn.connection.dbapi_connection, RESET_SQL)
     except Exception:
         conn.invalidate()
 
@@ -188,7 +195,7 @@ async def _aunbind(conn: AsyncConnection) -> None:
         if conn.in_transaction():
             await conn.rollback()
         await conn.run_sync(
-            lambda sync: _autocommit_execute(sync.connection.dbapi_connection, _RESET_SQL)
+            lambda sync: _autocommit_execute(sync.connection.dbapi_connection, RESET_SQL)
         )
     except Exception:
         await conn.invalidate()

@@ -26,7 +26,7 @@ import psycopg
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from . import steps
+from . import roles, steps
 from .config import Config
 from .database import rollback_quietly, run_script
 from .errors import MtmError, TablesRefused, made_by_another_tool
@@ -262,9 +262,9 @@ def ensure_bootstrap(conn: Connection, config: Config) -> None:
     A database with older tables is refused (only ``mtm migrate`` upgrades).
     """
     tables = check(conn, config)
-    if tables.complete and tables.version == VERSION:
-        return
-    run_script(conn, ["BEGIN", schema_lock_sql(PUBLIC), *create_sql(config), "COMMIT"])
+    if not (tables.complete and tables.version == VERSION):
+        run_script(conn, ["BEGIN", schema_lock_sql(PUBLIC), *create_sql(config), "COMMIT"])
+    roles.grant_registry_read(conn, config)
 
 
 # --- upgrading in place ------------------------------------------------------------------
@@ -326,15 +326,17 @@ def bring_up_to_date(
     if tables.version > VERSION:
         refuse_other_versions(tables)
     if tables.version in (0, VERSION):
-        if not dry_run and not tables.complete:
-            ensure_bootstrap(conn, config)
+        if not dry_run:
+            ensure_bootstrap(conn, config)  # creates what is missing, grants the registry
         return None
     if tables["registry"]:
         refuse_foreign_ledgers(conn, config)  # before every ledger is changed
     if dry_run:
         ledgers = len(_ledger_schemas(conn, config))
         return TablesUpgrade(tables.version, VERSION, ledgers, done=False)
-    return _upgrade(conn, config, lock_timeout)
+    upgrade = _upgrade(conn, config, lock_timeout)
+    roles.grant_registry_read(conn, config)
+    return upgrade
 
 
 def _ledger_schemas(conn: Connection, config: Config) -> list[str]:

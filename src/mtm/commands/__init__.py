@@ -7,7 +7,7 @@ themselves: they compose the modules that own each table and idea (``registry``,
 ``ledger``, ``planner``, ``runner``, ``fleet``, ``locks``...). By area:
 
 * ``project``: ``init``, ``new``, the embedded database (``db_*``);
-* ``tenants``: ``create``, ``tenants``, ``drop``;
+* ``tenants``: ``create``, ``tenants``, ``drop``, ``rotate_role``;
 * ``migrate``: ``migrate``, ``down``;
 * ``inspection``: ``status``, ``history``, ``validate``.
 """
@@ -21,6 +21,7 @@ from ..results import (
     DropResult,
     InitResult,
     MigrateResult,
+    RotateResult,
     SchemaStatus,
     StatusResult,
     ValidateResult,
@@ -39,7 +40,7 @@ from .project import (
     init,
     new,
 )
-from .tenants import create, drop, tenants
+from .tenants import create, drop, rotate_role, tenants
 
 __all__ = [
     "CONFIG_TEMPLATE",
@@ -50,6 +51,7 @@ __all__ = [
     "DropResult",
     "InitResult",
     "MigrateResult",
+    "RotateResult",
     "SchemaStatus",
     "StatusResult",
     "ValidateResult",
@@ -66,6 +68,7 @@ __all__ = [
     "init",
     "migrate",
     "new",
+    "rotate_role",
     "status",
     "tenants",
     "validate",

@@ -1,9 +1,10 @@
-"""Commands about tenants: ``create``, ``tenants``, ``drop``."""
+"""Commands about tenants: ``create``, ``tenants``, ``drop``, ``rotate_role``."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 from typing import NoReturn
 
 import psycopg
@@ -21,7 +22,7 @@ from ..locks import describe_holder, release_run_lock, try_run_lock
 from ..migrations import MigrationSet, discover
 from ..plan import fingerprint
 from ..registry import Tenant, get_tenant, list_tenants, tenant_of_domain
-from ..results import CreateResult, DropResult
+from ..results import CreateResult, DropResult, RotateResult
 from ..runner import Runner
 from ..schemas import current_database, schema_exists
 from ..tables import ensure_bootstrap
@@ -41,11 +42,15 @@ def create(
     migrate: bool = True,
     migrations: MigrationSet | None = None,
     role: bool = False,
+    login: bool = False,
+    password_file: str | Path | None = None,
 ) -> CreateResult:
     """Register a tenant, create its schema and bring it to head, in one transaction.
 
     With ``role``, that transaction also creates the tenant's PostgreSQL role (see
-    ``mtm.roles``), which can use only this schema. Opens and closes its own
+    ``mtm.roles``), which can use only this schema. With ``login`` too, the role can log
+    in: its generated password is returned in the result, or written to
+    ``password_file`` (mode 0600) and then not returned. Opens and closes its own
     connection; to create many tenants in a row, hold ``mtm.connect(config)``.
     """
     with Database(config, purpose="mtm create") as db:
@@ -57,6 +62,8 @@ def create(
             migrate=migrate,
             migrations=migrations,
             role=role,
+            login=login,
+            password_file=password_file,
         )
 
 
@@ -69,6 +76,8 @@ def create_in(
     migrate: bool = True,
     migrations: MigrationSet | None = None,
     role: bool = False,
+    login: bool = False,
+    password_file: str | Path | None = None,
 ) -> CreateResult:
     """``create`` on one of ``db``'s kept connections.
 
@@ -77,6 +86,11 @@ def create_in(
     """
     config = db.config
     schema = validate_schema_name(schema)
+    if login and not role:
+        raise UsageError("--login makes the tenant's role able to log in: add --role")
+    if password_file is not None and not login:
+        raise UsageError("--password-file is where the login role's password goes: add --login")
+    target = roles.check_password_file(password_file) if password_file is not None else None
     clean: list[str] = []
     for d in domains:
         host = validate_domain(d)
@@ -92,7 +106,8 @@ def create_in(
         ensure_bootstrap(conn, config)
         public = _public_first(runner, conn, mset, schema) if migrate else []
         _refuse_existing(conn, config, schema, clean)
-        setup = _role_setup(conn, config, schema) if role else []
+        password = roles.new_password() if login else None
+        setup = _role_setup(conn, config, schema, password) if role else []
         try:
             result = create_tenant(runner, conn, schema, name, clean, pending, setup)
         except StepError as exc:
@@ -117,7 +132,12 @@ def create_in(
         tenant = get_tenant(conn, config, schema)
     assert tenant is not None
     role_name = roles.role_for(config, schema) if role else None
-    return CreateResult(tenant, result.applied, result.seconds, role_name, public)
+    created = CreateResult(
+        tenant, result.applied, result.seconds, role_name, public, password=password
+    )
+    if target is not None and password is not None:
+        _hand_over(created, target, f"mtm role rotate {schema} --password-file {target}")
+    return created
 
 
 def _public_first(runner: Runner, conn: Connection, mset: MigrationSet, schema: str) -> list[str]:
@@ -163,14 +183,51 @@ def _refuse_existing(conn: Connection, config: Config, schema: str, domains: lis
             raise TenantError(f"domain {d!r} already belongs to tenant {owner!r}")
 
 
-def _role_setup(conn: Connection, config: Config, schema: str) -> list[str]:
+def _role_setup(
+    conn: Connection, config: Config, schema: str, password: str | None = None
+) -> list[str]:
     name = roles.role_for(config, schema)
     if roles.role_exists(conn, name):
         raise TenantError(
             f"role {name!r} already exists (roles are shared by every database of the "
             "server; set tenant_role_prefix to keep databases apart)"
         )
-    return roles.create_role_sql(config, schema, current_database(conn))
+    verifier = roles.password_verifier(conn, name, password) if password is not None else None
+    return roles.create_role_sql(config, schema, current_database(conn), verifier)
+
+
+def _hand_over(result: CreateResult | RotateResult, target: Path, retry: str) -> None:
+    """Move the password from the result into the file the user named."""
+    assert result.password is not None
+    try:
+        roles.write_password_file(target, result.password)
+    except OSError as exc:
+        raise MtmError(
+            f"role {result.role} got a new password, but writing it to {target} failed: "
+            f"{exc.strerror or exc}; run '{retry}' to set another"
+        ) from None
+    result.password, result.password_file = None, target
+
+
+def rotate_role(
+    config: Config,
+    schema: str,
+    *,
+    password_file: str | Path | None = None,
+    login: bool = False,
+) -> RotateResult:
+    """Give a tenant's login role a new password (returned, or written to
+    ``password_file`` with mode 0600). ``login`` lets a NOLOGIN tenant role log in."""
+    schema = validate_schema_name(schema)
+    target = roles.check_password_file(password_file) if password_file is not None else None
+    with session(config, purpose="mtm role rotate") as (_, conn):
+        if not _existing(conn, config)["registry"] or get_tenant(conn, config, schema) is None:
+            raise TenantError(f"no tenant {schema!r} is registered")
+        role, password = roles.rotate_password(conn, config, schema, enable_login=login)
+    result = RotateResult(schema, role, password)
+    if target is not None:
+        _hand_over(result, target, f"mtm role rotate {schema} --password-file {target}")
+    return result
 
 
 def _explain_create_failure(
