@@ -112,12 +112,14 @@ def waiting_on_gate(project: Project, gate: int) -> int:
 
 
 def waiting_on_schema_locks(project: Project) -> int:
-    """How many sessions wait for some schema's lock right now."""
+    """How many of the database's sessions wait for some schema's lock right now: mtm
+    waits outside the server, saying so in its application_name (``locks.waiting_for``)."""
     return int(
         project.scalar(
-            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted "
-            f"AND classid = %s AND {_THIS_DATABASE}",
-            (SCHEMA_LOCK_CLASS,),
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE application_name LIKE 'waiting for schema %%' "
+            "AND datname = current_database()",
+            (),
         )
     )
 

@@ -146,7 +146,10 @@ def test_create_down_and_drop_while_a_migrate_runs(project: Project) -> None:
     report = json.loads(out)
     assert report["ok"] is True
     assert report["failures"] == []
-    assert sorted(report["dropped"]) == ["a_slow", "c_drop"]
+    # a_slow's drop waited for the running step; whether the run's next step in a_slow
+    # came before the drop (waiters poll: there is no queue) or found it gone, the report
+    # says what happened and nothing failed.
+    assert sorted(report["dropped"]) in (["a_slow", "c_drop"], ["c_drop"])
 
     head = ["0001_items", "0002_two", "0003_three"]
     assert project.schemas() == {"b_down", "newt"}

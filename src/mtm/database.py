@@ -21,6 +21,7 @@ from sqlalchemy.engine import URL, Connection, Engine
 from .config import Config, mask_url, sqlalchemy_url
 from .embedded import EmbeddedServer
 from .errors import DatabaseUnavailable, MtmError
+from .locks import SCHEMA_BUSY, pause, waiting_for
 
 if TYPE_CHECKING:
     from .migrations import MigrationSet
@@ -206,16 +207,44 @@ def join_script(statements: Sequence[str]) -> str:
 
 
 def run_script(conn: Connection, script: str | Sequence[str]) -> None:
-    """Send a script (text, or a list of statements) as one simple query: one round trip."""
+    """Send a script (text, or a list of statements) as one simple query: one round trip.
+
+    A whole transaction (a script that starts with ``BEGIN``) whose schema lock is
+    taken (SQLSTATE MTM03, see ``locks.schema_lock_sql``) is rolled back and sent again
+    until it gets the lock, waiting between tries outside any transaction.
+    """
     sql = script if isinstance(script, str) else join_script(script)
-    driver(conn).execute(sql.encode("utf-8"), prepare=False)
+    try:
+        driver(conn).execute(sql.encode("utf-8"), prepare=False)
+        return
+    except psycopg.Error as exc:
+        if exc.sqlstate != SCHEMA_BUSY or not sql.lstrip().upper().startswith("BEGIN"):
+            raise
+        schema = exc.diag.schema_name or ""
+    rollback_quietly(conn)
+    with waiting_for(driver(conn), schema):
+        waited = pause(0.0)
+        while True:
+            try:
+                driver(conn).execute(sql.encode("utf-8"), prepare=False)
+                return
+            except psycopg.Error as exc:
+                if exc.sqlstate != SCHEMA_BUSY:
+                    raise
+            rollback_quietly(conn)
+            waited += pause(waited)
 
 
 def rollback_quietly(conn: Connection) -> None:
     """End whatever transaction a failed script left open."""
     try:
+        if conn.invalidated:
+            # The connection died under the transaction: SQLAlchemy refuses every use
+            # until told that the transaction is over (no round trip is made).
+            conn.rollback()
+            return
         dbapi = driver(conn)
         if dbapi.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
             dbapi.execute("ROLLBACK")
-    except psycopg.Error:
+    except (psycopg.Error, sa.exc.SQLAlchemyError):
         pass

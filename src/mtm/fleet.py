@@ -125,7 +125,7 @@ def run_fleet(
                     with lock:
                         outcome.not_started += 1
                     continue
-                res = runner.apply_plan(conn, plan, plan.schema, index)
+                res = _apply(runner, conn, plan, index)
                 with lock:
                     outcome.record(res)
                     if on_result is not None:
@@ -157,6 +157,27 @@ def run_fleet(
         outcome.interrupted = True
         _finish(work, done)
     return outcome
+
+
+def _apply(runner: Runner, conn: Connection, plan: SchemaPlan, worker: int) -> SchemaResult:
+    """``runner.apply_plan``, with anything that still escapes it (a connection in a state
+    SQLAlchemy will not use, a bug) made this schema's failure: a worker never ends
+    without a result, so a run can never look like a success it was not."""
+    try:
+        return runner.apply_plan(conn, plan, plan.schema, worker)
+    except (Exception, SystemExit) as exc:
+        failed = plan.pending[0].name if plan.pending else None
+        log.error(
+            "worker %d failed on %s: %s",
+            worker,
+            plan.schema,
+            describe_error(exc),
+            exc_info=True,
+            extra={"event": "step.failed", "schema": plan.schema, "error": describe_error(exc)},
+        )
+        result = SchemaResult(plan.schema, plan.namespace)
+        result.failed_migration, result.error = failed, describe_error(exc)
+        return result
 
 
 def _finish(work: queue.Queue[Any], done: list[threading.Event]) -> None:

@@ -197,3 +197,13 @@ def tenant_role_name(schema: str, prefix: str = DEFAULT_ROLE_PREFIX) -> str:
         return name
     digest = hashlib.sha256(schema.encode("ascii")).hexdigest()[:8]
     return name[: MAX_IDENTIFIER_BYTES - 9] + "_" + digest
+
+
+def do_block(body: str) -> str:
+    """``DO`` with a dollar-quote tag that does not occur in ``body`` (which may hold a
+    quoted name), so nothing in it can end the block early."""
+    tag, n = "$mtm$", 0
+    while tag in body:
+        n += 1
+        tag = f"$mtm{n}$"
+    return f"DO {tag} {body} {tag}"

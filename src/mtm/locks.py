@@ -15,15 +15,19 @@ import re
 import socket
 import time
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
+import psycopg
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from .config import Config
 from .errors import LockHeld, UsageError
-from .identifiers import quote_literal
+from .identifiers import do_block, quote_literal
 
 log = logging.getLogger("mtm.lock")
 
@@ -32,9 +36,78 @@ RUN_LOCK_CLASS = 0x6D746D
 SCHEMA_LOCK_CLASS = 0x6D746E
 
 
+# Raised by a transaction that found its schema's lock taken (``schema_lock_sql``).
+SCHEMA_BUSY = "MTM03"
+
+
 def schema_lock_sql(schema: str) -> str:
-    """Serialise every change to one schema: create, migrate, down and drop take this."""
-    return f"SELECT pg_advisory_xact_lock({SCHEMA_LOCK_CLASS}, hashtext({quote_literal(schema)}))"
+    """Serialise every change to one schema: create, migrate, down and drop take this.
+
+    It never waits in the server: it takes the lock or fails at once with SQLSTATE
+    MTM03, and the caller waits outside any transaction and sends the script again
+    (``database.run_script``). A session blocked on an advisory lock holds a snapshot,
+    and ``CREATE INDEX CONCURRENTLY`` waits for every older snapshot to end: a command
+    waiting in the server for a schema whose no-transaction step is building an index
+    would stall that build, or deadlock with it.
+    """
+    key = f"{SCHEMA_LOCK_CLASS}, hashtext({quote_literal(schema)})"
+    message = quote_literal(f"schema {schema} is busy")
+    return do_block(
+        f"BEGIN IF NOT pg_try_advisory_xact_lock({key}) THEN RAISE EXCEPTION {message} "
+        f"USING ERRCODE = '{SCHEMA_BUSY}', SCHEMA = {quote_literal(schema)}; END IF; END"
+    )
+
+
+@contextmanager
+def waiting_for(dbapi: psycopg.Connection[Any], schema: str) -> Iterator[None]:
+    """While a session waits (outside any transaction) for ``schema``'s lock, its
+    ``application_name`` says so, so that ``pg_stat_activity`` shows who waits for what,
+    as it would for a wait inside the server. Logged once as ``lock.wait``."""
+    log.info("waiting: schema %s is busy", schema, extra={"event": "lock.wait", "schema": schema})
+    row = dbapi.execute("SELECT current_setting('application_name')").fetchone()
+    before = row[0] if row else ""
+    label = f"waiting for schema {schema}: {before}"[:63]
+    dbapi.execute("SELECT set_config('application_name', %s, false)", (label,))
+    try:
+        yield
+    finally:
+        try:
+            if dbapi.info.transaction_status == psycopg.pq.TransactionStatus.INERROR:
+                dbapi.execute("ROLLBACK")  # what the caller would do: the script failed
+            dbapi.execute("SELECT set_config('application_name', %s, false)", (before,))
+        except psycopg.Error:
+            pass  # the connection is gone, and the label with it
+
+
+def pause(waited: float) -> float:
+    """Sleep between two tries for a busy lock (20 ms growing to 250 ms); the time slept."""
+    delay = min(0.02 + waited / 4, 0.25)
+    time.sleep(delay)
+    return delay
+
+
+def hold_schema(conn: Connection, schema: str) -> None:
+    """Take ``schema``'s lock for the session: a no-transaction step holds it from its
+    ledger check to its ledger row, so that no other command changes the schema in
+    between. Polls, like ``schema_lock_sql``, so that no snapshot is held while waiting.
+    The lock goes with the session if the connection dies."""
+    params = {"c": SCHEMA_LOCK_CLASS, "s": schema}
+    take = sa.text("SELECT pg_try_advisory_lock(:c, hashtext(:s))")
+    if conn.execute(take, params).scalar():
+        return
+    dbapi = conn.connection.driver_connection
+    assert isinstance(dbapi, psycopg.Connection)
+    with waiting_for(dbapi, schema):
+        waited = pause(0.0)
+        while not conn.execute(take, params).scalar():
+            waited += pause(waited)
+
+
+def release_schema(conn: Connection, schema: str) -> None:
+    conn.execute(
+        sa.text("SELECT pg_advisory_unlock(:c, hashtext(:s))"),
+        {"c": SCHEMA_LOCK_CLASS, "s": schema},
+    )
 
 
 def run_lock_key(config: Config) -> int:

@@ -24,6 +24,7 @@ from .config import Config
 from .database import driver, rollback_quietly, run_script
 from .failures import GONE, LEDGER_MOVED, RETRYABLE, StepError, sqlstate, step_error
 from .keys import default
+from .locks import hold_schema, release_schema
 from .migrations import Migration, Namespace, StepContext
 from .plan import SchemaPlan, fingerprint
 from .progress import NoProgress, Progress
@@ -148,17 +149,19 @@ class Runner:
         expected: str | None,
     ) -> None:
         """For CREATE INDEX CONCURRENTLY and friends: statements in autocommit, then the
-        ledger row (written by up, deleted by down) in a transaction of its own. Such
-        migrations should be idempotent (IF NOT EXISTS / IF EXISTS): a crash or a retry
-        between their statements and the ledger runs them again."""
+        ledger row (written by up, deleted by down) in a transaction of its own, all under
+        the schema's session-level lock. Such migrations should be idempotent (IF NOT
+        EXISTS / IF EXISTS): a crash or a retry between their statements and the ledger
+        runs them again."""
         cfg = self.config
         script = migration.up_sql if which == "up" else migration.down_sql or ""
 
         def attempt() -> None:
-            if expected is not None:
-                run_script(conn, steps.outside_check(cfg, schema, namespace, expected))
-            run_script(conn, steps.session_settings(schema, self.settings.timeouts))
+            hold_schema(conn, schema)
             try:
+                if expected is not None:
+                    run_script(conn, steps.outside_check(cfg, schema, namespace, expected))
+                run_script(conn, steps.session_settings(schema, self.settings.timeouts))
                 if migration.kind == "sql":
                     for statement in steps.split_statements(script):
                         driver(conn).execute(statement.encode("utf-8"), prepare=False)
@@ -166,8 +169,8 @@ class Runner:
                     self.call_python(conn, migration, which, schema, namespace, tenant)
                 run_script(conn, steps.outside_record(cfg, schema, namespace, migration, which))
             finally:
-                rollback_quietly(conn)
-                run_script(conn, steps.RESET_SETTINGS)
+                _quietly(conn, lambda: run_script(conn, steps.RESET_SETTINGS))
+                _quietly(conn, lambda: release_schema(conn, schema))
 
         self._guarded(conn, schema, namespace, migration, attempt)
 
@@ -215,7 +218,9 @@ class Runner:
                 if tries:
                     exc.add_note(f"(tried {tries + 1} times)")
                 raise step_error(exc, migration, self.config.migrations_table, schema) from exc
-            except Exception as exc:
+            except (Exception, SystemExit) as exc:
+                # SystemExit too: a migration calling sys.exit() fails its step, it does
+                # not end the worker (or the command) as if all had gone well.
                 rollback_quietly(conn)
                 raise step_error(exc, migration) from exc
 
@@ -380,3 +385,13 @@ def _log_schema(level: int, event: str, plan: SchemaPlan, migration: Migration, 
             "error": error,
         },
     )
+
+
+def _quietly(conn: Connection, action: Callable[[], None]) -> None:
+    """Clean-up after a step that must not hide the step's own error: on a connection
+    that died under the step, the session's settings and locks died with it."""
+    try:
+        rollback_quietly(conn)
+        action()
+    except (psycopg.Error, sa.exc.DBAPIError):
+        pass
