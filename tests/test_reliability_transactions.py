@@ -264,5 +264,48 @@ def test_a_python_migration_that_commits_underneath_is_reported(project: Project
     r = project.cli("migrate")
     assert r.exit_code == 1
     assert "0002_commits.py ended mtm's transaction itself" in r.output
-    r = project.cli("validate")  # the damage is visible, not silent
-    assert r.exit_code == 1 and "acme: state summary disagrees with the ledger" in r.output
+    # What ran before the COMMIT is committed, as the message says; the step is not
+    # recorded (its ledger row comes after the body), so ledger and summary agree.
+    assert ledger(project, "acme") == ["0001_items"]
+    assert tables(project, "acme") == {"items", "a"}
+    assert project.cli("validate").exit_code == 0
+
+
+def test_a_python_migration_that_commits_and_begins_again_underneath_is_caught(
+    project: Project,
+) -> None:
+    """COMMIT then BEGIN on the driver leaves a transaction open, as if nothing happened:
+    the frame's own check (its transaction mark is gone) fails the step, and nothing
+    after the COMMIT, the ledger row above all, is kept."""
+    project.write("tenant", "0001_items.sql", "CREATE TABLE items (id int);")
+    assert project.cli("create", "acme").exit_code == 0
+    project.write(
+        "tenant",
+        "0002_commits.py",
+        """
+        def up(op):
+            op.execute("CREATE TABLE a (id int)")
+            raw = op.get_bind().connection.driver_connection
+            raw.execute("COMMIT")
+            raw.execute("BEGIN")
+            op.execute("CREATE TABLE b (id int)")
+        """,
+    )
+    r = project.cli("migrate")
+    assert r.exit_code == 1, r.output
+    assert "ended mtm's transaction itself" in r.output
+    assert "MTM04" in r.output
+    assert ledger(project, "acme") == ["0001_items"]
+    assert tables(project, "acme") == {"items", "a"}
+    assert project.cli("validate").exit_code == 0
+    # A create says exactly what it left: the tenant, registered, with what ran before
+    # the COMMIT; the ledger names only what ran whole.
+    r = project.cli("create", "globex")
+    assert r.exit_code == 1, r.output
+    assert "'globex' was left partly created" in r.output
+    assert "ended mtm's transaction itself" in r.output and "0002_commits" in r.output
+    assert "mtm drop globex --yes" in r.output
+    assert ledger(project, "globex") == ["0001_items"]
+    assert tables(project, "globex") == {"items", "a"}
+    assert project.scalar("SELECT count(*) FROM public.tenants WHERE schema_name = 'globex'") == 1
+    assert project.cli("drop", "globex", "--yes").exit_code == 0

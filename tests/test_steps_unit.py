@@ -29,8 +29,12 @@ def _kinds(statements: list[str]) -> list[str]:
     """Each statement by its first words, to compare orders."""
     out = []
     for s in statements:
-        if s.startswith("SELECT pg_advisory_xact_lock"):
+        if s.startswith("DO $mtm") and "pg_try_advisory_xact_lock" in s:
             out.append("lock")
+        elif s == steps.MARK_TRANSACTION:
+            out.append("mark")
+        elif s == steps.SAME_TRANSACTION:
+            out.append("intact")
         elif s.startswith("SET LOCAL"):
             out.append(s.split()[2])
         elif s.startswith("DO $mtm") and "IS DISTINCT FROM" in s:
@@ -70,16 +74,18 @@ def test_up_step_order_with_everything() -> None:
         "search_path",
         "lock_timeout",
         "statement_timeout",
+        "mark",
         "expect",
-        "ledger+",
         "body",
+        "intact",
+        "ledger+",
         "duration",
         "state",
         "COMMIT",
     ]
     assert script[4] == "SET LOCAL lock_timeout = '5s'"
     assert script[5] == "SET LOCAL statement_timeout = '1min'"
-    assert "'abc'" in script[6] and "MTM01" in script[6]
+    assert "'abc'" in script[7] and "MTM01" in script[7]
     assert all(";" not in s for s in script if s not in (UP,) and not s.startswith("DO "))
 
 
@@ -91,13 +97,15 @@ def test_down_step_deletes_the_ledger_row_and_records_no_duration() -> None:
         "lock",
         "standard_conforming_strings",
         "search_path",
+        "mark",
         "delete",
         "body",
+        "intact",
         "state",
         "COMMIT",
     ]
-    assert script[5] == DOWN
-    assert script[4] == 'DELETE FROM "acme"."mtm_migrations" WHERE name = \'0001_items\''
+    assert script[6] == DOWN
+    assert script[5] == 'DELETE FROM "acme"."mtm_migrations" WHERE name = \'0001_items\''
 
 
 def test_frame_without_expected_ledger_or_timeouts_has_neither() -> None:
@@ -113,8 +121,8 @@ def test_frame_without_expected_ledger_or_timeouts_has_neither() -> None:
 
 def test_python_steps_split_the_frame_around_the_migration() -> None:
     framed = steps.step(CONFIG, "acme", "tenant", _migration(kind="python"), "up")
-    assert framed.head[0] == "BEGIN" and _kinds(framed.head)[-1] == "ledger+"
-    assert _kinds(framed.tail) == ["duration", "state", "COMMIT"]
+    assert framed.head[0] == "BEGIN" and _kinds(framed.head)[-1] == "mark"
+    assert _kinds(framed.tail) == ["intact", "ledger+", "duration", "state", "COMMIT"]
 
 
 def test_public_steps_record_the_public_namespace() -> None:
@@ -149,7 +157,8 @@ def test_hostile_schema_names_are_quoted_everywhere(schema: str) -> None:
                 tag = statement.split()[1]
                 assert statement.count(tag) == 2, statement  # nothing ends the block early
     lock = steps.step(CONFIG, schema, "tenant", m, "up").head[1]
-    assert lock == f"SELECT pg_advisory_xact_lock({SCHEMA_LOCK_CLASS}, hashtext({literal}))"
+    assert f"pg_try_advisory_xact_lock({SCHEMA_LOCK_CLASS}, hashtext({literal}))" in lock
+    assert "MTM03" in lock
     assert steps.step(CONFIG, schema, "tenant", m, "up").head[3] == (
         f"SET LOCAL search_path TO {ident}"
     )
@@ -159,26 +168,28 @@ def test_create_frames_registry_schema_and_ledger_before_the_migrations() -> Non
     framed = steps.create(
         CONFIG, "acme", None, ["a.example.com", "b.example.com"], setup=["CREATE ROLE r"]
     )
-    assert framed.head[:4] == [
+    assert _kinds(framed.head[:5]) == [
         "BEGIN",
-        f"SELECT pg_advisory_xact_lock({SCHEMA_LOCK_CLASS}, hashtext('acme'))",
-        "SET LOCAL standard_conforming_strings = on",
-        'SET LOCAL search_path TO "acme"',
+        "lock",
+        "standard_conforming_strings",
+        "search_path",
+        "mark",
     ]
-    assert framed.head[4] == (
+    assert framed.head[3] == 'SET LOCAL search_path TO "acme"'
+    assert framed.head[5] == (
         'INSERT INTO "public"."tenants" (schema_name, name) VALUES (\'acme\', NULL)'
     )
-    assert framed.head[5] == (
+    assert framed.head[6] == (
         'INSERT INTO "public"."tenants_domains" (domain, schema_name, is_primary) VALUES '
         "('a.example.com', 'acme', true), ('b.example.com', 'acme', false)"
     )
-    assert framed.head[6] == 'CREATE SCHEMA "acme"'
-    assert framed.head[7].startswith('CREATE TABLE IF NOT EXISTS "acme"."mtm_migrations"')
-    assert framed.head[8] == "CREATE ROLE r"
-    assert _kinds(framed.tail) == ["state", "COMMIT"]
+    assert framed.head[7] == 'CREATE SCHEMA "acme"'
+    assert framed.head[8].startswith('CREATE TABLE IF NOT EXISTS "acme"."mtm_migrations"')
+    assert framed.head[9] == "CREATE ROLE r"
+    assert _kinds(framed.tail) == ["intact", "state", "COMMIT"]
     assert _kinds(steps.create_body(CONFIG, "acme", _migration())) == [
-        "ledger+",
         "body",
+        "ledger+",
         "duration",
     ]
 
@@ -211,13 +222,17 @@ def test_outside_transaction_scripts() -> None:
         "lock",
         "standard_conforming_strings",
         "search_path",
+        "mark",
         "expect",
+        "intact",
         "COMMIT",
     ]
     record = steps.outside_record(CONFIG, "acme", "tenant", m, "up")
-    assert "MTM02" in record[4] and _kinds(record)[5:] == ["ledger+", "state", "COMMIT"]
+    kinds = _kinds(record)
+    assert "MTM02" in record[5] and kinds[6:] == ["ledger+", "intact", "state", "COMMIT"]
     undo = steps.outside_record(CONFIG, "acme", "tenant", m, "down")
-    assert "MTM02" not in join_script(undo) and _kinds(undo)[4:] == ["delete", "state", "COMMIT"]
+    assert "MTM02" not in join_script(undo)
+    assert _kinds(undo)[5:] == ["delete", "intact", "state", "COMMIT"]
     assert steps.session_settings("acme", Timeouts("1s", "2s")) == [
         'SET search_path TO "acme"',
         "SET lock_timeout = '1s'",

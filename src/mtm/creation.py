@@ -17,7 +17,6 @@ from sqlalchemy.engine import Connection
 from . import steps
 from .database import rollback_quietly, run_script
 from .failures import StepError, step_error
-from .ledger import finish_sql, insert_sql
 from .migrations import Migration
 from .plan import SchemaPlan
 from .results import SchemaResult
@@ -52,7 +51,8 @@ def create_tenant(
     try:
         _create_once(runner, conn, schema, name, domains, inside, setup, batch=True)
     except StepError as first:
-        if first.migration is not None or not any(m.kind == "sql" for m in inside):
+        ended = first.sqlstate == steps.TRANSACTION_ENDED  # part of it is committed
+        if ended or first.migration is not None or not any(m.kind == "sql" for m in inside):
             raise
         # Replayed one migration per round trip, to name the one at fault; if the
         # failure was passing (a lock timeout), the replay simply creates the tenant.
@@ -104,18 +104,23 @@ def _create_once(
         else:
             sent.append((statements, owner))
     current: Migration | None = None
+    last_python: Migration | None = None  # only Python can still end the transaction
     try:
         for statements, owner in sent:
             current = owner
             if owner is not None and owner.kind == "python":
-                run_script(conn, [insert_sql(cfg, schema, owner)])
+                last_python = owner
                 runner.call_python(conn, owner, "up", schema, "tenant", schema)
-                run_script(conn, [finish_sql(cfg, schema, owner)])
+                run_script(conn, steps.record(cfg, schema, owner))
             else:
                 run_script(conn, statements)
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:
         rollback_quietly(conn)
-        raise step_error(exc, current) from exc
+        error = step_error(exc, current)
+        ended = error.sqlstate == steps.TRANSACTION_ENDED
+        if ended and error.migration is None and last_python is not None:
+            error.migration = last_python.name
+        raise error from exc
 
 
 def _is_sql(chunk: Chunk) -> bool:

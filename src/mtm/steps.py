@@ -16,7 +16,7 @@ from typing import Literal
 
 from . import sqlscript
 from .config import Config
-from .identifiers import quote_ident, quote_literal
+from .identifiers import do_block, quote_ident, quote_literal
 from .ledger import (
     delete_sql,
     finish_sql,
@@ -34,6 +34,9 @@ from .registry import domains_insert_sql, tenant_ref
 LEDGER_MOVED = "MTM01"
 # Raised by a no-transaction step that would record a schema with an INVALID index.
 INVALID_INDEX = "MTM02"
+# Raised at the end of a transaction that something inside it ended (and so committed or
+# threw away what came before): nothing after that point, the ledger row above all, holds.
+TRANSACTION_ENDED = "MTM04"
 
 Direction = Literal["up", "down"]
 StateChange = Literal["upsert", "delete"] | None
@@ -89,16 +92,34 @@ def frame(
         head.append(f"SET LOCAL lock_timeout = {quote_literal(timeouts.lock)}")
     if timeouts.statement:
         head.append(f"SET LOCAL statement_timeout = {quote_literal(timeouts.statement)}")
+    head.append(MARK_TRANSACTION)
     if expected is not None:
         head.append(expect_ledger_sql(config, schema, expected))
     head += before
-    tail = list(after)
+    tail = [SAME_TRANSACTION, *after]
     if state == "upsert":
         tail.append(state_upsert_sql(config, schema, namespace))
     elif state == "delete":
         tail.append(state_delete_sql(config, schema))
     tail.append("COMMIT")
     return Framed(head, tail)
+
+
+# The frame's transaction marks itself in its head and checks the mark at the start of its
+# tail. A COMMIT or ROLLBACK that a migration slipped past every other check ends the
+# transaction, and the mark (transaction-local) with it; the check then fails the rest of
+# the script, which the server runs as a transaction of its own and rolls back: the
+# ledger row, written in the tail, is never recorded for a step that did not run whole.
+MARK_TRANSACTION = "SELECT set_config('mtm.step_xid', txid_current()::text, true)"
+SAME_TRANSACTION = (
+    "DO $step$ BEGIN IF current_setting('mtm.step_xid', true) IS DISTINCT FROM "
+    "txid_current()::text THEN RAISE EXCEPTION "
+    "'a migration ended mtm''s transaction itself (COMMIT or ROLLBACK)' "
+    f"USING ERRCODE = '{TRANSACTION_ENDED}', HINT = 'what it did before that may be "
+    "committed; nothing after it was, and the step is not recorded: check the schema, "
+    "and give migrations that manage transactions the no-transaction marker'; "
+    "END IF; END $step$"
+)
 
 
 def expect_ledger_sql(config: Config, schema: str, expected: str) -> str:
@@ -137,16 +158,6 @@ def no_invalid_indexes_sql(schema: str) -> str:
     )
 
 
-def do_block(body: str) -> str:
-    """``DO`` with a dollar-quote tag that does not occur in ``body`` (which may hold a
-    quoted name), so nothing in it can end the block early."""
-    tag, n = "$mtm$", 0
-    while tag in body:
-        n += 1
-        tag = f"$mtm{n}$"
-    return f"DO {tag} {body} {tag}"
-
-
 # --- steps -----------------------------------------------------------------------------
 
 
@@ -162,13 +173,13 @@ def step(
 ) -> Framed:
     """The frame of a transactional step; its body is the migration (``body``).
 
-    Up writes the ledger row first, so a concurrent run that already applied the
-    migration fails on the primary key before touching anything, and records the
-    duration after the body; down deletes the row.
+    Up writes the ledger row after the body, behind the frame's check that the
+    transaction is still the one it began (a concurrent run that applied the migration
+    first is refused by the ledger check under the lock); down deletes the row.
     """
     if which == "up":
-        before = [insert_sql(config, schema, migration)]
-        after = [finish_sql(config, schema, migration)]
+        before: list[str] = []
+        after = record(config, schema, migration)
     else:
         before, after = [delete_sql(config, schema, migration.name)], []
     return frame(
@@ -251,12 +262,13 @@ def create(
 
 
 def create_body(config: Config, schema: str, migration: Migration) -> list[str]:
-    """One SQL migration inside a create: its ledger row, its script, its duration."""
-    return [
-        insert_sql(config, schema, migration),
-        *body(migration, "up"),
-        finish_sql(config, schema, migration),
-    ]
+    """One SQL migration inside a create: its script, then its ledger row."""
+    return [*body(migration, "up"), *record(config, schema, migration)]
+
+
+def record(config: Config, schema: str, migration: Migration) -> list[str]:
+    """A migration's ledger row with its duration, after its body (see ``step``)."""
+    return [insert_sql(config, schema, migration), finish_sql(config, schema, migration)]
 
 
 def drop(config: Config, schema: str, role_sql: Sequence[str] = ()) -> list[str]:

@@ -234,8 +234,20 @@ def _explain_create_failure(
     conn: Connection, config: Config, schema: str, domains: list[str], error: StepError
 ) -> NoReturn:
     """Turn a failed create into the clearest message (a race may have taken a name)."""
-    _refuse_existing(conn, config, schema, domains)
     where = f"migration {error.migration}" if error.migration else "creating it"
+    if error.sqlstate == steps.TRANSACTION_ENDED:
+        log.error(
+            "creating tenant %s failed part way: %s",
+            schema,
+            error.message,
+            extra={"event": "tenant.create_failed", "schema": schema, "error": error.message},
+        )
+        raise MtmError(
+            f"tenant {schema!r} was left partly created: {where} ended mtm's transaction "
+            "itself (COMMIT or ROLLBACK), so what ran before that is committed, the tenant "
+            f"registered with it; check it, then remove it with 'mtm drop {schema} --yes'"
+        )
+    _refuse_existing(conn, config, schema, domains)
     log.error(
         "creating tenant %s failed: %s",
         schema,
