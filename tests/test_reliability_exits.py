@@ -20,6 +20,7 @@ from _reliability import (
     tables,
     wait_until,
     waiting_on_gate,
+    waiting_on_schema_locks,
 )
 from conftest import Project, _libpq
 
@@ -161,15 +162,9 @@ def test_down_of_a_no_transaction_step_holds_the_schema_against_a_migrate(
             project.write("tenant", "0003_three.sql", "CREATE TABLE three (id int);")
             migrate = spawn(project, "migrate", "--lock-wait", "60")
             wait_until(
-                lambda: (
-                    migrate.poll() is not None
-                    or project.scalar(
-                        "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE "
-                        "'mtm migrate%' AND datname = current_database()"
-                    )
-                ),
-                30,
-                "migrate connected",
+                lambda: migrate.poll() is not None or waiting_on_schema_locks(project) == 1,
+                60,
+                "migrate waiting for acme's lock",
             )
             gate.execute("SELECT pg_advisory_unlock(%s)", (GATE,))
             d_out, d_err = down.communicate(timeout=60)
@@ -199,22 +194,16 @@ def test_up_of_a_no_transaction_step_holds_the_schema_and_a_waiter_does_not_stal
 
     with psycopg.connect(_libpq(project.url), autocommit=True) as gate:
         gate.execute("SELECT pg_advisory_lock(%s)", (GATE,))
-        migrate = spawn(project, "migrate")
+        migrate = spawn(project, "migrate", "--lock-timeout", "60s")
         down = None
         try:
             wait_until(lambda: waiting_on_gate(project, GATE) == 1, 30, "migrate at the gate")
             assert schema_lock_held(project, "acme")
             down = spawn(project, "down", "--tenant", "acme")
             wait_until(
-                lambda: (
-                    down.poll() is not None
-                    or project.scalar(
-                        "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE "
-                        "'mtm down%' AND datname = current_database()"
-                    )
-                ),
-                30,
-                "down connected",
+                lambda: down.poll() is not None or waiting_on_schema_locks(project) == 1,
+                60,
+                "down waiting for acme's lock",
             )
             gate.execute("SELECT pg_advisory_unlock(%s)", (GATE,))
             m_out, m_err = migrate.communicate(timeout=60)

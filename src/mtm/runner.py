@@ -157,7 +157,6 @@ class Runner:
         script = migration.up_sql if which == "up" else migration.down_sql or ""
 
         def attempt() -> None:
-            hold_schema(conn, schema)
             try:
                 if expected is not None:
                     run_script(conn, steps.outside_check(cfg, schema, namespace, expected))
@@ -170,9 +169,13 @@ class Runner:
                 run_script(conn, steps.outside_record(cfg, schema, namespace, migration, which))
             finally:
                 _quietly(conn, lambda: run_script(conn, steps.RESET_SETTINGS))
-                _quietly(conn, lambda: release_schema(conn, schema))
 
-        self._guarded(conn, schema, namespace, migration, attempt)
+        # Held across retries too: between two tries no other command may change the schema.
+        hold_schema(conn, schema)
+        try:
+            self._guarded(conn, schema, namespace, migration, attempt)
+        finally:
+            _quietly(conn, lambda: release_schema(conn, schema))
 
     def _guarded(
         self,
