@@ -149,3 +149,13 @@ def fingerprint_row(project: Project, schema: str) -> str | None:
     return project.scalar(
         "SELECT fingerprint FROM public.mtm_migrations_state WHERE schema_name = %s", (schema,)
     )
+
+
+def index_valid(project: Project, schema: str, index: str = "items_id_idx") -> bool | None:
+    """Whether ``schema``'s index is valid (None: there is no such index)."""
+    return project.scalar(
+        "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+        "JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = %s AND c.relname = %s",
+        (schema, index),
+    )

@@ -14,6 +14,7 @@ import psycopg
 import pytest
 
 from _reliability import (
+    index_valid,
     ledger,
     schema_lock_held,
     spawn,
@@ -132,15 +133,6 @@ DROP INDEX CONCURRENTLY IF EXISTS items_id_idx;
 """
 
 
-def _index_valid(project: Project, schema: str) -> bool | None:
-    return project.scalar(
-        "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
-        "JOIN pg_namespace n ON n.oid = c.relnamespace "
-        "WHERE n.nspname = %s AND c.relname = 'items_id_idx'",
-        (schema,),
-    )
-
-
 def test_down_of_a_no_transaction_step_holds_the_schema_against_a_migrate(
     project: Project,
 ) -> None:
@@ -149,7 +141,7 @@ def test_down_of_a_no_transaction_step_holds_the_schema_against_a_migrate(
     project.write("tenant", "0001_items.sql", "CREATE TABLE items (id int);")
     project.write("tenant", "0002_index.sql", INDEX.format(gate=GATE, up="false", down="true"))
     assert project.cli("create", "acme").exit_code == 0
-    assert _index_valid(project, "acme") is True
+    assert index_valid(project, "acme") is True
 
     with psycopg.connect(_libpq(project.url), autocommit=True) as gate:
         gate.execute("SELECT pg_advisory_lock(%s)", (GATE,))
@@ -177,7 +169,7 @@ def test_down_of_a_no_transaction_step_holds_the_schema_against_a_migrate(
     assert down.returncode == 0, d_out + d_err
     assert migrate.returncode == 0, m_out + m_err
     assert ledger(project, "acme") == ["0001_items", "0002_index", "0003_three"]
-    assert _index_valid(project, "acme") is True
+    assert index_valid(project, "acme") is True
     assert project.run("validate").returncode == 0
 
 
@@ -215,7 +207,7 @@ def test_up_of_a_no_transaction_step_holds_the_schema_and_a_waiter_does_not_stal
                     proc.communicate()
     assert migrate.returncode == 0, m_out + m_err
     assert "deadlock" not in (m_out + m_err + d_out + d_err).lower()
-    assert _index_valid(project, "acme") is True
+    assert index_valid(project, "acme") is True
     # down planned to revert 0001 under a ledger that has moved since: it must refuse,
     # reverting nothing.
     assert down.returncode == 1, d_out + d_err

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from _reliability import ledger, tables
+from _reliability import index_valid, ledger, tables
 from conftest import Project
 
 INDEX_UP = """\
@@ -13,15 +13,6 @@ DROP INDEX CONCURRENTLY IF EXISTS items_id_idx;
 """
 
 
-def _index_valid(project: Project, schema: str) -> bool | None:
-    return project.scalar(
-        "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
-        "JOIN pg_namespace n ON n.oid = c.relnamespace "
-        "WHERE n.nspname = %s AND c.relname = 'items_id_idx'",
-        (schema,),
-    )
-
-
 def test_no_transaction_sql_migration_up_and_down(project: Project) -> None:
     project.write("tenant", "0001_items.sql", "CREATE TABLE items (id int);")
     for schema in ("acme", "globex"):
@@ -30,24 +21,24 @@ def test_no_transaction_sql_migration_up_and_down(project: Project) -> None:
     r = project.cli("migrate")
     assert r.exit_code == 0, r.output
     for schema in ("acme", "globex"):
-        assert _index_valid(project, schema) is True
+        assert index_valid(project, schema) is True
         assert ledger(project, schema) == ["0001_items", "0002_index"]
     assert project.cli("validate").exit_code == 0
 
     # A new tenant gets it too (after its transactional part is committed).
     assert project.cli("create", "initech").exit_code == 0
-    assert _index_valid(project, "initech") is True
+    assert index_valid(project, "initech") is True
     assert ledger(project, "initech") == ["0001_items", "0002_index"]
 
     # down runs DROP INDEX CONCURRENTLY outside a transaction as well.
     r = project.cli("down", "--all-tenants")
     assert r.exit_code == 0, r.output
     for schema in ("acme", "globex", "initech"):
-        assert _index_valid(project, schema) is None
+        assert index_valid(project, schema) is None
         assert ledger(project, schema) == ["0001_items"]
     assert project.cli("validate").exit_code == 0
     assert project.cli("migrate").exit_code == 0
-    assert _index_valid(project, "acme") is True
+    assert index_valid(project, "acme") is True
 
 
 def test_no_transaction_python_migration(project: Project) -> None:
@@ -70,10 +61,10 @@ def test_no_transaction_python_migration(project: Project) -> None:
     )
     r = project.cli("migrate")
     assert r.exit_code == 0, r.output
-    assert _index_valid(project, "acme") is True
+    assert index_valid(project, "acme") is True
     r = project.cli("down", "--tenant", "acme")
     assert r.exit_code == 0, r.output
-    assert _index_valid(project, "acme") is None
+    assert index_valid(project, "acme") is None
 
 
 def test_no_transaction_failure_records_nothing_and_a_fixed_file_goes_on(
