@@ -5,7 +5,8 @@ so every fact is schema-neutral: names of objects in the schema itself are unqua
 objects elsewhere keep their schema (``public.plans``). ``fingerprints`` hashes the
 facts of many schemas in one query, so a fleet can be grouped by structure cheaply;
 ``describe`` returns the same facts as a ``SchemaCatalog``, and ``compare`` names what
-is missing, extra or different between two of them.
+is missing, extra or different between two of them (those values and ``compare`` live
+in ``schemacatalog`` and are re-exported here).
 
 No table lock, ever. The ``pg_get_*def`` functions and ``pg_get_expr`` with a relation
 take ACCESS SHARE on the table (they open it to name its columns), so they would wait
@@ -35,15 +36,24 @@ references.
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from .errors import MtmError
+from .schemacatalog import FIELDS, CatalogObject, Difference, ObjectKey, SchemaCatalog, compare
+
+__all__ = [
+    "FIELDS",
+    "CatalogObject",
+    "Difference",
+    "SchemaCatalog",
+    "compare",
+    "describe",
+    "fingerprints",
+]
 
 # OIDs at or above FirstNormalObjectId belong to objects made after initdb (user objects).
 _USER_OID = r"(?:1638[4-9]|1639[0-9]|16[4-9][0-9][0-9]|1[7-9][0-9]{3}|[2-9][0-9]{4}|[0-9]{6,})"
@@ -152,71 +162,7 @@ def _deps(classid: str, objid: str) -> str:
 
 
 # Each part yields (sid, kind, parent, name, detail text[]). The detail fields of a kind
-# are named in FIELDS, in the same order.
-FIELDS: dict[str, tuple[str, ...]] = {
-    "relation": (
-        "relkind",
-        "persistence",
-        "row_security",
-        "partition_key",
-        "inherits",
-        "definition",
-    ),
-    "column": ("position", "type", "not_null", "default", "identity", "generated", "collation"),
-    "constraint": (
-        "type",
-        "columns",
-        "references",
-        "referenced_columns",
-        "on_update",
-        "on_delete",
-        "match",
-        "deferrable",
-        "deferred",
-        "validated",
-        "expression",
-        "depends_on",
-    ),
-    "index": (
-        "method",
-        "unique",
-        "primary",
-        "columns",
-        "key_columns",
-        "options",
-        "operator_classes",
-        "expressions",
-        "predicate",
-        "valid",
-        "depends_on",
-    ),
-    "sequence": (
-        "type",
-        "start",
-        "increment",
-        "min",
-        "max",
-        "cache",
-        "cycle",
-        "owned_by",
-    ),
-    "function": (
-        "kind",
-        "result",
-        "language",
-        "volatility",
-        "strict",
-        "security_definer",
-        "parallel",
-        "settings",
-        "argument_defaults",
-        "body_md5",
-    ),
-    "trigger": ("type", "function", "arguments", "columns", "when", "enabled", "depends_on"),
-    "policy": ("command", "permissive", "using", "with_check", "depends_on"),
-    "enum": ("labels",),
-    "domain": ("base_type", "not_null", "default"),
-}
+# are named in ``schemacatalog.FIELDS``, in the same order.
 
 _RELKINDS = "'r', 'p', 'v', 'm', 'f', 'c'"
 
@@ -395,80 +341,6 @@ FINGERPRINT_SQL = (
 DESCRIBE_SQL = FACTS_SQL + "SELECT f.kind, f.parent, f.name, f.detail FROM facts f"
 
 
-def _line(kind: str, parent: str, name: str, detail: Sequence[str | None]) -> str:
-    values = "\t".join("\\N" if v is None else v for v in detail)
-    return f"{kind}\t{parent}\t{name}\t{values}"
-
-
-@dataclass(frozen=True, order=True)
-class CatalogObject:
-    """One object of a schema: its kind, the table it belongs to ('' if none), its name."""
-
-    kind: str
-    parent: str
-    name: str
-    detail: tuple[str | None, ...] = field(compare=True)
-
-    @property
-    def attributes(self) -> dict[str, str | None]:
-        return dict(zip(FIELDS[self.kind], self.detail, strict=True))
-
-    @property
-    def label(self) -> str:
-        return f"{self.kind} {self.parent + '.' if self.parent else ''}{self.name}"
-
-
-ObjectKey = tuple[str, str, str]
-
-
-@dataclass(frozen=True)
-class SchemaCatalog:
-    """The schema-neutral structure of one schema; equal catalogs mean equal structures."""
-
-    schema: str
-    objects: Mapping[ObjectKey, CatalogObject]
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, SchemaCatalog):
-            return NotImplemented
-        return dict(self.objects) == dict(other.objects)
-
-    def __hash__(self) -> int:
-        return hash(self.fingerprint)
-
-    @property
-    def fingerprint(self) -> str:
-        """The MD5 ``fingerprints`` computes in SQL for the same schema."""
-        lines = sorted(_line(o.kind, o.parent, o.name, o.detail) for o in self.objects.values())
-        return hashlib.md5("\n".join(lines).encode("utf-8")).hexdigest()
-
-    def of_kind(self, kind: str) -> list[CatalogObject]:
-        return sorted(o for o in self.objects.values() if o.kind == kind)
-
-
-@dataclass(frozen=True)
-class Difference:
-    """One way in which ``b`` differs from the reference ``a``.
-
-    ``change`` is ``missing`` (in a, not in b), ``extra`` (in b, not in a) or
-    ``different`` (then ``attribute`` names what differs, with both values).
-    """
-
-    kind: str
-    parent: str
-    name: str
-    change: str
-    attribute: str | None = None
-    expected: str | None = None
-    actual: str | None = None
-
-    def __str__(self) -> str:
-        where = f"{self.kind} {self.parent + '.' if self.parent else ''}{self.name}"
-        if self.change != "different":
-            return f"{where}: {self.change}"
-        return f"{where}: {self.attribute} is {self.actual!r}, expected {self.expected!r}"
-
-
 def _params(schemas: Iterable[str], exclude: Collection[str]) -> dict[str, object]:
     return {**PARAMS, "schemas": list(schemas), "exclude": list(exclude)}
 
@@ -528,34 +400,3 @@ def describe(conn: Connection, schema: str, *, exclude: Collection[str] = ()) ->
         obj = CatalogObject(kind, parent, name, tuple(detail))
         objects[(kind, parent, name)] = obj
     return SchemaCatalog(schema, objects)
-
-
-def compare(a: SchemaCatalog, b: SchemaCatalog) -> list[Difference]:
-    """What is missing from, extra in, or different in ``b`` compared with ``a``.
-
-    Pure; sorted by kind, table and name. Empty when the structures are equal.
-    """
-    out: list[Difference] = []
-    for key in sorted(a.objects.keys() | b.objects.keys()):
-        kind, parent, name = key
-        left, right = a.objects.get(key), b.objects.get(key)
-        if right is None:
-            out.append(Difference(kind, parent, name, "missing"))
-        elif left is None:
-            out.append(Difference(kind, parent, name, "extra"))
-        elif left.detail != right.detail:
-            expected, actual = left.attributes, right.attributes
-            for attribute in FIELDS[kind]:
-                if expected[attribute] != actual[attribute]:
-                    out.append(
-                        Difference(
-                            kind,
-                            parent,
-                            name,
-                            "different",
-                            attribute,
-                            expected[attribute],
-                            actual[attribute],
-                        )
-                    )
-    return out
