@@ -1,0 +1,227 @@
+"""The migration commands: migrate (and its alias up), status, down, history, validate."""
+
+from __future__ import annotations
+
+import sys
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from ..exits import Exit
+from ..keys import help_of
+from ..words import plural
+from .shared import config_of, console
+
+if TYPE_CHECKING:
+    from ..config import Config
+    from ..progress import Progress
+
+
+def _progress(config: Config, as_json: bool) -> Progress:
+    from ..progress import NoProgress
+    from ..report import LiveProgress, PlainProgress
+
+    if as_json:
+        return NoProgress()
+    if sys.stdout.isatty():
+        return LiveProgress(console(), config.public_schema_display_name)
+    return PlainProgress(sys.stdout, config.public_schema_display_name)
+
+
+def _migrate_options(f: Any) -> Any:
+    options = [
+        click.option("--tenant", "tenants", multiple=True, help="Only this tenant (repeatable)."),
+        click.option("--dry-run", is_flag=True, help="Print the plan; change nothing."),
+        click.option("--jobs", "-j", type=int, help=help_of("jobs")),
+        click.option(
+            "--continue-on-error",
+            is_flag=True,
+            help="Migrate every tenant it can; report every failure at the end.",
+        ),
+        click.option(
+            "--allow-out-of-order",
+            is_flag=True,
+            help="Apply migrations that sort before one already applied.",
+        ),
+        click.option(
+            "--lock-wait",
+            type=float,
+            default=0.0,
+            show_default=True,
+            help="Seconds to wait for another run's lock.",
+        ),
+        click.option("--lock-timeout", help=help_of("lock_timeout")),
+        click.option("--statement-timeout", help=help_of("statement_timeout")),
+        click.option("--retries", type=int, help=help_of("retries")),
+        click.option("--json", "as_json", is_flag=True, help="Print a JSON result."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+@click.command()
+@_migrate_options
+@click.pass_context
+def migrate(ctx: click.Context, /, **kwargs: Any) -> None:
+    """Apply pending migrations: public first, then every tenant (alias: up)."""
+    _run_migrate(ctx, **kwargs)
+
+
+@click.command("up", hidden=True)
+@_migrate_options
+@click.pass_context
+def up(ctx: click.Context, /, **kwargs: Any) -> None:
+    """Alias of migrate."""
+    _run_migrate(ctx, **kwargs)
+
+
+def _run_migrate(
+    ctx: click.Context,
+    tenants: tuple[str, ...],
+    dry_run: bool,
+    jobs: int | None,
+    continue_on_error: bool,
+    allow_out_of_order: bool,
+    lock_wait: float,
+    lock_timeout: str | None,
+    statement_timeout: str | None,
+    retries: int | None,
+    as_json: bool,
+) -> None:
+    from .. import commands
+    from ..report import dump_json, migrate_json, migrate_summary
+
+    config = config_of(ctx)
+    result = commands.migrate(
+        config,
+        tenants=list(tenants) or None,
+        dry_run=dry_run,
+        jobs=jobs,
+        continue_on_error=continue_on_error,
+        allow_out_of_order=allow_out_of_order,
+        lock_wait=lock_wait,
+        lock_timeout=lock_timeout,
+        statement_timeout=statement_timeout,
+        retries=retries,
+        progress=_progress(config, as_json),
+    )
+    if as_json:
+        dump_json(migrate_json(result))
+    else:
+        for line in migrate_summary(result, config.public_schema_display_name):
+            click.echo(line, err=line.startswith("FAILED"))
+    if result.outcome.interrupted:
+        ctx.exit(Exit.INTERRUPTED)
+    if not result.ok:
+        ctx.exit(Exit.FAILED)
+
+
+@click.command()
+@click.option("--tenant", "tenants", multiple=True, help="Only this tenant (repeatable).")
+@click.option("--all", "list_all", is_flag=True, help="One row per tenant, however many.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--check", is_flag=True, help="Exit 3 when anything is pending.")
+@click.pass_context
+def status(
+    ctx: click.Context, tenants: tuple[str, ...], list_all: bool, as_json: bool, check: bool
+) -> None:
+    """Where every schema stands: applied/total, last applied, pending."""
+    from .. import commands
+    from ..report import dump_json, status_json, status_table
+
+    result = commands.status(config_of(ctx), tenants=list(tenants) or None)
+    if as_json:
+        dump_json(status_json(result))
+    else:
+        out = console()
+        for renderable in status_table(result, list_all=list_all or bool(tenants)):
+            out.print(renderable)
+    if check and result.pending:
+        ctx.exit(Exit.PENDING)
+
+
+@click.command()
+@click.option("--tenant", "tenants", multiple=True, help="Revert in this tenant (repeatable).")
+@click.option("--all-tenants", is_flag=True, help="Revert in every tenant.")
+@click.option("--public", is_flag=True, help="Revert in the public schema.")
+@click.option("--steps", type=int, help="How many migrations to revert (default 1).")
+@click.option("--to", "to", help="Revert everything applied after this migration.")
+@click.pass_context
+def down(
+    ctx: click.Context,
+    tenants: tuple[str, ...],
+    all_tenants: bool,
+    public: bool,
+    steps: int | None,
+    to: str | None,
+) -> None:
+    """Revert the most recently applied migrations, newest first, one transaction each."""
+    from .. import commands
+
+    config = config_of(ctx)
+    result = commands.down(
+        config,
+        tenants=list(tenants) or None,
+        all_tenants=all_tenants,
+        public=public,
+        steps=steps,
+        to=to,
+    )
+    name = config.public_schema_display_name
+    for r in result.results:
+        label = name if r.schema == "public" else r.schema
+        if r.ok:
+            click.echo(f"{label}: reverted {', '.join(r.reverted)}")
+        else:
+            done = f" (reverted {', '.join(r.reverted)} first)" if r.reverted else ""
+            click.echo(f"FAILED {label}: reverting {r.failed_migration}: {r.error}{done}", err=True)
+    if not result.results:
+        click.echo("nothing to revert")
+    if not result.ok:
+        ctx.exit(Exit.FAILED)
+
+
+@click.command()
+@click.option("--tenant", help="The tenant whose ledger to show.")
+@click.option("--public", is_flag=True, help="Show the public schema's ledger.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def history(ctx: click.Context, tenant: str | None, public: bool, as_json: bool) -> None:
+    """The ledger of one schema: applied migrations, when, how long."""
+    from .. import commands
+    from ..report import dump_json, history_table
+
+    rows = commands.history(config_of(ctx), tenant=tenant, public=public)
+    if as_json:
+        dump_json([r.__dict__ for r in rows])
+    else:
+        console().print(history_table(rows))
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def validate(ctx: click.Context, as_json: bool) -> None:
+    """Check applied migrations against the files and the registry against the schemas."""
+    from .. import commands
+    from ..report import dump_json
+
+    result = commands.validate(config_of(ctx))
+    if as_json:
+        dump_json(
+            {
+                "ok": result.ok,
+                "schemas_checked": result.schemas_checked,
+                "problems": result.problems,
+            }
+        )
+    else:
+        for p in result.problems:
+            click.echo(p)
+        click.echo(
+            f"{plural(result.schemas_checked, 'schema')} checked: "
+            + ("no problems" if result.ok else plural(len(result.problems), "problem"))
+        )
+    if not result.ok:
+        ctx.exit(Exit.FAILED)
