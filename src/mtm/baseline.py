@@ -133,6 +133,10 @@ def tokens(sql: str) -> list[Token]:
 
     Statement ends (``;``) and psql meta-command lines (``\\restrict``) are code tokens
     of their own.
+
+    Longer than most: one scanner loop with a branch per kind of token, all sharing the
+    position and the code run not yet flushed; split up, each branch would hand that
+    state back and forth.
     """
     out: list[Token] = []
     i, n, start = 0, len(sql), 0
@@ -255,12 +259,11 @@ def _dropped(statement: Sequence[Token]) -> bool:
     return head.upper().startswith("ALTER ") and bool(_OWNER.search(code))
 
 
-def neutralize(sql: str, schema: str) -> tuple[str, list[str]]:
-    """``pg_dump`` output of ``schema`` as SQL for any schema, and what needs a person's eye.
-
-    Pure: no database. Returns the statements kept, one per paragraph, and warnings
-    naming the statements whose literals or bodies mention the schema.
-    """
+def _schema_patterns(
+    schema: str,
+) -> tuple[list[str], re.Pattern[str], re.Pattern[str], re.Pattern[str]]:
+    """How ``schema`` shows in a dump: its prefixes (quoted, and bare when that is the same
+    name), the prefix in code, a mention anywhere, and the schema named as a schema."""
     quoted = quote_ident(schema)
     prefixes = [quoted + "."]
     if quoted.strip('"') == schema and _plain_identifier(schema):
@@ -277,6 +280,17 @@ def neutralize(sql: str, schema: str) -> tuple[str, list[str]]:
         r"\bSCHEMA\s+(?:" + re.escape(quoted) + "|" + re.escape(schema) + r")(?![A-Za-z0-9_$.])",
         re.IGNORECASE,
     )
+    return prefixes, code_prefix, mention, as_schema
+
+
+def neutralize(sql: str, schema: str) -> tuple[str, list[str]]:
+    """``pg_dump`` output of ``schema`` as SQL for any schema, and what needs a person's eye.
+
+    Pure: no database. Returns the statements kept, one per paragraph, and warnings
+    naming the statements whose literals or bodies mention the schema.
+    """
+    quoted = quote_ident(schema)
+    prefixes, code_prefix, mention, as_schema = _schema_patterns(schema)
     kept: list[str] = []
     warnings: list[str] = []
     for statement in statements(sql):

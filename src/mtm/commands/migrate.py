@@ -45,6 +45,9 @@ def migrate(
     Plan, refuse problems (any applied migration that disagrees with its file), run,
     report. Each step is its own transaction; after a failure no new tenant starts
     unless ``continue_on_error``.
+
+    Longer than most: its ten options take a line each, and planning and running
+    stay inside the one try/finally that releases the run lock.
     """
     started = time.perf_counter()
     jobs = config.jobs if jobs is None else jobs

@@ -83,6 +83,9 @@ def create_in(
 
     Public migrations still pending are applied first, under the run lock (or the
     create is refused, naming who holds it): tenant migrations may use public tables.
+
+    Longer than most: its seven options take a line each, and every check of them comes
+    before the connection is opened, so that bad input changes nothing.
     """
     config = db.config
     schema = validate_schema_name(schema)
