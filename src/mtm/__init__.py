@@ -36,6 +36,7 @@ _EXPORTS = {
             "migrate",
             "new",
             "rotate_role",
+            "stamp",
             "status",
             "tenants",
             "validate",
@@ -88,6 +89,7 @@ if TYPE_CHECKING:
     from .commands.inspection import history, status, validate
     from .commands.migrate import down, migrate
     from .commands.project import db_start, db_status, db_stop, db_url, init, new
+    from .commands.stamp import stamp
     from .commands.tenants import create, drop, rotate_role, tenants
     from .config import Config
     from .database import Database, connect
@@ -137,6 +139,7 @@ __all__ = [
     "migrate",
     "new",
     "rotate_role",
+    "stamp",
     "status",
     "tenant_connection",
     "tenant_role",

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from .migrations import Migration, Namespace
 
@@ -129,3 +129,60 @@ def revert_range(
             raise ValueError(f"migration {to} is not applied")
         return list(applied_newest_first[: applied_newest_first.index(to)])
     return list(applied_newest_first[: steps if steps is not None else 1])
+
+
+def past(plan: SchemaPlan, name: str) -> str | None:
+    """The newest migration ``plan``'s schema has applied after ``name``, if any."""
+    later = [n for n, _ in plan.applied_pairs if n > name]
+    return max(later) if later else None
+
+
+def stop_at(plan: SchemaPlan, name: str) -> SchemaPlan:
+    """``plan`` with nothing pending after ``name`` (``migrate --to``)."""
+    return replace(plan, pending=[m for m in plan.pending if m.name <= name])
+
+
+@dataclass(frozen=True)
+class StampChange:
+    """What ``stamp`` changes in one schema's ledger, without running any migration:
+    rows to ``record`` (with the file's checksum) or to ``delete``, planned from a
+    ledger whose fingerprint was ``expected`` (None: the ledger does not exist yet)."""
+
+    schema: str
+    namespace: Namespace
+    record: tuple[Migration, ...]
+    delete: tuple[str, ...]
+    expected: str | None
+
+
+def stamp_change(
+    schema: str,
+    namespace: Namespace,
+    migrations: Sequence[Migration],
+    ledger: Sequence[LedgerRow] | None,
+    name: str,
+    *,
+    delete: bool,
+) -> tuple[StampChange, list[str]]:
+    """Stamp up to and including ``name`` (record what is not recorded) or, with
+    ``delete``, remove the records of ``name`` and everything after it; the problems
+    are the rows in that range whose file was edited after they were applied."""
+    files = {m.name: m for m in migrations}
+    rows = list(ledger or [])
+    applied = {r.name: r.checksum for r in rows}
+    touched = [n for n in applied if (n >= name if delete else n <= name)]
+    problems = [
+        f"{schema}: migration {n} was edited after it was applied (checksum "
+        f"{files[n].checksum[:12]}, recorded {str(applied[n])[:12]})"
+        for n in sorted(touched)
+        if n in files and applied[n] is not None and applied[n] != files[n].checksum
+    ]
+    record = tuple(m for m in migrations if m.name <= name and m.name not in applied)
+    record = () if delete else record
+    removed = tuple(sorted(touched)) if delete else ()
+    expected = (
+        None
+        if ledger is None
+        else fingerprint((r.name, r.checksum) for r in rows if r.checksum is not None)
+    )
+    return StampChange(schema, namespace, record, removed, expected), problems

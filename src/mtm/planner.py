@@ -8,7 +8,7 @@ alone; only the others have their ledgers read (in batches).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from sqlalchemy.engine import Connection
 
@@ -22,7 +22,14 @@ from .ledger import (
     tenant_fingerprints,
 )
 from .migrations import Migration, MigrationSet, Namespace
-from .plan import SchemaPlan, plan_from_ledger, plan_from_prefix, prefix_fingerprints, revert_range
+from .plan import (
+    SchemaPlan,
+    plan_from_ledger,
+    plan_from_prefix,
+    prefix_fingerprints,
+    revert_range,
+    stop_at,
+)
 from .registry import registered_among
 from .runner import Replanner
 
@@ -98,14 +105,23 @@ def public_plan(
     )
 
 
-def replanner(config: Config, mset: MigrationSet, allow_out_of_order: bool) -> Replanner:
-    """Plans one schema again from its ledger, for a step that found the ledger moved."""
+def replanner(
+    config: Config,
+    mset: MigrationSet,
+    allow_out_of_order: bool,
+    target: tuple[Namespace, str] | None = None,
+) -> Replanner:
+    """Plans one schema again from its ledger, for a step that found the ledger moved
+    (still stopping at ``target``, the namespace and name of ``migrate --to``)."""
 
     def replan(conn: Connection, schema: str, namespace: Namespace) -> SchemaPlan:
         ledger = read_ledgers(conn, config, [schema])[schema]
-        return plan_from_ledger(
+        fresh = plan_from_ledger(
             schema, namespace, mset.of(namespace), ledger, allow_out_of_order=allow_out_of_order
         )
+        if target is None:
+            return fresh
+        return stop_at(fresh, target[1]) if target[0] == namespace else replace(fresh, pending=[])
 
     return replan
 

@@ -19,8 +19,16 @@ from rich.table import Table
 from rich.text import Text
 
 from .ledger import AppliedMigration
+from .plan import StampChange
 from .registry import Tenant
-from .results import MigrateResult, SchemaResult, SchemaStatus, StatusResult, TablesUpgrade
+from .results import (
+    MigrateResult,
+    SchemaResult,
+    SchemaStatus,
+    StampResult,
+    StatusResult,
+    TablesUpgrade,
+)
 from .words import plural
 
 LIST_LIMIT = 50  # above this many tenants, status and plain progress summarise
@@ -197,6 +205,8 @@ def migrate_summary(result: MigrateResult, display_name: str) -> list[str]:
 
     if result.tables is not None:
         lines.append(tables_line(result.tables))
+    if result.to is not None:
+        lines.append(_to_line(result.to))
     if result.dry_run:
         pp = result.public_plan
         if pp is not None and pp.pending:
@@ -247,6 +257,33 @@ def migrate_summary(result: MigrateResult, display_name: str) -> list[str]:
     return lines
 
 
+def _to_line(to: str) -> str:
+    """What ``migrate --to`` does, and what it leaves."""
+    namespace, _, target = to.partition(":")
+    other = "the tenants were" if namespace == "public" else "the public schema was"
+    return f"--to {to}: up to {target} and no further; {other} left as is"
+
+
+def stamp_line(change: StampChange, display_name: str) -> str:
+    """What ``stamp`` will change in one schema, printed before it changes anything."""
+    label = display_name if change.schema == "public" else change.schema
+    if change.delete:
+        return f"{label}: delete the records of {', '.join(change.delete)}"
+    return f"{label}: record as applied (not run) {', '.join(m.name for m in change.record)}"
+
+
+def stamp_json(result: StampResult) -> dict[str, Any]:
+    return {
+        "namespace": result.namespace,
+        "name": result.name,
+        "delete": result.delete,
+        "schemas": [
+            {"schema": c.schema, "recorded": [m.name for m in c.record], "deleted": list(c.delete)}
+            for c in result.changes
+        ],
+    }
+
+
 def tables_line(upgrade: TablesUpgrade) -> str:
     """What happened to mtm's own tables before the migrations."""
     span = f"from version {upgrade.from_version} to {upgrade.to_version}"
@@ -262,6 +299,7 @@ def migrate_json(result: MigrateResult) -> dict[str, Any]:
     return {
         "ok": result.ok,
         "dry_run": result.dry_run,
+        "to": result.to,
         "tables_upgrade": (
             {
                 "from_version": t.from_version,

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .migrations import Namespace
-from .plan import SchemaPlan
+from .plan import SchemaPlan, StampChange
 from .registry import Tenant
 
 
@@ -106,6 +106,7 @@ class MigrateResult:
     outcome: FleetOutcome
     seconds: float
     tables: TablesUpgrade | None = None  # mtm's own tables upgraded (or, dry run, pending)
+    to: str | None = None  # migrate --to: tenant:NAME or public:NAME (the other namespace waits)
 
     @property
     def failures(self) -> list[SchemaResult]:
@@ -189,6 +190,16 @@ class DownResult:
     @property
     def ok(self) -> bool:
         return all(r.ok for r in self.results)
+
+
+@dataclass
+class StampResult:
+    """What ``stamp`` recorded (or, ``delete``, removed) in each schema it changed."""
+
+    namespace: Namespace
+    name: str  # the migration stamped to (``head`` resolved to its name)
+    delete: bool
+    changes: list[StampChange]
 
 
 @dataclass

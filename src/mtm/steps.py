@@ -28,6 +28,7 @@ from .ledger import (
 )
 from .locks import schema_lock_sql
 from .migrations import Migration, Namespace
+from .plan import StampChange
 from .registry import domains_insert_sql, tenant_ref
 
 # Raised by a step whose schema's ledger is not what the plan expected.
@@ -288,6 +289,18 @@ def drop_framed(config: Config, schema: str, role_sql: Sequence[str] = ()) -> Fr
             *framed.tail,
         ],
     )
+
+
+def stamp(config: Config, change: StampChange) -> list[str]:
+    """Record (with the files' checksums) or delete ledger rows without running any
+    migration: one transaction under the schema's lock, refused (MTM01) if the ledger
+    is no longer the one the change was planned from, with the state row rewritten."""
+    schema = change.schema
+    rows = [insert_sql(config, schema, m) for m in change.record]
+    rows += [delete_sql(config, schema, name) for name in change.delete]
+    before = [ledger_ddl(config, schema), *rows] if change.expected is None else rows
+    framed = frame(config, schema, change.namespace, expected=change.expected, before=before)
+    return framed.around([])
 
 
 def refresh_states(config: Config, schemas: Sequence[str], namespace: Namespace) -> list[str]:

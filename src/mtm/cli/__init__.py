@@ -106,6 +106,7 @@ for command in (
     migrate.up,
     migrate.status,
     migrate.down,
+    migrate.stamp,
     migrate.history,
     migrate.validate,
     tenants.role,

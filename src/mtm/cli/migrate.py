@@ -1,8 +1,10 @@
-"""The migration commands: migrate (and its alias up), status, down, history, validate."""
+"""The migration commands: migrate (and its alias up), status, down, stamp, history,
+validate."""
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -14,6 +16,7 @@ from .shared import config_of, console
 
 if TYPE_CHECKING:
     from ..config import Config
+    from ..plan import StampChange
     from ..progress import Progress
 
 
@@ -53,6 +56,13 @@ def _migrate_options(f: Any) -> Any:
         click.option("--lock-timeout", help=help_of("lock_timeout")),
         click.option("--statement-timeout", help=help_of("statement_timeout")),
         click.option("--retries", type=int, help=help_of("retries")),
+        click.option(
+            "--to",
+            "to",
+            metavar="NAMESPACE:NAME",
+            help="Only tenant:NAME or public:NAME: that namespace up to NAME and no further "
+            "(the other namespace is left as it is).",
+        ),
         click.option("--json", "as_json", is_flag=True, help="Print a JSON result."),
     ]
     for option in reversed(options):
@@ -87,6 +97,7 @@ def _run_migrate(
     lock_timeout: str | None,
     statement_timeout: str | None,
     retries: int | None,
+    to: str | None,
     as_json: bool,
 ) -> None:
     from .. import commands
@@ -105,6 +116,7 @@ def _run_migrate(
         statement_timeout=statement_timeout,
         retries=retries,
         progress=_progress(config, as_json),
+        to=to,
     )
     if as_json:
         dump_json(migrate_json(result))
@@ -225,3 +237,50 @@ def validate(ctx: click.Context, as_json: bool) -> None:
         )
     if not result.ok:
         ctx.exit(Exit.FAILED)
+
+
+@click.command()
+@click.argument("name")
+@click.option("--tenant", "tenants", multiple=True, help="Stamp this tenant (repeatable).")
+@click.option("--all-tenants", is_flag=True, help="Stamp every tenant.")
+@click.option("--public", is_flag=True, help="Stamp the public schema.")
+@click.option("--delete", is_flag=True, help="Remove the records of NAME and all after it.")
+@click.option("--yes", is_flag=True, help="Needed to change more than one schema.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON result.")
+@click.pass_context
+def stamp(
+    ctx: click.Context,
+    name: str,
+    tenants: tuple[str, ...],
+    all_tenants: bool,
+    public: bool,
+    delete: bool,
+    yes: bool,
+    as_json: bool,
+) -> None:
+    """Record migrations up to NAME (or head) as applied without running them."""
+    from .. import commands
+    from ..report import dump_json, stamp_json, stamp_line
+
+    config = config_of(ctx)
+
+    def show(changes: Sequence[StampChange]) -> None:
+        for change in changes:
+            click.echo(stamp_line(change, config.public_schema_display_name))
+
+    result = commands.stamp(
+        config,
+        name,
+        tenants=list(tenants) or None,
+        all_tenants=all_tenants,
+        public=public,
+        delete=delete,
+        yes=yes,
+        show=None if as_json else show,
+    )
+    if as_json:
+        dump_json(stamp_json(result))
+    elif result.changes:
+        click.echo(f"stamped {plural(len(result.changes), 'schema')}; no migration was run")
+    else:
+        click.echo(f"nothing to stamp: the ledgers already agree with {result.name}")

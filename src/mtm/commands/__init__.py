@@ -9,6 +9,7 @@ themselves: they compose the modules that own each table and idea (``registry``,
 * ``project``: ``init``, ``new``, the embedded database (``db_*``);
 * ``tenants``: ``create``, ``tenants``, ``drop``, ``rotate_role``;
 * ``migrate``: ``migrate``, ``down``;
+* ``stamp``: ``stamp``;
 * ``inspection``: ``status``, ``history``, ``validate``.
 """
 
@@ -23,6 +24,7 @@ from ..results import (
     MigrateResult,
     RotateResult,
     SchemaStatus,
+    StampResult,
     StatusResult,
     ValidateResult,
 )
@@ -40,6 +42,7 @@ from .project import (
     init,
     new,
 )
+from .stamp import stamp
 from .tenants import create, drop, rotate_role, tenants
 
 __all__ = [
@@ -53,6 +56,7 @@ __all__ = [
     "MigrateResult",
     "RotateResult",
     "SchemaStatus",
+    "StampResult",
     "StatusResult",
     "ValidateResult",
     "create",
@@ -69,6 +73,7 @@ __all__ = [
     "migrate",
     "new",
     "rotate_role",
+    "stamp",
     "status",
     "tenants",
     "validate",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -16,13 +17,14 @@ from ..identifiers import validate_schema_name
 from ..ledger import PUBLIC
 from ..locks import acquire_run_lock, check_lock_wait, release_run_lock
 from ..migrations import MigrationSet, Namespace, discover
-from ..plan import SchemaPlan, fingerprint
+from ..plan import SchemaPlan, fingerprint, past, stop_at
 from ..progress import NoProgress, Progress
 from ..registry import count_tenants
 from ..results import DownResult, FleetOutcome, MigrateResult
 from ..runner import Runner
 from ..tables import bring_up_to_date, refuse_foreign_ledgers
 from ..tables import existing as _existing
+from ..words import plural
 from .base import session, settings
 
 
@@ -39,8 +41,13 @@ def migrate(
     statement_timeout: str | None = None,
     retries: int | None = None,
     progress: Progress | None = None,
+    to: str | None = None,
 ) -> MigrateResult:
     """Public migrations first, then every tenant's pending ones on ``jobs`` connections.
+
+    ``to`` (``tenant:NAME`` or ``public:NAME``) brings that namespace's schemas up to
+    NAME and no further and leaves the other namespace as it is; a schema already past
+    NAME is refused before anything runs.
 
     Plan, refuse problems (any applied migration that disagrees with its file), run,
     report. Each step is its own transaction; after a failure no new tenant starts
@@ -57,6 +64,7 @@ def migrate(
     run_settings = settings(config, lock_timeout, statement_timeout, retries)
     mset = discover(config.migrations_directory)
     mset.load_all()
+    target = parse_target(mset, to)
     only = [validate_schema_name(t) for t in tenants] if tenants else None
     with session(config, pool_size=jobs, purpose="mtm migrate", upgrades=True) as (
         engine,
@@ -68,28 +76,28 @@ def migrate(
             upgrade = bring_up_to_date(
                 conn, config, dry_run=dry_run, lock_timeout=run_settings.lock_timeout
             )
-            public, every, total = _plan(conn, config, mset, only, allow_out_of_order)
+            public, every, total = _plan(conn, config, mset, only, allow_out_of_order, target)
             plans = [p for p in every if not p.at_head]
             refuse_foreign_ledgers(conn, config, [p.schema for p in plans])
             refuse_problems([public, *plans])
             if dry_run:
                 seconds = time.perf_counter() - started
                 return MigrateResult(
-                    True, None, public, plans, total, FleetOutcome(), seconds, upgrade
+                    True, None, public, plans, total, FleetOutcome(), seconds, upgrade, to
                 )
             _rewrite_stale(conn, config, every)
             runner = Runner(
                 config,
                 run_settings,
                 progress or NoProgress(),
-                replan=planner.replanner(config, mset, allow_out_of_order),
+                replan=planner.replanner(config, mset, allow_out_of_order, target),
             )
             public_result, outcome = fleet.run(
                 runner, engine, conn, public, plans, jobs=jobs, continue_on_error=continue_on_error
             )
             seconds = time.perf_counter() - started
             return MigrateResult(
-                False, public_result, public, plans, total, outcome, seconds, upgrade
+                False, public_result, public, plans, total, outcome, seconds, upgrade, to
             )
         finally:
             if not dry_run:
@@ -105,21 +113,70 @@ def _plan(
     mset: MigrationSet,
     only: list[str] | None,
     allow_out_of_order: bool,
+    target: Target | None = None,
 ) -> tuple[SchemaPlan, list[SchemaPlan], int]:
-    """The public plan, the plans of tenants not known to be at head, and how many
-    tenants the run covers."""
+    """The public plan, the plans of tenants not known to be at head (or at the
+    target), and how many tenants the run covers."""
     tables = _existing(conn, config)
     public = planner.public_plan(conn, config, mset, tables, allow_out_of_order=allow_out_of_order)
-    head = fingerprint((m.name, m.checksum) for m in mset.tenant)
+    tenant_files = mset.tenant
+    if target is not None and target[0] == "tenant":
+        tenant_files = [m for m in mset.tenant if m.name <= target[1]]
+    head = fingerprint((m.name, m.checksum) for m in tenant_files)
     rows = planner.tenant_rows(conn, config, tables, only, not_at=head)
+    if target is not None and target[0] == "public":
+        rows = []  # --to public:NAME leaves the tenants as they are
     every = planner.plans(
         conn, config, mset.tenant, "tenant", rows, allow_out_of_order=allow_out_of_order
     )
+    if target is not None:
+        public, every = _stop_at(target, public, every)
     if only is not None:
         total = len(only)
     else:
         total = count_tenants(conn, config) if tables["registry"] else 0
     return public, every, total
+
+
+# ``migrate --to``: the namespace and the migration to stop at.
+Target = tuple[Namespace, str]
+
+
+def parse_target(mset: MigrationSet, to: str | None) -> Target | None:
+    """``tenant:NAME`` or ``public:NAME`` as (namespace, name), NAME one of the files."""
+    if to is None:
+        return None
+    namespace, sep, name = to.partition(":")
+    if not sep or namespace not in ("tenant", "public") or not name:
+        raise UsageError(f"--to takes tenant:NAME or public:NAME, not {to!r}")
+    ns: Namespace = "tenant" if namespace == "tenant" else "public"
+    if mset.find(ns, name) is None:
+        raise UsageError(
+            f"--to {to}: there is no {ns} migration {name!r} (see 'mtm status'; "
+            "names are file names without the extension)"
+        )
+    return ns, name
+
+
+def _stop_at(
+    target: Target, public: SchemaPlan, tenants: list[SchemaPlan]
+) -> tuple[SchemaPlan, list[SchemaPlan]]:
+    """The plans stopped at the target; the other namespace has nothing pending. A
+    schema of the target's namespace already past it is refused (nothing has run)."""
+    namespace, name = target
+    chosen = [public] if namespace == "public" else tenants
+    beyond = [(p.schema, newest) for p in chosen if (newest := past(p, name)) is not None]
+    if beyond:
+        schema, newest = beyond[0]
+        others = f" (and {plural(len(beyond) - 1, 'more schema')})" if len(beyond) > 1 else ""
+        raise UsageError(
+            f"refusing to migrate --to {namespace}:{name}: schema {schema}{others} is "
+            f"already past it ({newest} is applied); use mtm down --to to go back "
+            "(nothing was changed)"
+        )
+    if namespace == "public":
+        return stop_at(public, name), []
+    return replace(public, pending=[]), [stop_at(p, name) for p in tenants]
 
 
 def _rewrite_stale(conn: Connection, config: Config, plans: Sequence[SchemaPlan]) -> None:
