@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 
@@ -136,6 +137,28 @@ def test_stamp_a_tenant_records_without_running(project: Project) -> None:
     assert ledger(project, "acme") == ["0001_t1", "0002_t2", "0003_t3"]
     r = project.cli("stamp", "head", "--tenant", "acme")
     assert r.exit_code == 0 and "nothing to stamp" in r.output
+
+
+def test_migrate_to_from_python(project: Project) -> None:
+    assert project.cli("create", "acme").exit_code == 0
+    _three(project)
+    result = mtm.migrate(project.config, to="tenant:0001_t1")
+    assert result.ok and result.steps == 1 and result.to == "tenant:0001_t1"
+    assert ledger(project, "acme") == ["0001_t1"]
+    with pytest.raises(mtm.MtmError, match="there is no tenant migration"):
+        mtm.migrate(project.config, to="tenant:0004_t4")
+
+
+def test_stamp_logs_each_schema(project: Project, caplog: pytest.LogCaptureFixture) -> None:
+    assert project.cli("create", "acme").exit_code == 0
+    _three(project)
+    with caplog.at_level(logging.INFO, logger="mtm.stamp"):
+        result = mtm.stamp(project.config, "0001_t1", tenants=["acme"])
+    assert [c.schema for c in result.changes] == ["acme"]
+    records = [r for r in caplog.records if getattr(r, "event", None) == "stamp.schema"]
+    assert [(r.schema, r.recorded, r.deleted) for r in records] == [  # type: ignore[attr-defined]
+        ("acme", ["0001_t1"], [])
+    ]
 
 
 def test_stamp_delete_removes_records_without_running_downs(project: Project) -> None:

@@ -7,6 +7,7 @@ under its lock, from the ledger it was planned from, with its state row rewritte
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 
 import psycopg
@@ -25,6 +26,8 @@ from ..tables import ensure_bootstrap
 from ..tables import existing as _existing
 from ..words import plural
 from .base import session
+
+log = logging.getLogger("mtm.stamp")
 
 # Called with every change before any is made (the CLI prints them).
 Show = Callable[[Sequence[StampChange]], None]
@@ -132,3 +135,17 @@ def _apply(conn: Connection, config: Config, changes: Sequence[StampChange]) -> 
                 f"(a migrate or down ran): it and the schemas after it were not stamped "
                 f"(stamped before it: {done}); run mtm stamp again"
             ) from None
+        log.info(
+            "stamped %s: %s",
+            change.schema,
+            "deleted " + ", ".join(change.delete)
+            if change.delete
+            else "recorded " + ", ".join(m.name for m in change.record),
+            extra={
+                "event": "stamp.schema",
+                "schema": change.schema,
+                "namespace": change.namespace,
+                "recorded": [m.name for m in change.record],
+                "deleted": list(change.delete),
+            },
+        )
