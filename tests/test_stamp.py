@@ -266,3 +266,14 @@ def test_stamp_waits_for_a_migrate_holding_the_schema(project: Project) -> None:
     assert project.scalar(
         "SELECT duration_ms IS NOT NULL FROM acme.mtm_migrations WHERE name = '0002_gated'"
     )  # the row is migrate's, which ran the step
+
+
+def test_stamp_public_on_a_fresh_database_makes_mtm_tables(project: Project) -> None:
+    project.write("public", "0001_p.sql", "CREATE TABLE p (id int);")
+    r = project.cli("stamp", "head", "--public")
+    assert r.exit_code == 0, r.output
+    assert ledger(project, "public") == ["0001_p"]
+    assert project.scalar("SELECT to_regclass('public.p')") is None
+    assert fingerprint_row(project, "public") is not None
+    assert project.cli("validate").exit_code == 0
+    assert json.loads(project.cli("migrate", "--json").output)["steps"] == 0
