@@ -84,6 +84,7 @@ def test_migrate_to_public_leaves_tenants_alone(project: Project) -> None:
     assert ledger(project, "public") == ["0001_p1"]
     assert ledger(project, "acme") == []
     assert "the tenants were left as is" in r.output
+    assert "1 step applied, public migrated, 0 tenants migrated" in r.output
 
 
 @pytest.mark.parametrize(

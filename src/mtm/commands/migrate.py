@@ -131,7 +131,9 @@ def _plan(
     )
     if target is not None:
         public, every = _stop_at(target, public, every)
-    if only is not None:
+    if target is not None and target[0] == "public":
+        total = 0  # the run covers no tenant
+    elif only is not None:
         total = len(only)
     else:
         total = count_tenants(conn, config) if tables["registry"] else 0
