@@ -261,7 +261,12 @@ def ensure_bootstrap(conn: Connection, config: Config) -> None:
 
     A database with older tables is refused (only ``mtm migrate`` upgrades).
     """
-    tables = check(conn, config)
+    _complete(conn, config, check(conn, config))
+
+
+def _complete(conn: Connection, config: Config, tables: Tables) -> None:
+    """Create what is missing of tables found at the newest version (or none), and let
+    ``tenant_role_member`` read the registry."""
     if not (tables.complete and tables.version == VERSION):
         run_script(conn, ["BEGIN", schema_lock_sql(PUBLIC), *create_sql(config), "COMMIT"])
     roles.grant_registry_read(conn, config)
@@ -327,7 +332,7 @@ def bring_up_to_date(
         refuse_other_versions(tables)
     if tables.version in (0, VERSION):
         if not dry_run:
-            ensure_bootstrap(conn, config)  # creates what is missing, grants the registry
+            _complete(conn, config, tables)  # already inspected: no second catalog read
         return None
     if tables["registry"]:
         refuse_foreign_ledgers(conn, config)  # before every ledger is changed
