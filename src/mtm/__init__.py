@@ -29,15 +29,22 @@ _EXPORTS = {
             "db_status",
             "db_stop",
             "db_url",
+            "domains_add",
+            "domains_list",
+            "domains_remove",
             "down",
             "drop",
             "history",
             "init",
             "migrate",
             "new",
+            "rename",
+            "role_add",
+            "role_remove",
             "rotate_role",
             "stamp",
             "status",
+            "tenant_overview",
             "tenants",
             "validate",
         ),
@@ -86,7 +93,9 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
+    from .commands.domains import domains_add, domains_list, domains_remove
     from .commands.inspection import history, status, validate
+    from .commands.lifecycle import rename, role_add, role_remove, tenant_overview
     from .commands.migrate import down, migrate
     from .commands.project import db_start, db_status, db_stop, db_url, init, new
     from .commands.stamp import stamp
@@ -132,16 +141,23 @@ __all__ = [
     "db_status",
     "db_stop",
     "db_url",
+    "domains_add",
+    "domains_list",
+    "domains_remove",
     "down",
     "drop",
     "history",
     "init",
     "migrate",
     "new",
+    "rename",
+    "role_add",
+    "role_remove",
     "rotate_role",
     "stamp",
     "status",
     "tenant_connection",
+    "tenant_overview",
     "tenant_role",
     "tenant_role_name",
     "tenant_session",

@@ -16,20 +16,26 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL, Connection, Engine
 
 from .config import Config, sqlalchemy_url
-from .identifiers import legacy_idna_form, normalize_host, quote_ident, quote_literal
+from .identifiers import do_block, legacy_idna_form, normalize_host, quote_ident, quote_literal
 
 PUBLIC = "public"
+
+# Raised inside a transaction whose tenant is no longer registered (dropped or renamed
+# since the command looked), by ``expect_registered_sql``.
+NOT_REGISTERED = "MTM21"
 
 
 @dataclass(frozen=True)
 class Tenant:
-    """A registry row: the tenant's schema, display name, domains and timestamps."""
+    """A registry row: the tenant's schema, display name, domains (by name), timestamps
+    and its primary domain (the one links and redirects should use; None without domains)."""
 
     schema: str
     name: str | None
     domains: tuple[str, ...]
     created_at: datetime | None = None
     updated_at: datetime | None = None
+    primary_domain: str | None = None
 
 
 def tenant_ref(config: Config) -> str:
@@ -49,11 +55,32 @@ def domains_insert_sql(config: Config, schema: str, domains: list[str]) -> str:
     return f"INSERT INTO {domain_ref(config)} (domain, schema_name, is_primary) VALUES {values}"
 
 
+def expect_registered_sql(config: Config, schema: str) -> str:
+    """Fail the transaction (SQLSTATE MTM21) unless ``schema`` is a registered tenant:
+    run under the schema's lock, it catches a tenant dropped or renamed meanwhile."""
+    message = quote_literal(f"no tenant {schema!r} is registered")
+    return do_block(
+        f"BEGIN IF NOT EXISTS (SELECT 1 FROM {tenant_ref(config)} "
+        f"WHERE schema_name = {quote_literal(schema)}) THEN RAISE EXCEPTION {message} "
+        f"USING ERRCODE = '{NOT_REGISTERED}'; END IF; END"
+    )
+
+
+def touch_sql(config: Config, schema: str) -> str:
+    """Mark a tenant's registry row as changed now."""
+    return (
+        f"UPDATE {tenant_ref(config)} SET updated_at = now() "
+        f"WHERE schema_name = {quote_literal(schema)}"
+    )
+
+
 def _tenant_query(config: Config, where: str = "") -> sa.TextClause:
     return sa.text(
         "SELECT t.schema_name, t.name, t.created_at, t.updated_at, "
         f"ARRAY(SELECT d.domain FROM {domain_ref(config)} d "
-        "WHERE d.schema_name = t.schema_name ORDER BY d.domain) "
+        "WHERE d.schema_name = t.schema_name ORDER BY d.domain), "
+        f"(SELECT d.domain FROM {domain_ref(config)} d "
+        "WHERE d.schema_name = t.schema_name AND d.is_primary) "
         f"FROM {tenant_ref(config)} t {where} ORDER BY t.schema_name"
     )
 
@@ -79,7 +106,7 @@ def by_domain_params(domain: str) -> dict[str, str]:
 
 def tenant_from_row(row: Any) -> Tenant:
     """A row of the registry's queries as a Tenant."""
-    return Tenant(row[0], row[1], tuple(row[4]), row[2], row[3])
+    return Tenant(row[0], row[1], tuple(row[4]), row[2], row[3], row[5])
 
 
 def list_tenants(

@@ -20,7 +20,6 @@ from rich.text import Text
 
 from .ledger import AppliedMigration
 from .plan import StampChange
-from .registry import Tenant
 from .results import (
     MigrateResult,
     SchemaResult,
@@ -417,16 +416,6 @@ def status_table(result: StatusResult, *, list_all: bool = False) -> list[Any]:
         for p in s.problems[:10]:
             out.append(Text(p, style="red"))
     return out
-
-
-def tenants_table(items: list[Tenant]) -> Table:
-    table = Table()
-    for col in ("schema", "name", "domains", "created"):
-        table.add_column(col, overflow="fold")
-    for t in items:
-        created = t.created_at.strftime("%Y-%m-%d %H:%M:%S") if t.created_at else "-"
-        table.add_row(t.schema, t.name or "", ", ".join(t.domains), created)
-    return table
 
 
 def history_table(rows: list[AppliedMigration]) -> Table:

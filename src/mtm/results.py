@@ -210,3 +210,34 @@ class ValidateResult:
     @property
     def ok(self) -> bool:
         return not self.problems
+
+
+@dataclass
+class DomainsResult:
+    """What ``domains add`` or ``domains remove`` changed, and the primary after it."""
+
+    schema: str
+    added: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)  # already the tenant's (add)
+    primary: str | None = None
+    primary_before: str | None = None
+
+
+@dataclass
+class RenameResult:
+    old: str
+    new: str
+    role: str | None = None  # the tenant role's new name, if it has one
+    old_role: str | None = None
+
+
+@dataclass
+class RoleResult:
+    """A tenant role added (``role add``) or removed (``role remove``)."""
+
+    schema: str
+    role: str
+    added: bool
+    password: str | None = field(default=None, repr=False)  # unless written to a file
+    password_file: Path | None = None

@@ -40,7 +40,14 @@ from sqlalchemy.engine import Connection
 from .config import Config
 from .database import driver, rollback_quietly, run_script
 from .errors import ConfigError, MtmError, TenantError, UsageError
-from .identifiers import quote_ident, quote_literal, tenant_role_name, validate_schema_name
+from .identifiers import (
+    do_block,
+    quote_ident,
+    quote_literal,
+    tenant_role_name,
+    validate_schema_name,
+)
+from .ledger import ledger_ref
 from .locks import schema_lock_sql
 from .registry import PUBLIC, domain_ref, tenant_ref
 from .schemas import current_database
@@ -133,6 +140,69 @@ def drop_role_sql(role: str) -> list[str]:
         f"DROP OWNED BY {r}",
         f"DROP ROLE {r}",
     ]
+
+
+def existing_grants_sql(config: Config, schema: str, role: str) -> list[str]:
+    """For a role added to a tenant that already has tables (``mtm role add``): what the
+    default privileges of ``create_role_sql`` would have given it on each of them, and
+    nothing on the ledger."""
+    r, s = quote_ident(role), quote_ident(schema)
+    return [
+        f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {s} TO {r}",
+        f"GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA {s} TO {r}",
+        f"REVOKE ALL ON {ledger_ref(config, schema)} FROM {r}",
+    ]
+
+
+def can_login(conn: Connection, role: str) -> bool:
+    return bool(
+        conn.execute(
+            sa.text("SELECT rolcanlogin FROM pg_roles WHERE rolname = :r"), {"r": role}
+        ).scalar()
+    )
+
+
+def owned_objects(conn: Connection, role: str) -> list[str]:
+    """What ``role`` owns in this database, described by PostgreSQL (``table a.t``)."""
+    return list(
+        conn.execute(
+            sa.text(
+                "SELECT pg_describe_object(classid, objid, objsubid) FROM pg_shdepend "
+                "WHERE refclassid = 'pg_authid'::regclass AND deptype = 'o' "
+                "AND refobjid = (SELECT oid FROM pg_roles WHERE rolname = :r) "
+                "AND dbid = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+                "ORDER BY 1"
+            ),
+            {"r": role},
+        ).scalars()
+    )
+
+
+def owns_nothing_sql(role: str) -> str:
+    """Fail the transaction if ``role`` came to own something in this database since
+    ``owned_objects`` said it owned nothing (it is checked again under the lock)."""
+    message = quote_literal(f"role {role} now owns objects in this database")
+    return do_block(
+        "BEGIN IF EXISTS (SELECT 1 FROM pg_shdepend WHERE refclassid = 'pg_authid'::regclass "
+        f"AND deptype = 'o' AND refobjid = (SELECT oid FROM pg_roles WHERE rolname = "
+        f"{quote_literal(role)}) AND dbid = (SELECT oid FROM pg_database WHERE datname = "
+        f"current_database())) THEN RAISE EXCEPTION {message}; END IF; END"
+    )
+
+
+def rename_role_sql(old: str, new: str, database: str, schema: str, login: bool) -> list[str]:
+    """Statements that give a renamed tenant its role's new name and marker (inside the
+    rename transaction). Privileges follow the role (they are kept by its oid); a login
+    role's sessions in this database start in the new schema. PostgreSQL clears an MD5
+    password on rename (SCRAM, the default, is kept)."""
+    quoted = quote_ident(new)
+    out = [
+        f"ALTER ROLE {quote_ident(old)} RENAME TO {quoted}",
+        f"COMMENT ON ROLE {quoted} IS {quote_literal(role_marker(database, schema))}",
+    ]
+    if login:
+        out.append(_login_search_path_sql(quoted, schema, database))
+    return out
 
 
 # --- login roles: the per-tenant credentials -------------------------------------------

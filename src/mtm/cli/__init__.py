@@ -7,7 +7,8 @@ imported inside the command functions, so ``mtm --help`` and ``--version`` stay 
 
 This module holds the group, its global options, ``main`` and the turning of errors into
 output; the commands live by area in ``project`` (init, new, db), ``tenants`` (create,
-tenants, drop, role) and ``migrate`` (migrate, up, status, down, history, validate).
+tenants, drop, role), ``lifecycle`` (domains, rename, role add/remove) and ``migrate``
+(migrate, up, status, down, history, validate).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import click
 from .. import logs
 from ..errors import MtmError, insufficient_privilege
 from ..exits import Exit
-from . import migrate, project, tenants
+from . import lifecycle, migrate, project, tenants
 from .shared import mask
 
 
@@ -111,9 +112,13 @@ for command in (
     migrate.validate,
     tenants.role,
     project.db,
+    lifecycle.domains,
+    lifecycle.rename,
 ):
     cli.add_command(command)
 del command
+tenants.role.add_command(lifecycle.role_add)
+tenants.role.add_command(lifecycle.role_remove)
 
 
 def main() -> None:

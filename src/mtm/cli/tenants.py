@@ -74,26 +74,18 @@ def _show_password(role: str | None, password: str | None, path: Any) -> None:
 
 
 @click.command("tenants")
+@click.option("--match", metavar="GLOB", help="Only tenants whose name matches this shell glob.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
-def tenants_cmd(ctx: click.Context, as_json: bool) -> None:
-    """List tenants: schema, name, domains, created."""
+def tenants_cmd(ctx: click.Context, match: str | None, as_json: bool) -> None:
+    """List tenants: schema, name, primary domain, domains, applied step, role, created."""
     from .. import commands
-    from ..report import dump_json, tenants_table
+    from ..report import dump_json
+    from ..tenantview import tenants_data, tenants_table
 
-    items = commands.tenants(config_of(ctx))
+    items = commands.tenant_overview(config_of(ctx), match)
     if as_json:
-        dump_json(
-            [
-                {
-                    "schema": t.schema,
-                    "name": t.name,
-                    "domains": list(t.domains),
-                    "created_at": t.created_at,
-                }
-                for t in items
-            ]
-        )
+        dump_json(tenants_data(items))
     else:
         console().print(tenants_table(items))
 
@@ -119,7 +111,7 @@ def drop(ctx: click.Context, schema: str, yes: bool, cascade_outside: bool) -> N
 
 @click.group()
 def role() -> None:
-    """Tenant login roles: one set of credentials per tenant."""
+    """Tenant roles: add or remove one, and login credentials per tenant."""
 
 
 @role.command("rotate")

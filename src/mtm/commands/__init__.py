@@ -8,6 +8,8 @@ themselves: they compose the modules that own each table and idea (``registry``,
 
 * ``project``: ``init``, ``new``, the embedded database (``db_*``);
 * ``tenants``: ``create``, ``tenants``, ``drop``, ``rotate_role``;
+* ``lifecycle``: ``rename``, ``role_add``, ``role_remove``, ``tenant_overview``;
+* ``domains``: ``domains_add``, ``domains_remove``, ``domains_list``;
 * ``migrate``: ``migrate``, ``down``;
 * ``stamp``: ``stamp``;
 * ``inspection``: ``status``, ``history``, ``validate``.
@@ -29,7 +31,9 @@ from ..results import (
     ValidateResult,
 )
 from ..tables import ensure_bootstrap
+from .domains import domains_add, domains_list, domains_remove
 from .inspection import history, status, validate
+from .lifecycle import rename, role_add, role_remove, tenant_overview
 from .migrate import down, migrate
 from .project import (
     CONFIG_TEMPLATE,
@@ -65,6 +69,9 @@ __all__ = [
     "db_stop",
     "db_url",
     "discover",
+    "domains_add",
+    "domains_list",
+    "domains_remove",
     "down",
     "drop",
     "ensure_bootstrap",
@@ -72,9 +79,13 @@ __all__ = [
     "init",
     "migrate",
     "new",
+    "rename",
+    "role_add",
+    "role_remove",
     "rotate_role",
     "stamp",
     "status",
+    "tenant_overview",
     "tenants",
     "validate",
 ]

@@ -20,6 +20,7 @@ from ..identifiers import validate_domain, validate_schema_name
 from ..ledger import PUBLIC, state_fingerprint
 from ..locks import describe_holder, release_run_lock, try_run_lock
 from ..migrations import MigrationSet, discover
+from ..overview import matching
 from ..plan import fingerprint
 from ..registry import Tenant, get_tenant, list_tenants, tenant_of_domain
 from ..results import CreateResult, DropResult, RotateResult
@@ -268,12 +269,13 @@ def _explain_create_failure(
     )
 
 
-def tenants(config: Config) -> list[Tenant]:
-    """Every registered tenant with its domains."""
+def tenants(config: Config, *, match: str | None = None) -> list[Tenant]:
+    """Every registered tenant with its domains (``match``: those whose name matches
+    that shell glob)."""
     with session(config) as (_, conn):
         if not _existing(conn, config)["registry"]:
             return []
-        return list_tenants(conn, config)
+        return matching(list_tenants(conn, config), match)
 
 
 def drop(

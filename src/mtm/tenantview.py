@@ -1,0 +1,67 @@
+"""How the tenant listings look: ``mtm tenants`` and ``mtm domains list``, as tables
+and as the plain data their ``--json`` prints."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.table import Table
+
+from .domains import Domain
+from .overview import TenantOverview
+
+
+def _when(value: Any) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%S") if value else "-"
+
+
+def tenants_table(items: list[TenantOverview]) -> Table:
+    table = Table()
+    for col in ("schema", "name", "primary domain", "domains", "applied", "role", "created"):
+        table.add_column(col, overflow="fold")
+    for item in items:
+        t = item.tenant
+        step = f"{item.applied}: {item.last_migration}" if item.last_migration else "0"
+        others = [d for d in t.domains if d != t.primary_domain]
+        table.add_row(
+            t.schema,
+            t.name or "",
+            t.primary_domain or "-",
+            ", ".join(others),
+            step,
+            item.role or "-",
+            _when(t.created_at),
+        )
+    return table
+
+
+def tenants_data(items: list[TenantOverview]) -> list[dict[str, Any]]:
+    return [
+        {
+            "schema": i.tenant.schema,
+            "name": i.tenant.name,
+            "domains": list(i.tenant.domains),
+            "primary_domain": i.tenant.primary_domain,
+            "applied": i.applied,
+            "last_migration": i.last_migration,
+            "role": i.role,
+            "created_at": i.tenant.created_at,
+        }
+        for i in items
+    ]
+
+
+def domains_table(items: list[Domain]) -> Table:
+    table = Table()
+    for col in ("domain", "tenant", "primary", "added"):
+        table.add_column(col, overflow="fold")
+    for d in items:
+        table.add_row(d.domain, d.schema, "yes" if d.primary else "", _when(d.created_at))
+    return table
+
+
+def domains_data(items: list[Domain]) -> list[dict[str, Any]]:
+    return [
+        {"domain": d.domain, "schema": d.schema, "primary": d.primary, "created_at": d.created_at}
+        for d in items
+    ]
