@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import pytest
@@ -11,6 +12,7 @@ import mtm
 from conftest import Project
 from mtm.commands import domains as domains_command
 from mtm.errors import TenantError
+from test_hostile_input import BAD_DOMAINS
 
 
 def _domains(project: Project, schema: str) -> list[tuple[str, bool]]:
@@ -151,7 +153,8 @@ def test_a_host_taken_between_the_check_and_the_insert(
         return {} if len(calls) == 1 else real(*args)  # the check misses the owner
 
     monkeypatch.setattr(domains_command.domains, "owners", blind_first)
-    with pytest.raises(TenantError, match="'globex.example.com' already belongs to tenant 'globex'"):
+    taken = re.escape("'globex.example.com' already belongs to tenant 'globex'")
+    with pytest.raises(TenantError, match=taken):
         mtm.domains_add(
             project.config, "acme", ["new.example.com", "globex.example.com"], primary=True
         )
@@ -174,8 +177,7 @@ def test_a_tenant_dropped_between_the_check_and_the_change(
     with pytest.raises(TenantError) as caught:
         mtm.domains_add(project.config, "acme", ["new.example.com"])
     assert caught.value.message == (
-        "no domain was added to tenant 'acme': no tenant 'acme' is registered "
-        "(nothing was changed)"
+        "no domain was added to tenant 'acme': no tenant 'acme' is registered (nothing was changed)"
     )
     assert project.query("SELECT * FROM public.tenants_domains") == []
 
@@ -200,3 +202,24 @@ def test_tenants_match_shows_primary_domain_applied_step_and_role(project: Proje
     assert json.loads(_ok(project, "tenants", "--match", "nothing*", "--json")) == []
     assert [t.schema for t in mtm.tenants(project.config, match="*x")] == ["globex"]
     assert [o.tenant.schema for o in mtm.tenant_overview(project.config, "g*")] == ["globex"]
+
+
+def test_hostile_hosts_and_names_are_refused_by_every_lifecycle_command(project: Project) -> None:
+    _ok(project, "create", "acme", "--domain", "acme.example.com")
+    before = _everything(project)
+    for host in BAD_DOMAINS:
+        for command in ("add", "remove"):
+            line = _refused(project, "domains", command, "acme", "--", host)
+            assert line.startswith("error: domain "), (host, line)
+    for name in ("x;y", "X", "x'y", 'x"y', "select", "pg_catalog", "a" * 64):
+        for args in (
+            ("domains", "add", name, "new.example.com"),
+            ("domains", "list", name),
+            ("rename", "acme", name),
+            ("rename", name, "fine"),
+            ("role", "add", name),
+            ("role", "remove", name),
+        ):
+            assert _refused(project, *args).startswith("error: schema name"), args
+    assert _everything(project) == before
+    assert project.schemas() == {"acme"}

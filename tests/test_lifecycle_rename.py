@@ -227,6 +227,6 @@ def test_rename_is_refused_while_a_migrate_holds_the_run_lock(project: Project) 
         assert _state(project) == before
     finally:
         gate.close()
-        out, err = run.communicate(timeout=60)
+        _, err = run.communicate(timeout=60)
     assert run.returncode == 0, err
     _ok(project, "rename", "acme", "acme_corp")  # once the run is over

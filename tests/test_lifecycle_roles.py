@@ -149,7 +149,12 @@ def test_refusals_change_nothing(rproject: Project) -> None:  # noqa: F811
     for args, message in cases.items():
         assert message in _refused(p, *args), args
     assert _roles(p) == before
-    assert p.scalar("SELECT tableowner FROM pg_tables WHERE schemaname = 'owner' AND tablename = 'items'") == owner
+    assert (
+        p.scalar(
+            "SELECT tableowner FROM pg_tables WHERE tablename = 'items' AND schemaname = 'owner'"
+        )
+        == owner
+    )
 
 
 def test_a_failure_midway_leaves_no_role(
@@ -169,7 +174,7 @@ def test_a_failure_midway_leaves_no_role(
     with pytest.raises(MtmError) as caught:
         mtm.role_add(p.config, "acme")
     assert caught.value.message == (
-        'tenant \'acme\' got no role: relation "acme.no_such_table" does not exist '
+        "tenant 'acme' got no role: relation \"acme.no_such_table\" does not exist "
         "(nothing was changed)"
     )
     assert _roles(p) == []
@@ -197,8 +202,8 @@ def test_role_add_waits_for_a_migrate_step_and_grants_what_it_made(
         assert _roles(p) == []
     finally:
         gate.close()
-        out, err = run.communicate(timeout=60)
+        _, err = run.communicate(timeout=60)
     assert run.returncode == 0, err
-    out, err = adder.communicate(timeout=60)
+    _, err = adder.communicate(timeout=60)
     assert adder.returncode == 0, err
     assert ("acme.gated", "DELETE,INSERT,SELECT,UPDATE") in _privileges(p, _role(p, "acme"))
