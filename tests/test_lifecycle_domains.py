@@ -6,13 +6,17 @@ import json
 import re
 from typing import Any
 
+import psycopg
 import pytest
 
 import mtm
-from conftest import Project
+from _reliability import spawn, wait_until, waiting_on_gate, waiting_on_schema_locks
+from conftest import Project, _libpq
 from mtm.commands import domains as domains_command
 from mtm.errors import TenantError
 from test_hostile_input import BAD_DOMAINS
+
+GATE = 4545
 
 
 def _domains(project: Project, schema: str) -> list[tuple[str, bool]]:
@@ -223,3 +227,27 @@ def test_hostile_hosts_and_names_are_refused_by_every_lifecycle_command(project:
             assert _refused(project, *args).startswith("error: schema name"), args
     assert _everything(project) == before
     assert project.schemas() == {"acme"}
+
+
+@pytest.mark.slow
+def test_domains_add_waits_for_a_migrate_step_on_the_tenant(project: Project) -> None:
+    """A domain change does not need the run lock: it waits for the step that holds the
+    tenant's schema lock, then applies; the run is not disturbed."""
+    _ok(project, "create", "acme", "--domain", "acme.example.com")
+    project.write("tenant", "0001_gated.sql", f"SELECT pg_advisory_xact_lock({GATE});")
+    gate = psycopg.connect(_libpq(project.url), autocommit=True)
+    gate.execute("SELECT pg_advisory_lock(%s)", (GATE,))
+    run = spawn(project, "migrate", "--lock-timeout", "60s")
+    try:
+        wait_until(lambda: waiting_on_gate(project, GATE) == 1, message="migrate at the gate")
+        adding = spawn(project, "domains", "add", "acme", "new.example.com", "--primary")
+        wait_until(lambda: waiting_on_schema_locks(project) == 1, message="domains add waiting")
+        assert _domains(project, "acme") == [("acme.example.com", True)]
+    finally:
+        gate.close()
+        _, err = run.communicate(timeout=60)
+    assert run.returncode == 0, err
+    out, err = adding.communicate(timeout=60)
+    assert adding.returncode == 0, err
+    assert "primary domain: new.example.com (was acme.example.com)" in out
+    assert _domains(project, "acme") == [("acme.example.com", False), ("new.example.com", True)]
