@@ -134,7 +134,9 @@ def test_refusals_change_nothing(rproject: Project) -> None:  # noqa: F811
         ("role", "add", "nobody"): "error: no tenant 'nobody' is registered",
         ("role", "add", "Bad-Name"): "error: schema name",
         ("role", "add", "acme"): f"error: tenant 'acme' already has its role '{_role(p, 'acme')}'",
-        ("role", "add", "alien"): f"error: role '{_role(p, 'alien')}' already exists",
+        ("role", "add", "alien"): (
+            f"error: role '{_role(p, 'alien')}' already exists and is not tenant 'alien''s"
+        ),
         ("role", "add", "bare", "--password-file", "x"): "add --login",
         ("role", "remove", "nobody"): "error: no tenant 'nobody' is registered",
         ("role", "remove", "bare"): "error: tenant 'bare' has no role",

@@ -131,8 +131,9 @@ def role_add(
             raise TenantError(f"tenant {schema!r} already has its role {role!r}")
         if roles.role_exists(conn, role):
             raise TenantError(
-                f"role {role!r} already exists, made by someone else (roles are shared by "
-                "every database of the server; set tenant_role_prefix to keep databases apart)"
+                f"role {role!r} already exists and is not tenant {schema!r}'s (roles are "
+                "shared by every database of the server; set tenant_role_prefix to keep "
+                "databases apart)"
             )
         password = roles.new_password() if login else None
         verifier = roles.password_verifier(conn, role, password) if password else None
