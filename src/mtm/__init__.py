@@ -25,6 +25,8 @@ _EXPORTS = {
     **dict.fromkeys(
         (
             "create",
+            "create_existing",
+            "create_existing_many",
             "db_start",
             "db_status",
             "db_stop",
@@ -35,6 +37,8 @@ _EXPORTS = {
             "init",
             "migrate",
             "new",
+            "repair",
+            "repairs",
             "rotate_role",
             "stamp",
             "status",
@@ -86,9 +90,11 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
+    from .commands.existing import create_existing, create_existing_many
     from .commands.inspection import history, status, validate
     from .commands.migrate import down, migrate
     from .commands.project import db_start, db_status, db_stop, db_url, init, new
+    from .commands.repair import repair, repairs
     from .commands.stamp import stamp
     from .commands.tenants import create, drop, rotate_role, tenants
     from .config import Config
@@ -127,6 +133,8 @@ __all__ = [
     "create",
     "create_app_engine",
     "create_async_app_engine",
+    "create_existing",
+    "create_existing_many",
     "current_tenant",
     "db_start",
     "db_status",
@@ -138,6 +146,8 @@ __all__ = [
     "init",
     "migrate",
     "new",
+    "repair",
+    "repairs",
     "rotate_role",
     "stamp",
     "status",

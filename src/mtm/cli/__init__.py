@@ -19,7 +19,7 @@ import click
 from .. import logs
 from ..errors import MtmError, insufficient_privilege
 from ..exits import Exit
-from . import migrate, project, tenants
+from . import migrate, project, repair, tenants
 from .shared import mask
 
 
@@ -107,6 +107,7 @@ for command in (
     migrate.status,
     migrate.down,
     migrate.stamp,
+    repair.repair,
     migrate.history,
     migrate.validate,
     tenants.role,

@@ -10,6 +10,8 @@ themselves: they compose the modules that own each table and idea (``registry``,
 * ``tenants``: ``create``, ``tenants``, ``drop``, ``rotate_role``;
 * ``migrate``: ``migrate``, ``down``;
 * ``stamp``: ``stamp``;
+* ``existing``: ``create_existing``, ``create_existing_many`` (``create --existing``);
+* ``repair``: ``repair``, ``repairs`` (the audit);
 * ``inspection``: ``status``, ``history``, ``validate``.
 """
 
@@ -29,6 +31,7 @@ from ..results import (
     ValidateResult,
 )
 from ..tables import ensure_bootstrap
+from .existing import create_existing, create_existing_many
 from .inspection import history, status, validate
 from .migrate import down, migrate
 from .project import (
@@ -42,6 +45,7 @@ from .project import (
     init,
     new,
 )
+from .repair import repair, repairs
 from .stamp import stamp
 from .tenants import create, drop, rotate_role, tenants
 
@@ -60,6 +64,8 @@ __all__ = [
     "StatusResult",
     "ValidateResult",
     "create",
+    "create_existing",
+    "create_existing_many",
     "db_start",
     "db_status",
     "db_stop",
@@ -72,6 +78,8 @@ __all__ = [
     "init",
     "migrate",
     "new",
+    "repair",
+    "repairs",
     "rotate_role",
     "stamp",
     "status",
