@@ -7,7 +7,8 @@ imported inside the command functions, so ``mtm --help`` and ``--version`` stay 
 
 This module holds the group, its global options, ``main`` and the turning of errors into
 output; the commands live by area in ``project`` (init, new, db), ``tenants`` (create,
-tenants, drop, role) and ``migrate`` (migrate, up, status, down, history, validate).
+tenants, drop, role; ``existing`` holds create's ``--existing``), ``repair`` and
+``migrate`` (migrate, up, status, down, history, validate).
 """
 
 from __future__ import annotations
