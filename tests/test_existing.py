@@ -13,6 +13,7 @@ import pytest
 import mtm
 from _reliability import fingerprint_row, ledger, spawn, tables, wait_until, waiting_on_schema_locks
 from conftest import Project, _libpq
+from mtm.existing import ExistingSchema
 from mtm.locks import SCHEMA_LOCK_CLASS
 from mtm.plan import fingerprint
 
@@ -155,10 +156,20 @@ def test_existing_refusals_from_python(project: Project) -> None:
         mtm.create_existing(project.config, "ghost")
     with pytest.raises(mtm.MtmError, match="choose exactly one of"):
         mtm.create_existing_many(project.config, schemas=["beta"], match="b*")
+    _made_by_hand(project, "gamma")
     with pytest.raises(mtm.MtmError, match="refusing to register 2 schemas without --yes"):
-        _made_by_hand(project, "gamma")
         mtm.create_existing_many(project.config, schemas=["beta", "gamma"])
-    assert _registered(project) == []
+    with pytest.raises(mtm.MtmError, match="--match 'zz\\*' matches no schema"):
+        mtm.create_existing_many(project.config, match="zz*")
+    # refused before anything changed: not even mtm's own tables were made
+    assert project.scalar("SELECT to_regclass('public.tenants')") is None
+    result = mtm.create_existing_many(
+        project.config,
+        schemas=[ExistingSchema("beta", ("beta.example.com",), "Beta"), "gamma"],
+        yes=True,
+    )
+    assert result.registered == ["beta", "gamma"] and result.ok and not result.skipped
+    assert mtm.MapperTable(project.url, project.config).lookup("beta.example.com").name == "Beta"
 
 
 def test_existing_waits_for_a_schema_another_command_holds(project: Project) -> None:

@@ -37,6 +37,7 @@ from ..registry import registered_among, tenant_of_domain
 from ..results import SchemaResult
 from ..schemas import existing_schemas
 from ..tables import ensure_bootstrap
+from ..tables import existing as _existing
 from ..words import plural
 from .base import session
 
@@ -129,17 +130,17 @@ def _register(
     """Check everything, say what will change, then one transaction per schema."""
     record = up_to(discover(config.migrations_directory).tenant, baseline)
     with session(config, purpose="mtm create --existing") as (_, conn):
-        ensure_bootstrap(conn, config)
+        known = _existing(conn, config)["registry"]  # mtm's tables are made only to register
         present = existing_schemas(conn)
         if items is None:
             assert match is not None
-            registered = set(registered_among(conn, config, sorted(present)))
+            registered = registered_among(conn, config, sorted(present)) if known else set()
             items = [ExistingSchema(s) for s in matching(match, present, registered)]
             if not items:
                 raise TenantError(
                     f"--match {match!r} matches no schema that is not registered already"
                 )
-        items, skipped = _check(conn, config, items, present, skip_registered=from_list)
+        items, skipped = _check(conn, config, items, present, known, from_list)
         if show is not None:
             show(items, record, skipped)
         if len(items) > 1 and not yes:
@@ -149,6 +150,7 @@ def _register(
             )
         result = RegisterResult(record[-1].name if record else None, [m.name for m in record])
         result.skipped = skipped
+        ensure_bootstrap(conn, config)
         _apply(conn, config, items, record, result, progress or NoProgress())
     return result
 
@@ -158,13 +160,14 @@ def _check(
     config: Config,
     items: list[ExistingSchema],
     present: set[str],
-    *,
+    known: bool,
     skip_registered: bool,
 ) -> tuple[list[ExistingSchema], list[str]]:
-    """The schemas to register and those skipped as registered already; refuses
-    (``TenantError``, nothing changed) a missing schema, a ledger or a domain taken."""
+    """The schemas to register and those skipped as registered already (``known``:
+    the registry exists); refuses (``TenantError``, nothing changed) a missing schema,
+    a ledger or a domain taken."""
     refuse_duplicates(items)
-    registered = registered_among(conn, config, [i.schema for i in items])
+    registered = registered_among(conn, config, [i.schema for i in items]) if known else set()
     if registered and not skip_registered:
         raise TenantError(f"tenant {items[0].schema!r} is registered already")
     skipped = [i.schema for i in items if i.schema in registered]
@@ -183,7 +186,7 @@ def _check(
             f"{config.migrations_table} but no registry row; look at it with "
             "'mtm validate' (nothing was changed)"
         )
-    for item in todo:
+    for item in todo if known else []:
         for d in item.domains:
             owner = tenant_of_domain(conn, config, d)
             if owner is not None:
