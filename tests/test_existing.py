@@ -313,3 +313,20 @@ def test_existing_file_refusals(project: Project, tmp_path: Path) -> None:
     r = project.cli("create", "--existing", "--from-file", str(tmp_path / "none.txt"))
     assert r.exit_code == 2 and "cannot read --from-file" in r.output
     assert _registered(project) == []
+
+
+def test_existing_one_schema_that_fails_inside_its_transaction_leaves_nothing(
+    project: Project,
+) -> None:
+    _three(project)
+    _made_by_hand(project, "acme")
+    _fail_for(project, "acme")
+    r = project.cli("create", "acme", "--existing", "--baseline", "0001_t1", "--domain", "a.test")
+    assert r.exit_code == 1
+    assert r.output.splitlines()[-1] == (
+        "error: schema 'acme' was not registered: no DDL in acme (nothing was changed)"
+    )
+    assert "Traceback" not in r.output
+    assert _registered(project) == [] and ledger(project, "acme") == []
+    assert project.scalar("SELECT count(*) FROM public.tenants_domains") == 0
+    assert project.scalar("SELECT count(*) FROM public.mtm_migrations_state") == 0
