@@ -260,6 +260,9 @@ def test_existing_from_a_file_registers_a_fleet_one_transaction_each(
     assert "skipping 299 schemas registered already" in r.output
     assert "shop_123: registered" in r.output
     assert len(_registered(project)) == 300
+    r = project.cli("create", "--existing", "--from-file", str(listing), "--yes")
+    assert r.exit_code == 0, r.output
+    assert "nothing to register: every schema named is registered already" in r.output
     assert project.cli("validate").exit_code == 0
     result = json.loads(project.cli("migrate", "--json").output)
     assert result["ok"] and result["steps"] == 600  # t2 and t3 in each, t1 never

@@ -77,6 +77,9 @@ def _show(
     if skipped:
         shown = ", ".join(skipped[:5]) + (" ..." if len(skipped) > 5 else "")
         click.echo(f"skipping {plural(len(skipped), 'schema')} registered already: {shown}")
+    if not items:
+        click.echo("nothing to register: every schema named is registered already")
+        return
     names = ", ".join(i.schema for i in items[:5]) + (" ..." if len(items) > 5 else "")
     what = (
         f"recording {plural(len(record), 'tenant migration')} up to {record[-1].name} "
