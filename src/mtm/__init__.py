@@ -25,6 +25,8 @@ _EXPORTS = {
     **dict.fromkeys(
         (
             "create",
+            "create_existing",
+            "create_existing_many",
             "db_start",
             "db_status",
             "db_stop",
@@ -41,6 +43,8 @@ _EXPORTS = {
             "rename",
             "role_add",
             "role_remove",
+            "repair",
+            "repairs",
             "rotate_role",
             "stamp",
             "status",
@@ -94,10 +98,12 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:
     from .commands.domains import domains_add, domains_list, domains_remove
+    from .commands.existing import create_existing, create_existing_many
     from .commands.inspection import history, status, validate
     from .commands.lifecycle import rename, role_add, role_remove, tenant_overview
     from .commands.migrate import down, migrate
     from .commands.project import db_start, db_status, db_stop, db_url, init, new
+    from .commands.repair import repair, repairs
     from .commands.stamp import stamp
     from .commands.tenants import create, drop, rotate_role, tenants
     from .config import Config
@@ -136,6 +142,8 @@ __all__ = [
     "create",
     "create_app_engine",
     "create_async_app_engine",
+    "create_existing",
+    "create_existing_many",
     "current_tenant",
     "db_start",
     "db_status",
@@ -151,6 +159,8 @@ __all__ = [
     "migrate",
     "new",
     "rename",
+    "repair",
+    "repairs",
     "role_add",
     "role_remove",
     "rotate_role",

@@ -7,8 +7,9 @@ imported inside the command functions, so ``mtm --help`` and ``--version`` stay 
 
 This module holds the group, its global options, ``main`` and the turning of errors into
 output; the commands live by area in ``project`` (init, new, db), ``tenants`` (create,
-tenants, drop, role), ``lifecycle`` (domains, rename, role add/remove) and ``migrate``
-(migrate, up, status, down, history, validate).
+tenants, drop, role; ``existing`` holds create's ``--existing``), ``lifecycle`` (domains,
+rename, role add/remove), ``repair`` and ``migrate`` (migrate, up, status, down, history,
+validate).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import click
 from .. import logs
 from ..errors import MtmError, insufficient_privilege
 from ..exits import Exit
-from . import lifecycle, migrate, project, tenants
+from . import lifecycle, migrate, project, repair, tenants
 from .shared import mask
 
 
@@ -108,6 +109,7 @@ for command in (
     migrate.status,
     migrate.down,
     migrate.stamp,
+    repair.repair,
     migrate.history,
     migrate.validate,
     tenants.role,

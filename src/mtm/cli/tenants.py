@@ -7,11 +7,12 @@ from typing import Any
 import click
 
 from ..words import plural
+from .existing import existing_options, run_existing
 from .shared import config_of, console
 
 
 @click.command()
-@click.argument("schema")
+@click.argument("schema", required=False)
 @click.option("--domain", "domains", multiple=True, help="A host name of the tenant (repeatable).")
 @click.option("--name", help="Display name of the tenant.")
 @click.option("--no-migrate", is_flag=True, help="Create the schema without applying migrations.")
@@ -29,20 +30,36 @@ from .shared import config_of, console
     "--password-file",
     help="Write the login role's password to this file (mode 0600) instead of printing it.",
 )
+@existing_options
 @click.pass_context
 def create(
     ctx: click.Context,
-    schema: str,
+    /,
+    schema: str | None,
     domains: tuple[str, ...],
     name: str | None,
     no_migrate: bool,
     role: bool,
     login: bool,
     password_file: str | None,
+    **existing: Any,
 ) -> None:
     """Register tenant SCHEMA, create its schema and apply every tenant migration, in one
-    transaction."""
+    transaction. With --existing, register schemas that are already there instead.
+
+    Longer than most: its twelve options (five of them --existing's) take a line each.
+    """
     from .. import commands
+    from ..errors import UsageError
+
+    if any(existing.values()):
+        unused = {"--no-migrate": no_migrate, "--role": role, "--login": login}
+        unused["--password-file"] = password_file is not None
+        return run_existing(
+            ctx, schema, domains, name, [k for k, v in unused.items() if v], **existing
+        )
+    if schema is None:
+        raise UsageError("name the tenant's schema: mtm create SCHEMA")
 
     result = commands.create(
         config_of(ctx),

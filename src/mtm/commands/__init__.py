@@ -12,6 +12,8 @@ themselves: they compose the modules that own each table and idea (``registry``,
 * ``domains``: ``domains_add``, ``domains_remove``, ``domains_list``;
 * ``migrate``: ``migrate``, ``down``;
 * ``stamp``: ``stamp``;
+* ``existing``: ``create_existing``, ``create_existing_many`` (``create --existing``);
+* ``repair``: ``repair``, ``repairs`` (the audit);
 * ``inspection``: ``status``, ``history``, ``validate``.
 """
 
@@ -32,6 +34,7 @@ from ..results import (
 )
 from ..tables import ensure_bootstrap
 from .domains import domains_add, domains_list, domains_remove
+from .existing import create_existing, create_existing_many
 from .inspection import history, status, validate
 from .lifecycle import rename, role_add, role_remove, tenant_overview
 from .migrate import down, migrate
@@ -46,6 +49,7 @@ from .project import (
     init,
     new,
 )
+from .repair import repair, repairs
 from .stamp import stamp
 from .tenants import create, drop, rotate_role, tenants
 
@@ -64,6 +68,8 @@ __all__ = [
     "StatusResult",
     "ValidateResult",
     "create",
+    "create_existing",
+    "create_existing_many",
     "db_start",
     "db_status",
     "db_stop",
@@ -80,6 +86,8 @@ __all__ = [
     "migrate",
     "new",
     "rename",
+    "repair",
+    "repairs",
     "role_add",
     "role_remove",
     "rotate_role",
