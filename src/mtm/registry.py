@@ -150,6 +150,12 @@ def registered_among(conn: Connection, config: Config, schemas: Sequence[str]) -
     )
 
 
+def tenant_schemas(conn: Connection, config: Config) -> list[str]:
+    """Every registered tenant's schema name, in name order."""
+    query = f"SELECT schema_name FROM {tenant_ref(config)} ORDER BY schema_name"
+    return list(conn.execute(sa.text(query)).scalars())
+
+
 def count_tenants(conn: Connection, config: Config) -> int:
     return int(conn.execute(sa.text(f"SELECT count(*) FROM {tenant_ref(config)}")).scalar() or 0)
 

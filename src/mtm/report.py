@@ -11,6 +11,7 @@ import json
 import sys
 import threading
 import time
+from collections.abc import Collection
 from typing import IO, Any
 
 from rich.console import Console, Group
@@ -363,8 +364,11 @@ def status_json(result: StatusResult) -> dict[str, Any]:
     }
 
 
-def status_table(result: StatusResult, *, list_all: bool = False) -> list[Any]:
-    """Renderables: a row per schema for small fleets (or on request), else groups."""
+def status_table(
+    result: StatusResult, *, list_all: bool = False, ahead: Collection[str] = ()
+) -> list[Any]:
+    """Renderables: a row per schema for small fleets (or on request), else groups;
+    tenants ``ahead`` of the rest (``rollout.ahead``) marked."""
     out: list[Any] = []
     listing = list_all or len(result.tenants) <= LIST_LIMIT
     table = Table(title=None, show_lines=False)
@@ -387,7 +391,7 @@ def status_table(result: StatusResult, *, list_all: bool = False) -> list[Any]:
     row(result.public, result.display_name)
     if listing:
         for t in result.tenants:
-            row(t, t.schema)
+            row(t, f"{t.schema} (ahead)" if t.schema in ahead else t.schema)
     out.append(table)
     if not listing:
         groups = Table(title=None)

@@ -95,6 +95,19 @@ class TablesUpgrade:
 
 
 @dataclass
+class Rollout:
+    """A canary run (``migrate --canary``): the canaries, in ``md5(schema)`` order, and the
+    other tenants with pending work, which run only with ``then_all`` and only once every
+    canary (and public) succeeded."""
+
+    canaries: list[str]
+    rest: list[str]
+    then_all: bool = False
+    canaries_ok: bool | None = None  # None until the canaries have run (and in a dry run)
+    rest_started: bool = False
+
+
+@dataclass
 class MigrateResult:
     """What a migrate run did (or, with dry_run, would do)."""
 
@@ -107,6 +120,7 @@ class MigrateResult:
     seconds: float
     tables: TablesUpgrade | None = None  # mtm's own tables upgraded (or, dry run, pending)
     to: str | None = None  # migrate --to: tenant:NAME or public:NAME (the other namespace waits)
+    rollout: Rollout | None = None  # migrate --canary: who went first, and whether the rest did
 
     @property
     def failures(self) -> list[SchemaResult]:

@@ -34,6 +34,28 @@ def _progress(config: Config, as_json: bool) -> Progress:
 def _migrate_options(f: Any) -> Any:
     options = [
         click.option("--tenant", "tenants", multiple=True, help="Only this tenant (repeatable)."),
+        click.option(
+            "--tenant-file",
+            metavar="FILE",
+            help="Only the tenants listed in FILE, one schema a line ('#' comments; - for "
+            "stdin). --tenant, --tenant-file and --match intersect.",
+        ),
+        click.option(
+            "--match",
+            metavar="PATTERN",
+            help="Only tenants whose schema name matches this shell glob (e.g. 'eu_*').",
+        ),
+        click.option(
+            "--canary",
+            metavar="N|P%",
+            help="Only N (or P%, rounded up) of the selected tenants with pending work, "
+            "the first by md5(schema), named before they run; then stop.",
+        ),
+        click.option(
+            "--then-all",
+            is_flag=True,
+            help="With --canary: go on with the other tenants if every canary succeeded.",
+        ),
         click.option("--dry-run", is_flag=True, help="Print the plan; change nothing."),
         click.option("--jobs", "-j", type=int, help=help_of("jobs")),
         click.option(
@@ -89,6 +111,10 @@ def up(ctx: click.Context, /, **kwargs: Any) -> None:
 def _run_migrate(
     ctx: click.Context,
     tenants: tuple[str, ...],
+    tenant_file: str | None,
+    match: str | None,
+    canary: str | None,
+    then_all: bool,
     dry_run: bool,
     jobs: int | None,
     continue_on_error: bool,
@@ -102,11 +128,17 @@ def _run_migrate(
 ) -> None:
     from .. import commands
     from ..report import dump_json, migrate_json, migrate_summary
+    from ..rolloutreport import rollout_json, rollout_lines, stage_line
 
     config = config_of(ctx)
     result = commands.migrate(
         config,
         tenants=list(tenants) or None,
+        tenant_file=tenant_file,
+        match=match,
+        canary=canary,
+        then_all=then_all,
+        announce=None if as_json else lambda staged: click.echo(stage_line(staged)),
         dry_run=dry_run,
         jobs=jobs,
         continue_on_error=continue_on_error,
@@ -119,10 +151,12 @@ def _run_migrate(
         to=to,
     )
     if as_json:
-        dump_json(migrate_json(result))
+        dump_json({**migrate_json(result), "rollout": rollout_json(result.rollout)})
     else:
         for line in migrate_summary(result, config.public_schema_display_name):
             click.echo(line, err=line.startswith("FAILED"))
+        for line in rollout_lines(result):
+            click.echo(line)
     if result.outcome.interrupted:
         ctx.exit(Exit.INTERRUPTED)
     if not result.ok:
@@ -141,14 +175,23 @@ def status(
     """Where every schema stands: applied/total, last applied, pending."""
     from .. import commands
     from ..report import dump_json, status_json, status_table
+    from ..rollout import ahead
+    from ..rolloutreport import ahead_json, ahead_line
 
     result = commands.status(config_of(ctx), tenants=list(tenants) or None)
+    found = ahead(result.tenants)
     if as_json:
-        dump_json(status_json(result))
+        data = status_json(result)
+        for tenant in data["tenants"]:
+            tenant["ahead"] = found is not None and tenant["schema"] in found.schemas
+        dump_json({**data, "ahead": ahead_json(found)})
     else:
         out = console()
-        for renderable in status_table(result, list_all=list_all or bool(tenants)):
+        marked = found.schemas if found is not None else frozenset()
+        for renderable in status_table(result, list_all=list_all or bool(tenants), ahead=marked):
             out.print(renderable)
+        if found is not None:
+            out.print(ahead_line(found))
     if check and result.pending:
         ctx.exit(Exit.PENDING)
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
+from pathlib import Path
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Engine
 
-from .. import fleet, planner, steps
+from .. import fleet, planner, rollout, steps
 from ..config import Config
 from ..database import run_script
 from ..errors import UsageError, ValidationFailed
@@ -20,7 +21,8 @@ from ..migrations import MigrationSet, Namespace, discover
 from ..plan import SchemaPlan, fingerprint, past, stop_at
 from ..progress import NoProgress, Progress
 from ..registry import count_tenants
-from ..results import DownResult, FleetOutcome, MigrateResult
+from ..results import DownResult, FleetOutcome, MigrateResult, Rollout, SchemaResult
+from ..rollout import Canary, Selection, read_tenant_file
 from ..runner import Runner
 from ..tables import bring_up_to_date, refuse_foreign_ledgers
 from ..tables import existing as _existing
@@ -32,6 +34,10 @@ def migrate(
     config: Config,
     *,
     tenants: Sequence[str] | None = None,
+    tenant_file: str | Path | None = None,
+    match: str | None = None,
+    canary: int | str | None = None,
+    then_all: bool = False,
     dry_run: bool = False,
     jobs: int | None = None,
     continue_on_error: bool = False,
@@ -42,8 +48,16 @@ def migrate(
     retries: int | None = None,
     progress: Progress | None = None,
     to: str | None = None,
+    announce: Callable[[Rollout], None] | None = None,
 ) -> MigrateResult:
     """Public migrations first, then every tenant's pending ones on ``jobs`` connections.
+
+    ``tenants``, ``tenant_file`` (one schema a line, ``-`` for stdin) and ``match`` (a
+    shell glob on the schema name) narrow the run to the tenants all of them name.
+    ``canary`` (a count, or ``"P%"``) runs only that many of the selected tenants with
+    pending work, the first by ``md5(schema)``, and stops; ``then_all`` goes on with the
+    rest if every canary succeeded. ``announce`` is told the canaries before they run,
+    and again before the rest does (``rest_started``).
 
     ``to`` (``tenant:NAME`` or ``public:NAME``) brings that namespace's schemas up to
     NAME and no further and leaves the other namespace as it is; a schema already past
@@ -53,7 +67,7 @@ def migrate(
     report. Each step is its own transaction; after a failure no new tenant starts
     unless ``continue_on_error``.
 
-    Longer than most: its ten options take a line each, and planning and running
+    Longer than most: its options take a line each, and planning and running
     stay inside the one try/finally that releases the run lock.
     """
     started = time.perf_counter()
@@ -62,10 +76,16 @@ def migrate(
         raise UsageError("--jobs must be at least 1")
     lock_wait = check_lock_wait(lock_wait)
     run_settings = settings(config, lock_timeout, statement_timeout, retries)
+    stages = _stages(canary, then_all, to)
+    selection = Selection(
+        tuple(validate_schema_name(t) for t in tenants) if tenants else None,
+        read_tenant_file(tenant_file) if tenant_file is not None else None,
+        f"--tenant-file {tenant_file}",
+        match,
+    )
     mset = discover(config.migrations_directory)
     mset.load_all()
     target = parse_target(mset, to)
-    only = [validate_schema_name(t) for t in tenants] if tenants else None
     with session(config, pool_size=jobs, purpose="mtm migrate", upgrades=True) as (
         engine,
         conn,
@@ -76,14 +96,20 @@ def migrate(
             upgrade = bring_up_to_date(
                 conn, config, dry_run=dry_run, lock_timeout=run_settings.lock_timeout
             )
-            public, every, total = _plan(conn, config, mset, only, allow_out_of_order, target)
+            public, every, total = _plan(conn, config, mset, selection, allow_out_of_order, target)
             plans = [p for p in every if not p.at_head]
             refuse_foreign_ledgers(conn, config, [p.schema for p in plans])
             refuse_problems([public, *plans])
+            first, rest = rollout.split(plans, stages) if stages else (plans, [])
+            staged = None
+            if stages is not None:
+                staged = Rollout([p.schema for p in first], [p.schema for p in rest], then_all)
+                if announce is not None:
+                    announce(staged)
             if dry_run:
                 seconds = time.perf_counter() - started
                 return MigrateResult(
-                    True, None, public, plans, total, FleetOutcome(), seconds, upgrade, to
+                    True, None, public, plans, total, FleetOutcome(), seconds, upgrade, to, staged
                 )
             _rewrite_stale(conn, config, every)
             runner = Runner(
@@ -93,11 +119,25 @@ def migrate(
                 replan=planner.replanner(config, mset, allow_out_of_order, target),
             )
             public_result, outcome = fleet.run(
-                runner, engine, conn, public, plans, jobs=jobs, continue_on_error=continue_on_error
+                runner, engine, conn, public, first, jobs=jobs, continue_on_error=continue_on_error
             )
+            if staged is not None:
+                outcome = _then_all(
+                    staged,
+                    runner,
+                    engine,
+                    conn,
+                    public,
+                    public_result,
+                    outcome,
+                    rest,
+                    jobs=jobs,
+                    continue_on_error=continue_on_error,
+                    announce=announce,
+                )
             seconds = time.perf_counter() - started
             return MigrateResult(
-                False, public_result, public, plans, total, outcome, seconds, upgrade, to
+                False, public_result, public, plans, total, outcome, seconds, upgrade, to, staged
             )
         finally:
             if not dry_run:
@@ -107,18 +147,66 @@ def migrate(
                     pass  # the connection is gone, and the lock with it
 
 
+def _stages(canary: int | str | None, then_all: bool, to: str | None) -> Canary | None:
+    """``--canary`` checked against the options it goes with."""
+    stages = rollout.parse_canary(canary)
+    if then_all and stages is None:
+        raise UsageError("--then-all goes with --canary N or --canary P%")
+    if stages is not None and to is not None and to.startswith("public:"):
+        raise UsageError(
+            f"--canary stages the tenants, and --to {to} migrates none; "
+            "run --to public:NAME on its own"
+        )
+    return stages
+
+
+def _then_all(
+    staged: Rollout,
+    runner: Runner,
+    engine: Engine,
+    conn: Connection,
+    public: SchemaPlan,
+    public_result: SchemaResult | None,
+    canaries: FleetOutcome,
+    rest: list[SchemaPlan],
+    *,
+    jobs: int,
+    continue_on_error: bool,
+    announce: Callable[[Rollout], None] | None,
+) -> FleetOutcome:
+    """After the canaries: the rest of the tenants, with ``then_all`` and only if public
+    and every canary succeeded. Public already ran; it is not run again."""
+    staged.canaries_ok = (
+        (public_result is None or public_result.ok)
+        and not canaries.failures
+        and not canaries.interrupted
+        and not canaries.connection_errors
+    )
+    if not (staged.then_all and staged.canaries_ok and rest):
+        return canaries
+    staged.rest_started = True
+    if announce is not None:
+        announce(staged)
+    done = replace(public, pending=[])
+    _, more = fleet.run(
+        runner, engine, conn, done, rest, jobs=jobs, continue_on_error=continue_on_error
+    )
+    return rollout.combine(canaries, more)
+
+
 def _plan(
     conn: Connection,
     config: Config,
     mset: MigrationSet,
-    only: list[str] | None,
+    selection: Selection,
     allow_out_of_order: bool,
     target: Target | None = None,
 ) -> tuple[SchemaPlan, list[SchemaPlan], int]:
-    """The public plan, the plans of tenants not known to be at head (or at the
-    target), and how many tenants the run covers."""
+    """The public plan, the plans of the selected tenants not known to be at head (or
+    at the target), and how many tenants the run covers."""
     tables = _existing(conn, config)
     public = planner.public_plan(conn, config, mset, tables, allow_out_of_order=allow_out_of_order)
+    only = rollout.resolve(conn, config, tables["registry"], selection)
     tenant_files = mset.tenant
     if target is not None and target[0] == "tenant":
         tenant_files = [m for m in mset.tenant if m.name <= target[1]]
