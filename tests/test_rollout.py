@@ -5,6 +5,7 @@ tenants ahead of the rest."""
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -361,3 +362,27 @@ def test_status_shows_the_tenants_ahead_of_the_rest(project: Project) -> None:
     r = project.cli("status")
     assert "ahead" not in r.output
     assert json.loads(project.cli("status", "--json").output)["ahead"] is None
+
+
+def test_rollout_logs_its_stages(project: Project, caplog: pytest.LogCaptureFixture) -> None:
+    _fleet(project, TENANTS[:4])
+    order = _md5_order(project)
+    _fails_in(project, order[0])
+    with caplog.at_level(logging.INFO, logger="mtm.run"):
+        result = mtm.migrate(project.config, canary=1, then_all=True)
+    assert not result.ok and result.rollout is not None
+    assert result.rollout.canaries_ok is False and not result.rollout.rest_started
+    events = [(r.levelname, r.event) for r in caplog.records if hasattr(r, "event")]
+    assert ("INFO", "rollout.canaries") in events
+    assert ("WARNING", "rollout.held") in events and ("INFO", "rollout.rest") not in events
+    held = next(r for r in caplog.records if getattr(r, "event", None) == "rollout.held")
+    assert (held.rest, held.reason) == (3, "a canary failed")  # type: ignore[attr-defined]
+    assert project.scalar(f"SELECT to_regclass('{order[0]}.t2')") is None  # rolled back
+    caplog.clear()
+    _fails_in(project, "nobody")  # fixed: nothing had applied it
+    with caplog.at_level(logging.INFO, logger="mtm.run"):
+        result = mtm.migrate(project.config, canary=1, then_all=True)
+    assert result.ok and result.rollout is not None and result.rollout.rest_started
+    rest = next(r for r in caplog.records if getattr(r, "event", None) == "rollout.rest")
+    assert rest.rest == 3  # type: ignore[attr-defined]
+    assert all(names == ["0001_t1", "0002_t2"] for names in _applied(project).values())

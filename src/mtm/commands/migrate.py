@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -28,6 +29,8 @@ from ..tables import bring_up_to_date, refuse_foreign_ledgers
 from ..tables import existing as _existing
 from ..words import plural
 from .base import session, settings
+
+log = logging.getLogger("mtm.run")
 
 
 def migrate(
@@ -104,6 +107,17 @@ def migrate(
             staged = None
             if stages is not None:
                 staged = Rollout([p.schema for p in first], [p.schema for p in rest], then_all)
+                log.info(
+                    "canaries: %s; %d other tenants after them",
+                    ", ".join(staged.canaries),
+                    len(rest),
+                    extra={
+                        "event": "rollout.canaries",
+                        "canaries": staged.canaries,
+                        "rest": len(rest),
+                        "then_all": then_all,
+                    },
+                )
                 if announce is not None:
                     announce(staged)
             if dry_run:
@@ -183,8 +197,22 @@ def _then_all(
         and not canaries.connection_errors
     )
     if not (staged.then_all and staged.canaries_ok and rest):
+        if rest:
+            why = "a canary failed" if not staged.canaries_ok else "no --then-all"
+            log.log(
+                logging.WARNING if staged.then_all else logging.INFO,
+                "%d tenants not started after the canaries: %s",
+                len(rest),
+                why,
+                extra={"event": "rollout.held", "rest": len(rest), "reason": why},
+            )
         return canaries
     staged.rest_started = True
+    log.info(
+        "every canary succeeded: migrating the other %d tenants",
+        len(rest),
+        extra={"event": "rollout.rest", "rest": len(rest)},
+    )
     if announce is not None:
         announce(staged)
     done = replace(public, pending=[])
