@@ -18,10 +18,14 @@ def _names(schemas: list[str]) -> str:
     return shown + (f" and {more:,} more" if more > 0 else "")
 
 
+def _others(n: int) -> str:
+    return "the other tenant" if n == 1 else f"the other {n:,} tenants"
+
+
 def stage_line(staged: Rollout) -> str:
     """What starts now: the canaries (before anything runs), or the rest after them."""
     if staged.rest_started:
-        return f"every canary succeeded: migrating the other {plural(len(staged.rest), 'tenant')}"
+        return f"every canary succeeded: migrating {_others(len(staged.rest))}"
     pending = len(staged.canaries) + len(staged.rest)
     if not staged.canaries:
         return "canaries: none (no selected tenant has pending work)"
@@ -36,7 +40,7 @@ def rollout_lines(result: MigrateResult) -> list[str]:
     staged = result.rollout
     if staged is None or not staged.rest:
         return []
-    others = f"the other {plural(len(staged.rest), 'tenant')} with pending work"
+    others = f"{_others(len(staged.rest))} with pending work"
     if result.dry_run:
         when = "then run if every canary succeeds" if staged.then_all else "would not be started"
         return [f"dry run: {others} {when}"]
