@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 from pathlib import Path
 
 import pytest
 
 import mtm
+from _reliability import spawn, wait_until, waiting_on_gate
 from conftest import Project
 from mtm.results import Rollout
+from test_reliability_locks import GATE, gate
 
 TENANTS = ["eu_alpha", "eu_beta", "eu_gamma", "us_delta", "us_eps", "us_zeta", "ap_eta"]
 
@@ -386,3 +389,61 @@ def test_rollout_logs_its_stages(project: Project, caplog: pytest.LogCaptureFixt
     rest = next(r for r in caplog.records if getattr(r, "event", None) == "rollout.rest")
     assert rest.rest == 3  # type: ignore[attr-defined]
     assert all(names == ["0001_t1", "0002_t2"] for names in _applied(project).values())
+
+
+def test_a_failing_public_step_starts_no_canary(project: Project) -> None:
+    _fleet(project, TENANTS[:3])
+    project.write("public", "0001_p.sql", "SELECT 1/0;")
+    r = project.cli("migrate", "--canary", "1", "--then-all")
+    assert r.exit_code == 1, r.output
+    assert "FAILED *PUBLIC: migration 0001_p: division by zero" in r.output
+    assert "public failed, so no canary started: the other 2 tenants with pending work " in (
+        r.output
+    )
+    assert all(names == ["0001_t1"] for names in _applied(project).values())
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_the_canaries_starts_none_of_the_rest(
+    project: Project, tmp_path: Path
+) -> None:
+    """A real run held inside its canary's step: the run lock is held (no other migrate
+    can start between the stages), Ctrl-C lets the canary finish and starts no other
+    tenant, even with --then-all."""
+    _fleet(project, TENANTS[:4])
+    canary = _md5_order(project)[0]
+    project.write(
+        "tenant",
+        "0002_t2.sql",
+        f"SELECT pg_advisory_xact_lock({GATE}) WHERE current_schema() = '{canary}';\n"
+        "CREATE TABLE t2 (id int);",
+    )
+    taken = tmp_path / "ctrl-c-taken"
+    with gate(project) as g:
+        run = spawn(
+            project,
+            "migrate",
+            "--canary",
+            "1",
+            "--then-all",
+            "--lock-timeout",
+            "60s",
+            ctrl_c_marker=taken,
+        )
+        try:
+            wait_until(lambda: waiting_on_gate(project, GATE) == 1, message="the canary's step")
+            second = project.run("migrate")
+            assert second.returncode == 2 and "holds the migration lock" in second.stderr
+            run.send_signal(signal.SIGINT)
+            wait_until(taken.exists, message="the run to take the Ctrl-C")
+            g.execute("SELECT pg_advisory_unlock(%s)", (GATE,))
+            out, err = run.communicate(timeout=60)
+        finally:
+            if run.poll() is None:
+                run.kill()
+    assert run.returncode == 130, out + err
+    assert "Traceback" not in err
+    assert "interrupted during the canaries: the other 3 tenants with pending work" in out
+    applied = _applied(project)
+    assert applied.pop(canary) == ["0001_t1", "0002_t2"]  # the running step finished
+    assert all(names == ["0001_t1"] for names in applied.values())

@@ -48,11 +48,21 @@ def rollout_lines(result: MigrateResult) -> list[str]:
         return []
     were = "were" if len(staged.rest) > 1 else "was"
     if not staged.canaries_ok:
-        return [f"a canary failed: {others} {were} not started"]
+        return [f"{_why_stopped(result)}: {others} {were} not started"]
     return [
         f"stopped after the canaries: {others} {were} not started; "
         "run 'mtm migrate' (or add --then-all) to go on"
     ]
+
+
+def _why_stopped(result: MigrateResult) -> str:
+    if result.public is not None and not result.public.ok:
+        return "public failed, so no canary started"
+    if result.outcome.interrupted:
+        return "interrupted during the canaries"
+    if result.outcome.failures:
+        return "a canary failed"
+    return "a connection was lost during the canaries"
 
 
 def rollout_json(staged: Rollout | None) -> dict[str, Any] | None:
