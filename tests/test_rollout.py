@@ -4,6 +4,7 @@ tenants ahead of the rest."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import signal
@@ -14,7 +15,10 @@ import pytest
 import mtm
 from _reliability import spawn, wait_until, waiting_on_gate
 from conftest import Project
-from mtm.results import Rollout
+from mtm.errors import UsageError
+from mtm.results import Rollout, SchemaStatus
+from mtm.rollout import ahead, md5_order, parse_canary
+from mtm.rolloutreport import ahead_line
 from test_reliability_locks import GATE, gate
 
 TENANTS = ["eu_alpha", "eu_beta", "eu_gamma", "us_delta", "us_eps", "us_zeta", "ap_eta"]
@@ -447,3 +451,49 @@ def test_ctrl_c_during_the_canaries_starts_none_of_the_rest(
     applied = _applied(project)
     assert applied.pop(canary) == ["0001_t1", "0002_t2"]  # the running step finished
     assert all(names == ["0001_t1"] for names in applied.values())
+
+
+# --- pure parts --------------------------------------------------------------------------
+
+
+def _at(schema: str, last: str | None, problems: list[str] | None = None) -> SchemaStatus:
+    applied = 0 if last is None else int(last[:4])
+    return SchemaStatus(schema, "tenant", None, (), applied, 3, last, [], problems or [])
+
+
+def test_ahead_is_relative_to_where_most_tenants_are() -> None:
+    assert ahead([]) is None
+    assert ahead([_at("a", "0001_x"), _at("b", "0001_x")]) is None  # all at one step
+    # most are ahead of a few: those few are behind, nobody is "ahead"
+    assert ahead([_at("a", "0002_y"), _at("b", "0002_y"), _at("c", "0001_x")]) is None
+    found = ahead([_at("a", "0002_y"), _at("b", None), _at("c", None), _at("d", "0003_z")])
+    assert found is not None
+    assert (found.bulk, found.bulk_count) == (None, 2)  # nothing applied is a position too
+    assert found.positions == (("0002_y", 1), ("0003_z", 1)) and found.schemas == {"a", "d"}
+    assert ahead_line(found) == (
+        "1 tenant ahead at tenant:0003_z, 1 at tenant:0002_y; 2 at no tenant migration"
+    )
+    # a tie: the older position is the rest's
+    tie = ahead([_at("a", "0002_y"), _at("b", "0001_x")])
+    assert tie is not None and tie.bulk == "0001_x" and tie.schemas == {"a"}
+    # a tenant whose ledger disagrees with the files is neither the rest nor ahead
+    drift = ahead([_at("a", "0001_x"), _at("b", "0003_z", ["b: edited"]), _at("c", "0001_x")])
+    assert drift is None
+
+
+def test_canary_counts() -> None:
+    def of(value: int | str, pending: int) -> int:
+        canary = parse_canary(value)
+        assert canary is not None
+        return canary.of(pending)
+
+    values = (1, "1", " 3 ", "1%", "0.1%", "99.5%", "100%")
+    assert [of(v, 200) for v in values] == [1, 1, 3, 2, 1, 199, 200]
+    assert of("10%", 0) == 0 and of(5, 3) == 3
+    assert parse_canary(None) is None
+    for wrong in (True, "1.5", "%", "x%", "nan%", "inf%", "-5%", "1e3"):
+        with pytest.raises(UsageError):
+            parse_canary(wrong)
+    assert md5_order(["b", "a", "c"]) == sorted(
+        ["a", "b", "c"], key=lambda s: hashlib.md5(s.encode()).hexdigest()
+    )
