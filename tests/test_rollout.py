@@ -76,6 +76,9 @@ def test_tenant_file_match_and_tenant_intersect(project: Project, tmp_path: Path
     three = ["--tenant-file", str(listed), "--match", "eu_*", "--tenant", "eu_beta"]
     assert _planned(project, *three) == ["eu_beta"]
     assert _planned(project, "--tenant", "us_zeta", "--match", "us_*") == ["us_zeta"]
+    bom = tmp_path / "saved-by-an-editor.txt"
+    bom.write_text("\ufeffus_eps\r\nus_zeta\r\n", encoding="utf-8")  # BOM, CRLF
+    assert _planned(project, "--tenant-file", str(bom)) == ["us_eps", "us_zeta"]
     # - reads the list from standard input
     assert _planned(project, "--tenant-file", "-", input="us_eps\nus_zeta\n") == [
         "us_eps",

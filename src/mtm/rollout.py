@@ -52,7 +52,7 @@ def read_tenant_file(path: str | Path) -> tuple[str, ...]:
     """The schema names of a tenant file, one a line, in file order without repeats:
     blank lines and ``#`` comments are skipped; ``-`` reads standard input."""
     try:
-        text = sys.stdin.read() if str(path) == "-" else Path(path).read_text(encoding="utf-8")
+        text = sys.stdin.read() if str(path) == "-" else Path(path).read_text(encoding="utf-8-sig")
     except OSError as exc:
         raise UsageError(f"cannot read --tenant-file {path}: {exc.strerror or exc}") from None
     except UnicodeDecodeError:

@@ -104,22 +104,7 @@ def migrate(
             refuse_foreign_ledgers(conn, config, [p.schema for p in plans])
             refuse_problems([public, *plans])
             first, rest = rollout.split(plans, stages) if stages else (plans, [])
-            staged = None
-            if stages is not None:
-                staged = Rollout([p.schema for p in first], [p.schema for p in rest], then_all)
-                log.info(
-                    "canaries: %s; %d other tenants after them",
-                    ", ".join(staged.canaries),
-                    len(rest),
-                    extra={
-                        "event": "rollout.canaries",
-                        "canaries": staged.canaries,
-                        "rest": len(rest),
-                        "then_all": then_all,
-                    },
-                )
-                if announce is not None:
-                    announce(staged)
+            staged = _canaries(first, rest, then_all, announce) if stages else None
             if dry_run:
                 seconds = time.perf_counter() - started
                 return MigrateResult(
@@ -159,6 +144,32 @@ def migrate(
                     release_run_lock(conn, config)
                 except sa.exc.DBAPIError:
                     pass  # the connection is gone, and the lock with it
+
+
+def _canaries(
+    first: list[SchemaPlan],
+    rest: list[SchemaPlan],
+    then_all: bool,
+    announce: Callable[[Rollout], None] | None,
+) -> Rollout:
+    """The rollout of a ``--canary`` run, logged and announced before anything runs."""
+    staged = Rollout([p.schema for p in first], [p.schema for p in rest], then_all)
+    shown = ", ".join(staged.canaries[:10]) + (" ..." if len(first) > 10 else "")
+    log.info(
+        "canaries: %d tenants (%s); %d other tenants after them",
+        len(first),
+        shown,
+        len(rest),
+        extra={
+            "event": "rollout.canaries",
+            "canaries": staged.canaries,
+            "rest": len(rest),
+            "then_all": then_all,
+        },
+    )
+    if announce is not None:
+        announce(staged)
+    return staged
 
 
 def _stages(canary: int | str | None, then_all: bool, to: str | None) -> Canary | None:
