@@ -3,14 +3,16 @@
 SQL migrations are sent together in one round trip. If that fails, the create is
 tried again one migration per round trip, only to name the migration that failed.
 Migrations from the first one that must run outside a transaction onwards are applied
-as ordinary steps after the commit.
+as ordinary steps after the commit. A ``Finish`` (a seed, a clone's rows) runs in the
+transaction after the migrations, just before the state row and the commit.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from sqlalchemy.engine import Connection
 
@@ -25,6 +27,25 @@ from .runner import Runner
 log = logging.getLogger("mtm.tenant")
 
 
+@dataclass(frozen=True)
+class Finish:
+    """Work done in a create's transaction after its migrations: a seed, a clone's rows.
+
+    ``label`` names it in a failure ("the seed", "copying the rows of acme").
+    """
+
+    label: str
+    run: Callable[[Connection], None]
+
+
+class FinishError(StepError):
+    """The create failed in its ``Finish`` (``stage`` names it); nothing was left."""
+
+    def __init__(self, error: StepError, stage: str) -> None:
+        super().__init__(None, error.message, error.sqlstate)
+        self.stage = stage
+
+
 def create_tenant(
     runner: Runner,
     conn: Connection,
@@ -33,10 +54,15 @@ def create_tenant(
     domains: list[str],
     migrations: list[Migration],
     setup: Sequence[str] = (),
+    *,
+    finish: Finish | None = None,
+    begin: str = "BEGIN",
 ) -> SchemaResult:
     """Register a tenant, create its schema and ledger, and apply ``migrations``: all in
     one transaction, so a failure leaves no row and no schema behind. ``setup`` are
-    statements run in that transaction right after the ledger (the tenant role).
+    statements run in that transaction right after the ledger (the tenant role);
+    ``finish`` runs after the migrations (only with no migration that must run outside
+    a transaction); ``begin`` opens the transaction (a clone reads in one snapshot).
 
     Raises ``StepError`` if the create itself failed (and so left nothing behind); the
     result says how the migrations applied after the commit went.
@@ -48,15 +74,19 @@ def create_tenant(
         inside.append(m)
     result = SchemaResult(schema, "tenant")
     started = time.perf_counter()
+    if finish is not None and len(inside) < len(migrations):
+        raise ValueError("a finish needs every migration inside the create's transaction")
+    once = _Once(runner, conn, schema, name, domains, inside, setup, finish, begin)
     try:
-        _create_once(runner, conn, schema, name, domains, inside, setup, batch=True)
+        once.send(batch=True)
     except StepError as first:
         ended = first.sqlstate == steps.TRANSACTION_ENDED  # part of it is committed
-        if ended or first.migration is not None or not any(m.kind == "sql" for m in inside):
+        named = first.migration is not None or isinstance(first, FinishError)
+        if ended or named or not any(m.kind == "sql" for m in inside):
             raise
         # Replayed one migration per round trip, to name the one at fault; if the
         # failure was passing (a lock timeout), the replay simply creates the tenant.
-        _create_once(runner, conn, schema, name, domains, inside, setup, batch=False)
+        once.send(batch=False)
     result.applied = [m.name for m in inside]
     rest = migrations[len(inside) :]
     if rest:
@@ -75,52 +105,68 @@ def create_tenant(
 Chunk = tuple[list[str], Migration | None]
 
 
-def _create_once(
-    runner: Runner,
-    conn: Connection,
-    schema: str,
-    name: str | None,
-    domains: list[str],
-    migrations: list[Migration],
-    setup: Sequence[str],
-    *,
-    batch: bool,
-) -> None:
-    """One attempt at the create transaction; ``batch`` sends every SQL migration in
-    the same round trip as the frame, else one round trip each."""
-    cfg = runner.config
-    framed = steps.create(
-        cfg, schema, name, domains, setup=setup, timeouts=runner.settings.timeouts
-    )
-    units: list[Chunk] = [(framed.head, None)]
-    for m in migrations:
-        units.append(([] if m.kind == "python" else steps.create_body(cfg, schema, m), m))
-    units.append((framed.tail, None))
-    sent: list[Chunk] = []
-    for statements, owner in units:
-        python = owner is not None and owner.kind == "python"
-        if batch and sent and not python and _is_sql(sent[-1]):
-            sent[-1] = ([*sent[-1][0], *statements], None)  # one round trip, no single owner
-        else:
-            sent.append((statements, owner))
-    current: Migration | None = None
-    last_python: Migration | None = None  # only Python can still end the transaction
-    try:
-        for statements, owner in sent:
-            current = owner
-            if owner is not None and owner.kind == "python":
-                last_python = owner
-                runner.call_python(conn, owner, "up", schema, "tenant", schema)
-                run_script(conn, steps.record(cfg, schema, owner))
+@dataclass(frozen=True)
+class _Once:
+    """One attempt at the create transaction, with everything it needs."""
+
+    runner: Runner
+    conn: Connection
+    schema: str
+    name: str | None
+    domains: list[str]
+    migrations: list[Migration]
+    setup: Sequence[str]
+    finish: Finish | None
+    begin: str
+
+    def send(self, *, batch: bool) -> None:
+        """``batch`` sends every SQL migration in the same round trip as the frame, else
+        one round trip each; a finish runs before the tail, in a round trip of its own."""
+        cfg, conn, schema = self.runner.config, self.conn, self.schema
+        framed = steps.create(
+            cfg,
+            schema,
+            self.name,
+            self.domains,
+            setup=self.setup,
+            timeouts=self.runner.settings.timeouts,
+            begin=self.begin,
+        )
+        units: list[Chunk] = [(framed.head, None)]
+        for m in self.migrations:
+            units.append(([] if m.kind == "python" else steps.create_body(cfg, schema, m), m))
+        if self.finish is None:
+            units.append((framed.tail, None))
+        sent: list[Chunk] = []
+        for statements, owner in units:
+            python = owner is not None and owner.kind == "python"
+            if batch and sent and not python and _is_sql(sent[-1]):
+                sent[-1] = ([*sent[-1][0], *statements], None)  # one round trip, no one owner
             else:
-                run_script(conn, statements)
-    except (Exception, SystemExit) as exc:
-        rollback_quietly(conn)
-        error = step_error(exc, current)
-        ended = error.sqlstate == steps.TRANSACTION_ENDED
-        if ended and error.migration is None and last_python is not None:
-            error.migration = last_python.name
-        raise error from exc
+                sent.append((statements, owner))
+        current: Migration | None = None
+        last_python: Migration | None = None  # only Python can still end the transaction
+        stage: str | None = None
+        try:
+            for statements, owner in sent:
+                current = owner
+                if owner is not None and owner.kind == "python":
+                    last_python = owner
+                    self.runner.call_python(conn, owner, "up", schema, "tenant", schema)
+                    run_script(conn, steps.record(cfg, schema, owner))
+                else:
+                    run_script(conn, statements)
+            if self.finish is not None:
+                current, stage = None, self.finish.label
+                self.finish.run(conn)
+                run_script(conn, framed.tail)
+        except (Exception, SystemExit) as exc:
+            rollback_quietly(conn)
+            error = step_error(exc, current)
+            ended = error.sqlstate == steps.TRANSACTION_ENDED
+            if ended and error.migration is None and last_python is not None and stage is None:
+                error.migration = last_python.name
+            raise (FinishError(error, stage) if stage else error) from exc
 
 
 def _is_sql(chunk: Chunk) -> bool:
