@@ -21,6 +21,7 @@ import mtm
 from _reliability import spawn, wait_until, waiting_on_gate
 from conftest import Project, _libpq, make_project
 from mtm import catalog
+from mtm.locks import SCHEMA_LOCK_CLASS
 
 RICH = """
 CREATE TYPE mood AS ENUM ('happy', 'sad');
@@ -251,6 +252,14 @@ def test_a_source_whose_files_changed_is_refused(project: Project) -> None:
         "error: tenant 'acme' cannot be cloned: its migration 0002_u has no file any more, "
         "so its step cannot be rebuilt (restore the file)\n"
     )
+    p.query("DELETE FROM acme.mtm_migrations WHERE name = '0002_u'")
+    p.query("UPDATE acme.mtm_migrations SET checksum = NULL")  # as an adopted row is
+    r = p.cli("clone", "acme", "copy")
+    assert r.exit_code == 2, r.output
+    assert r.output == (
+        "error: tenant 'acme' cannot be cloned: its migration 0001_t was recorded without "
+        "a checksum, so nothing says its file built it\n"
+    )
     assert "copy" not in p.schemas()
 
 
@@ -319,3 +328,34 @@ def test_clone_with_data_refuses_a_migration_outside_a_transaction(project: Proj
     r = p.cli("clone", "acme", "copy")  # without rows it is a create at that step
     assert r.exit_code == 0, r.output
     _catalogs_equal(p, "acme", "copy")
+
+
+def test_a_source_that_moves_before_the_clone_gets_its_lock_is_refused(project: Project) -> None:
+    """The clone read the source's ledger, then waits for its lock; a step recorded
+    meanwhile makes the ledger check under the lock refuse, leaving nothing."""
+    p = project
+    p.write("tenant", "0001_t.sql", "CREATE TABLE t (id int);")
+    assert p.cli("create", "acme").exit_code == 0
+    with psycopg.connect(_libpq(p.url), autocommit=True) as holder:
+        holder.execute("SELECT pg_advisory_lock(%s, hashtext('acme'))", (SCHEMA_LOCK_CLASS,))
+        cloning = spawn(p, "clone", "acme", "copy", "--data")
+        try:
+            wait_until(
+                lambda: p.scalar(
+                    "SELECT count(*) FROM pg_stat_activity "
+                    "WHERE application_name LIKE 'waiting for schema acme:%%'"
+                ),
+                message="the clone waiting for acme's lock",
+            )
+            holder.execute(
+                "INSERT INTO acme.mtm_migrations (name, checksum) VALUES ('0002_x', 'x')"
+            )
+        finally:
+            holder.execute("SELECT pg_advisory_unlock_all()")
+            _, err = cloning.communicate(timeout=120)
+    assert cloning.returncode == 2, err
+    assert err == (
+        "error: tenant 'copy' was not created: tenant 'acme' changed while it was being "
+        "cloned (a migrate, down or stamp ran on it); run clone again\n"
+    )
+    _nothing_of(p, "copy")
