@@ -21,6 +21,7 @@ import mtm
 from _reliability import spawn, wait_until, waiting_on_gate
 from conftest import Project, _libpq, make_project
 from mtm import catalog
+from mtm import cloning as cloning_module
 from mtm.locks import SCHEMA_LOCK_CLASS
 
 RICH = """
@@ -359,3 +360,20 @@ def test_a_source_that_moves_before_the_clone_gets_its_lock_is_refused(project: 
         "cloned (a migrate, down or stamp ran on it); run clone again\n"
     )
     _nothing_of(p, "copy")
+
+
+def test_order_puts_referenced_tables_first_and_names_the_keys_of_cycles() -> None:
+    key = cloning_module._Key
+    keys = [
+        key("users_account", "users", "accounts", False, False),
+        key("accounts_owner", "accounts", "users", False, False),
+        key("users_manager", "users", "users", False, False),  # itself: needs nothing
+        key("orders_user", "orders", "users", False, False),
+        key("lines_order", "lines", "orders", True, False),
+        key("outside", "lines", "public_plans", False, False),  # not a table copied
+    ]
+    order, cyclic = cloning_module._order(["lines", "orders", "users", "accounts", "plain"], keys)
+    assert sorted(order) == ["accounts", "lines", "orders", "plain", "users"]
+    assert order.index("users") < order.index("orders") < order.index("lines")
+    assert order.index("accounts") < order.index("orders")
+    assert {k.name for k in cyclic} == {"users_account", "accounts_owner"}

@@ -6,7 +6,8 @@ the create's transaction after the tenant migrations, with ``search_path`` set t
 tenant's schema alone, so a failing seed leaves no tenant behind; ``mtm seed TENANT``
 runs it again in a transaction of its own under the schema's lock. A Python seed gets
 the SQLAlchemy ``Connection`` a Python migration's ``op.get_bind()`` returns (inside
-mtm's transaction: it must not commit) and the ``mtm.Tenant``. Seeds are data for new
+mtm's transaction: it must not commit) and the ``mtm.Tenant`` (schema, name, domains;
+during a create its timestamps are None). Seeds are data for new
 tenants only: never replayed by ``migrate``, never run by ``clone``.
 """
 

@@ -133,6 +133,7 @@ def create_in(
                 "event": "tenant.create",
                 "schema": schema,
                 "applied": len(result.applied),
+                "seed": hook.spec if hook is not None else None,
                 "duration_ms": round(1000 * result.seconds, 3),
             },
         )
