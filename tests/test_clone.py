@@ -377,3 +377,29 @@ def test_order_puts_referenced_tables_first_and_names_the_keys_of_cycles() -> No
     assert order.index("users") < order.index("orders") < order.index("lines")
     assert order.index("accounts") < order.index("orders")
     assert {k.name for k in cyclic} == {"users_account", "accounts_owner"}
+
+
+def test_a_migration_outside_a_transaction_failing_in_a_clone(project: Project) -> None:
+    """Without --data a clone is a create at that step: a no-transaction migration runs
+    after the commit, and if it fails the message says how to finish the clone."""
+    p = project
+    p.write("public", "0001_flag.sql", "CREATE TABLE flag (n int); INSERT INTO flag VALUES (1);")
+    p.write("tenant", "0001_t.sql", "CREATE TABLE t (id int);")
+    p.write(
+        "tenant",
+        "0002_i.sql",
+        "-- mtm:no-transaction\nSELECT 1 / (SELECT count(*) FROM public.flag)::int;",
+    )
+    p.write("tenant", "0003_u.sql", "CREATE TABLE u (id int);")
+    assert p.cli("create", "acme").exit_code == 0
+    p.query("DELETE FROM public.flag")
+    r = p.cli("clone", "acme", "copy")
+    assert r.exit_code == 1, r.output
+    last = r.output.splitlines()[-1]
+    assert last.startswith("error: tenant 'copy' was cloned, but migration 0002_i failed after it")
+    assert last.endswith("fix it and run 'mtm migrate --tenant copy --to tenant:0003_u'")
+    p.query("INSERT INTO public.flag VALUES (1)")
+    r = p.cli("migrate", "--tenant", "copy", "--to", "tenant:0003_u")
+    assert r.exit_code == 0, r.output
+    assert _ledger(p, "copy") == _ledger(p, "acme")
+    _catalogs_equal(p, "acme", "copy")

@@ -143,10 +143,9 @@ def _columns(conn: Connection, schema: str) -> dict[str, list[_Column]]:
 
 def copy_rows(conn: Connection, config: Config, source: str, target: str) -> dict[str, int]:
     """Copy every row of ``source``'s tables into ``target`` at the same step, inside the
-    caller's transaction (search_path: ``target``); the rows copied per table.
-
-    Longer than most: the copy's phases (keys deferred, triggers off, rows, keys and
-    triggers back, sequences, views) read best in order, in one place."""
+    caller's transaction (search_path: ``target``); the rows copied per table. Its
+    phases, in order: cycles deferred, triggers off, rows, keys checked and set back,
+    triggers on, sequences, materialized views."""
     kinds = dict(_rows(conn, _TABLES, [source, config.migrations_table]))
     tables = list(kinds)
     theirs, ours = _columns(conn, source), _columns(conn, target)

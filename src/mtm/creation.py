@@ -76,9 +76,9 @@ def create_tenant(
     started = time.perf_counter()
     if finish is not None and len(inside) < len(migrations):
         raise ValueError("a finish needs every migration inside the create's transaction")
-    once = _Once(runner, conn, schema, name, domains, inside, setup, finish, begin)
+    args = (runner, conn, schema, name, domains, inside, setup)
     try:
-        once.send(batch=True)
+        _create_once(*args, batch=True, finish=finish, begin=begin)
     except StepError as first:
         ended = first.sqlstate == steps.TRANSACTION_ENDED  # part of it is committed
         named = first.migration is not None or isinstance(first, FinishError)
@@ -86,7 +86,7 @@ def create_tenant(
             raise
         # Replayed one migration per round trip, to name the one at fault; if the
         # failure was passing (a lock timeout), the replay simply creates the tenant.
-        once.send(batch=False)
+        _create_once(*args, batch=False, finish=finish, begin=begin)
     result.applied = [m.name for m in inside]
     rest = migrations[len(inside) :]
     if rest:
@@ -105,68 +105,61 @@ def create_tenant(
 Chunk = tuple[list[str], Migration | None]
 
 
-@dataclass(frozen=True)
-class _Once:
-    """One attempt at the create transaction, with everything it needs."""
-
-    runner: Runner
-    conn: Connection
-    schema: str
-    name: str | None
-    domains: list[str]
-    migrations: list[Migration]
-    setup: Sequence[str]
-    finish: Finish | None
-    begin: str
-
-    def send(self, *, batch: bool) -> None:
-        """``batch`` sends every SQL migration in the same round trip as the frame, else
-        one round trip each; a finish runs before the tail, in a round trip of its own."""
-        cfg, conn, schema = self.runner.config, self.conn, self.schema
-        framed = steps.create(
-            cfg,
-            schema,
-            self.name,
-            self.domains,
-            setup=self.setup,
-            timeouts=self.runner.settings.timeouts,
-            begin=self.begin,
-        )
-        units: list[Chunk] = [(framed.head, None)]
-        for m in self.migrations:
-            units.append(([] if m.kind == "python" else steps.create_body(cfg, schema, m), m))
-        if self.finish is None:
-            units.append((framed.tail, None))
-        sent: list[Chunk] = []
-        for statements, owner in units:
-            python = owner is not None and owner.kind == "python"
-            if batch and sent and not python and _is_sql(sent[-1]):
-                sent[-1] = ([*sent[-1][0], *statements], None)  # one round trip, no one owner
+def _create_once(
+    runner: Runner,
+    conn: Connection,
+    schema: str,
+    name: str | None,
+    domains: list[str],
+    migrations: list[Migration],
+    setup: Sequence[str],
+    *,
+    batch: bool,
+    finish: Finish | None = None,
+    begin: str = "BEGIN",
+) -> None:
+    """One attempt at the create transaction; ``batch`` sends every SQL migration in
+    the same round trip as the frame, else one round trip each. A ``finish`` runs after
+    them, before the tail, which then goes in a round trip of its own."""
+    cfg = runner.config
+    framed = steps.create(
+        cfg, schema, name, domains, setup=setup, timeouts=runner.settings.timeouts, begin=begin
+    )
+    units: list[Chunk] = [(framed.head, None)]
+    for m in migrations:
+        units.append(([] if m.kind == "python" else steps.create_body(cfg, schema, m), m))
+    if finish is None:
+        units.append((framed.tail, None))
+    sent: list[Chunk] = []
+    for statements, owner in units:
+        python = owner is not None and owner.kind == "python"
+        if batch and sent and not python and _is_sql(sent[-1]):
+            sent[-1] = ([*sent[-1][0], *statements], None)  # one round trip, no single owner
+        else:
+            sent.append((statements, owner))
+    current: Migration | None = None
+    last_python: Migration | None = None  # only Python can still end the transaction
+    stage: str | None = None
+    try:
+        for statements, owner in sent:
+            current = owner
+            if owner is not None and owner.kind == "python":
+                last_python = owner
+                runner.call_python(conn, owner, "up", schema, "tenant", schema)
+                run_script(conn, steps.record(cfg, schema, owner))
             else:
-                sent.append((statements, owner))
-        current: Migration | None = None
-        last_python: Migration | None = None  # only Python can still end the transaction
-        stage: str | None = None
-        try:
-            for statements, owner in sent:
-                current = owner
-                if owner is not None and owner.kind == "python":
-                    last_python = owner
-                    self.runner.call_python(conn, owner, "up", schema, "tenant", schema)
-                    run_script(conn, steps.record(cfg, schema, owner))
-                else:
-                    run_script(conn, statements)
-            if self.finish is not None:
-                current, stage = None, self.finish.label
-                self.finish.run(conn)
-                run_script(conn, framed.tail)
-        except (Exception, SystemExit) as exc:
-            rollback_quietly(conn)
-            error = step_error(exc, current)
-            ended = error.sqlstate == steps.TRANSACTION_ENDED
-            if ended and error.migration is None and last_python is not None and stage is None:
-                error.migration = last_python.name
-            raise (FinishError(error, stage) if stage else error) from exc
+                run_script(conn, statements)
+        if finish is not None:
+            current, stage = None, finish.label
+            finish.run(conn)
+            run_script(conn, framed.tail)
+    except (Exception, SystemExit) as exc:
+        rollback_quietly(conn)
+        error = step_error(exc, current)
+        ended = error.sqlstate == steps.TRANSACTION_ENDED
+        if ended and error.migration is None and last_python is not None and stage is None:
+            error.migration = last_python.name
+        raise (FinishError(error, stage) if stage else error) from exc
 
 
 def _is_sql(chunk: Chunk) -> bool:

@@ -19,7 +19,7 @@ from ..failures import StepError, step_error
 from ..identifiers import validate_domain, validate_schema_name
 from ..ledger import read_history
 from ..locks import describe_holder, lock_holder, schema_lock_sql
-from ..migrations import MigrationSet, discover
+from ..migrations import Migration, MigrationSet, discover
 from ..plan import fingerprint
 from ..registry import get_tenant
 from ..results import CloneResult, SeedResult
@@ -47,8 +47,8 @@ def clone(
     holds, not head) and, with ``data``, with a copy of its rows: one transaction, under
     both schemas' locks, refused while a migrate runs. The seed does not run.
 
-    Longer than most: each refusal comes before anything changes, in the order a reader
-    would check them."""
+    Longer than most: the create, its failures and the log record of a clone read best
+    in one place, in the order they happen."""
     schema = validate_schema_name(schema)
     if not isinstance(source, str) or not source:
         raise UsageError("name the tenant to clone")
@@ -61,27 +61,7 @@ def clone(
     runner = Runner(config)
     started = time.perf_counter()
     with session(config, purpose="mtm clone") as (_, conn):
-        if not existing(conn, config)["registry"] or get_tenant(conn, config, source) is None:
-            raise TenantError(f"no tenant {source!r} is registered")
-        _refuse_existing(conn, config, schema, clean)
-        if lock_holder(conn, config) is not None:
-            raise LockHeld(
-                f"tenant {source!r} was not cloned: another mtm run holds the migration lock "
-                f"and may be changing it: {describe_holder(conn, config)}; clone it when "
-                "that run has finished"
-            )
-        ledger = read_history(conn, config, source)
-        replay = cloning.replay(source, ledger, mset)
-        outside = [m.name for m in replay if not m.transactional]
-        if data and outside:
-            raise UsageError(
-                f"tenant {source!r} cannot be cloned with its rows in one transaction: "
-                f"migration {outside[0]} runs outside a transaction; clone it without --data"
-            )
-        for m in replay:
-            if m.kind == "python":
-                m.load()
-        expected = fingerprint((r.name, r.checksum or "") for r in ledger)
+        replay, expected = _checked(conn, config, source, schema, clean, mset, data)
         setup = [schema_lock_sql(source), steps.expect_ledger_sql(config, source, expected)]
         counts: dict[str, int] = {}
         finish = Finish(
@@ -104,8 +84,8 @@ def clone(
         if not result.ok:
             raise MtmError(
                 f"tenant {schema!r} was cloned, but migration {result.failed_migration} "
-                f"failed after it: {result.error}; fix it and run 'mtm migrate --to "
-                f"tenant:{replay[-1].name}'"
+                f"failed after it: {result.error}; fix it and run 'mtm migrate --tenant "
+                f"{schema} --to tenant:{max(m.name for m in replay)}'"
             )
         tenant = get_tenant(conn, config, schema)
     assert tenant is not None
@@ -124,6 +104,40 @@ def clone(
         },
     )
     return CloneResult(tenant, source, result.applied, seconds, counts if data else None)
+
+
+def _checked(
+    conn: Connection,
+    config: Config,
+    source: str,
+    schema: str,
+    domains: list[str],
+    mset: MigrationSet,
+    data: bool,
+) -> tuple[list[Migration], str]:
+    """Every refusal, before anything changes: the migrations to replay (loaded) and
+    the fingerprint the source's ledger must still have under its lock."""
+    if not existing(conn, config)["registry"] or get_tenant(conn, config, source) is None:
+        raise TenantError(f"no tenant {source!r} is registered")
+    _refuse_existing(conn, config, schema, domains)
+    if lock_holder(conn, config) is not None:
+        raise LockHeld(
+            f"tenant {source!r} was not cloned: another mtm run holds the migration lock "
+            f"and may be changing it: {describe_holder(conn, config)}; clone it when "
+            "that run has finished"
+        )
+    ledger = read_history(conn, config, source)
+    replay = cloning.replay(source, ledger, mset)
+    outside = [m.name for m in replay if not m.transactional]
+    if data and outside:
+        raise UsageError(
+            f"tenant {source!r} cannot be cloned with its rows in one transaction: "
+            f"migration {outside[0]} runs outside a transaction; clone it without --data"
+        )
+    for m in replay:
+        if m.kind == "python":
+            m.load()
+    return replay, fingerprint((r.name, r.checksum or "") for r in ledger)
 
 
 def _copy(
