@@ -10,6 +10,7 @@ never runs.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -295,8 +296,13 @@ def test_clone_is_refused_while_a_migrate_runs(project: Project) -> None:
             run.communicate(timeout=120)
     assert run.returncode == 0
     assert "copy" not in p.schemas()
-    r = p.run("clone", "acme", "copy", "--data")  # a real process, once the run is over
+    # a real process, once the run is over, logging its clone
+    r = p.run("-v", "--log-format", "json", "clone", "acme", "copy", "--data")
     assert r.returncode == 0, r.stderr
+    records = [json.loads(line) for line in r.stderr.splitlines()]
+    cloned = [x for x in records if x["event"] == "tenant.clone"]
+    assert len(cloned) == 1 and cloned[0]["level"] == "INFO"
+    assert (cloned[0]["schema"], cloned[0]["source"], cloned[0]["rows"]) == ("copy", "acme", 0)
     assert _ledger(p, "copy") == _ledger(p, "acme")
 
 

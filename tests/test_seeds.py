@@ -6,6 +6,7 @@ A failing seed leaves no tenant; ``mtm seed`` runs it again in a transaction of 
 
 from __future__ import annotations
 
+import json
 import uuid
 
 import pytest
@@ -138,6 +139,15 @@ def test_mtm_seed_runs_it_again_in_its_own_transaction(project: Project) -> None
     # the seed is not a migration: migrate does not replay it
     assert p.cli("migrate").exit_code == 0
     assert p.scalar("SELECT count(*) FROM acme.visits") == 3
+    # a real process, logging the seed it ran
+    seed.write_text("INSERT INTO visits VALUES (1);\n")
+    r = p.run("-v", "--log-format", "json", "seed", "acme")
+    assert r.returncode == 0, r.stderr
+    events = [json.loads(line) for line in r.stderr.splitlines()]
+    assert [(e["event"], e["schema"]) for e in events if e["event"].startswith("tenant.")] == [
+        ("tenant.seed", "acme")
+    ]
+    assert p.scalar("SELECT count(*) FROM acme.visits") == 4
 
 
 def test_mtm_seed_without_a_seed_configured(project: Project) -> None:
