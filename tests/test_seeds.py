@@ -205,3 +205,15 @@ def test_a_bad_seed_is_refused_before_anything_changes(
     assert r.output.startswith("error: ") and r.output.count("\n") == 1
     assert p.schemas() == set()
     assert p.scalar("SELECT to_regclass('public.tenants')") is None
+
+
+def test_create_existing_never_seeds(project: Project) -> None:
+    """A schema another tool made holds its own data: registering it runs no seed."""
+    p = _project(project, "seeds/tenant.sql")
+    (p.root / "seeds").mkdir()
+    (p.root / "seeds" / "tenant.sql").write_text("INSERT INTO settings VALUES ('a', 'b');\n")
+    p.query(f"CREATE SCHEMA legacy; SET search_path TO legacy; {SETTINGS}")
+    r = p.cli("create", "legacy", "--existing", "--baseline", "0001_settings")
+    assert r.exit_code == 0, r.output
+    assert p.scalar("SELECT count(*) FROM tenants WHERE schema_name = 'legacy'") == 1
+    assert _settings(p, "legacy") == []
