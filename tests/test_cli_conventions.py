@@ -83,6 +83,7 @@ def test_every_key_is_read_from_its_variable(tmp_path: Path) -> None:
         "MTM_PUBLIC_SCHEMA_DISPLAY_NAME": "shared",
         "MTM_TENANT_ROLE_PREFIX": "t_",
         "MTM_TENANT_ROLE_MEMBER": "app",
+        "MTM_SEED": "seeds/t.sql",
         "MTM_DB_USER": "u",
         "MTM_DB_PASSWORD": "p@ss",
         "MTM_DB_NAME": "shop",
@@ -104,6 +105,7 @@ def test_every_key_is_read_from_its_variable(tmp_path: Path) -> None:
         "t_",
         "app",
     )
+    assert c.seed == "seeds/t.sql"
     url = make_url(c.database_url or "")
     assert (url.username, url.password, url.host, url.port, url.database) == (
         "u",

@@ -194,6 +194,15 @@ def test_create_frames_registry_schema_and_ledger_before_the_migrations() -> Non
     ]
 
 
+def test_a_create_may_open_its_transaction_otherwise() -> None:
+    """A clone with rows reads every table from one snapshot: the create's BEGIN says so,
+    and the rest of the frame stays the same."""
+    plain = steps.create(CONFIG, "acme", None, [])
+    snapshot = steps.create(CONFIG, "acme", None, [], begin="BEGIN ISOLATION LEVEL REPEATABLE READ")
+    assert snapshot.head[0] == "BEGIN ISOLATION LEVEL REPEATABLE READ"
+    assert snapshot.head[1:] == plain.head[1:] and snapshot.tail == plain.tail
+
+
 def test_drop_removes_schema_registry_row_state_and_role_in_one_transaction() -> None:
     script = steps.drop(CONFIG, "acme", ['DROP ROLE "r"'])
     assert script[0] == "BEGIN" and script[-1] == "COMMIT"

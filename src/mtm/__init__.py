@@ -24,6 +24,7 @@ logging.getLogger("mtm").addHandler(logging.NullHandler())
 _EXPORTS = {
     **dict.fromkeys(
         (
+            "clone",
             "create",
             "create_existing",
             "create_existing_many",
@@ -46,6 +47,7 @@ _EXPORTS = {
             "repair",
             "repairs",
             "rotate_role",
+            "seed",
             "stamp",
             "status",
             "tenant_overview",
@@ -97,6 +99,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
+    from .commands.clone import clone, seed
     from .commands.domains import domains_add, domains_list, domains_remove
     from .commands.existing import create_existing, create_existing_many
     from .commands.inspection import history, status, validate
@@ -138,6 +141,7 @@ __all__ = [
     "async_tenant_connection",
     "async_tenant_session",
     "bind_connection",
+    "clone",
     "connect",
     "create",
     "create_app_engine",
@@ -164,6 +168,7 @@ __all__ = [
     "role_add",
     "role_remove",
     "rotate_role",
+    "seed",
     "stamp",
     "status",
     "tenant_connection",

@@ -75,6 +75,7 @@ class Config:
     retries: int = default("retries")
     tenant_role_prefix: str = default("tenant_role_prefix")
     tenant_role_member: str | None = default("tenant_role_member")
+    seed: str | None = default("seed")
 
     def __post_init__(self) -> None:
         source = str(self.path) if self.path else "config"

@@ -3,14 +3,16 @@
 SQL migrations are sent together in one round trip. If that fails, the create is
 tried again one migration per round trip, only to name the migration that failed.
 Migrations from the first one that must run outside a transaction onwards are applied
-as ordinary steps after the commit.
+as ordinary steps after the commit. A ``Finish`` (a seed, a clone's rows) runs in the
+transaction after the migrations, just before the state row and the commit.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from sqlalchemy.engine import Connection
 
@@ -25,6 +27,25 @@ from .runner import Runner
 log = logging.getLogger("mtm.tenant")
 
 
+@dataclass(frozen=True)
+class Finish:
+    """Work done in a create's transaction after its migrations: a seed, a clone's rows.
+
+    ``label`` names it in a failure ("the seed", "copying the rows of acme").
+    """
+
+    label: str
+    run: Callable[[Connection], None]
+
+
+class FinishError(StepError):
+    """The create failed in its ``Finish`` (``stage`` names it); nothing was left."""
+
+    def __init__(self, error: StepError, stage: str) -> None:
+        super().__init__(None, error.message, error.sqlstate)
+        self.stage = stage
+
+
 def create_tenant(
     runner: Runner,
     conn: Connection,
@@ -33,10 +54,15 @@ def create_tenant(
     domains: list[str],
     migrations: list[Migration],
     setup: Sequence[str] = (),
+    *,
+    finish: Finish | None = None,
+    begin: str = "BEGIN",
 ) -> SchemaResult:
     """Register a tenant, create its schema and ledger, and apply ``migrations``: all in
     one transaction, so a failure leaves no row and no schema behind. ``setup`` are
-    statements run in that transaction right after the ledger (the tenant role).
+    statements run in that transaction right after the ledger (the tenant role);
+    ``finish`` runs after the migrations (only with no migration that must run outside
+    a transaction); ``begin`` opens the transaction (a clone reads in one snapshot).
 
     Raises ``StepError`` if the create itself failed (and so left nothing behind); the
     result says how the migrations applied after the commit went.
@@ -48,15 +74,19 @@ def create_tenant(
         inside.append(m)
     result = SchemaResult(schema, "tenant")
     started = time.perf_counter()
+    if finish is not None and len(inside) < len(migrations):
+        raise ValueError("a finish needs every migration inside the create's transaction")
+    args = (runner, conn, schema, name, domains, inside, setup)
     try:
-        _create_once(runner, conn, schema, name, domains, inside, setup, batch=True)
+        _create_once(*args, batch=True, finish=finish, begin=begin)
     except StepError as first:
         ended = first.sqlstate == steps.TRANSACTION_ENDED  # part of it is committed
-        if ended or first.migration is not None or not any(m.kind == "sql" for m in inside):
+        named = first.migration is not None or isinstance(first, FinishError)
+        if ended or named or not any(m.kind == "sql" for m in inside):
             raise
         # Replayed one migration per round trip, to name the one at fault; if the
         # failure was passing (a lock timeout), the replay simply creates the tenant.
-        _create_once(runner, conn, schema, name, domains, inside, setup, batch=False)
+        _create_once(*args, batch=False, finish=finish, begin=begin)
     result.applied = [m.name for m in inside]
     rest = migrations[len(inside) :]
     if rest:
@@ -85,17 +115,21 @@ def _create_once(
     setup: Sequence[str],
     *,
     batch: bool,
+    finish: Finish | None = None,
+    begin: str = "BEGIN",
 ) -> None:
     """One attempt at the create transaction; ``batch`` sends every SQL migration in
-    the same round trip as the frame, else one round trip each."""
+    the same round trip as the frame, else one round trip each. A ``finish`` runs after
+    them, before the tail, which then goes in a round trip of its own."""
     cfg = runner.config
     framed = steps.create(
-        cfg, schema, name, domains, setup=setup, timeouts=runner.settings.timeouts
+        cfg, schema, name, domains, setup=setup, timeouts=runner.settings.timeouts, begin=begin
     )
     units: list[Chunk] = [(framed.head, None)]
     for m in migrations:
         units.append(([] if m.kind == "python" else steps.create_body(cfg, schema, m), m))
-    units.append((framed.tail, None))
+    if finish is None:
+        units.append((framed.tail, None))
     sent: list[Chunk] = []
     for statements, owner in units:
         python = owner is not None and owner.kind == "python"
@@ -105,6 +139,7 @@ def _create_once(
             sent.append((statements, owner))
     current: Migration | None = None
     last_python: Migration | None = None  # only Python can still end the transaction
+    stage: str | None = None
     try:
         for statements, owner in sent:
             current = owner
@@ -114,13 +149,17 @@ def _create_once(
                 run_script(conn, steps.record(cfg, schema, owner))
             else:
                 run_script(conn, statements)
+        if finish is not None:
+            current, stage = None, finish.label
+            finish.run(conn)
+            run_script(conn, framed.tail)
     except (Exception, SystemExit) as exc:
         rollback_quietly(conn)
         error = step_error(exc, current)
         ended = error.sqlstate == steps.TRANSACTION_ENDED
-        if ended and error.migration is None and last_python is not None:
+        if ended and error.migration is None and last_python is not None and stage is None:
             error.migration = last_python.name
-        raise error from exc
+        raise (FinishError(error, stage) if stage else error) from exc
 
 
 def _is_sql(chunk: Chunk) -> bool:

@@ -128,6 +128,7 @@ class Database:
         role: bool = False,
         login: bool = False,
         password_file: str | Path | None = None,
+        seed: bool = True,
     ) -> CreateResult:
         """``mtm.create`` on a kept connection, with the same options."""
         from .commands.tenants import create_in  # the command layer sits above this one
@@ -142,6 +143,7 @@ class Database:
             role=role,
             login=login,
             password_file=password_file,
+            seed=seed,
         )
 
     def close(self) -> None:

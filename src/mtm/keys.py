@@ -116,6 +116,14 @@ KEYS: tuple[Key, ...] = (
         "a boundary) and read access to the registry",
         example="app",
     ),
+    Key(
+        "seed",
+        str,
+        None,
+        "data for new tenants, run in create's transaction after the migrations: a .sql "
+        "file relative to the config file, or module:function (def seed(conn, tenant))",
+        example="seeds/tenant.sql",
+    ),
 )
 
 BY_NAME: dict[str, Key] = {k.name: k for k in KEYS}

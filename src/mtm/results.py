@@ -255,3 +255,23 @@ class RoleResult:
     added: bool
     password: str | None = field(default=None, repr=False)  # unless written to a file
     password_file: Path | None = None
+
+
+@dataclass
+class CloneResult:
+    """A tenant made from another at its exact step; ``rows`` per table with ``data``."""
+
+    tenant: Tenant
+    source: str
+    applied: list[str]
+    seconds: float
+    rows: dict[str, int] | None = None
+
+
+@dataclass
+class SeedResult:
+    """A seed run again for an existing tenant."""
+
+    schema: str
+    seed: str
+    seconds: float

@@ -247,10 +247,12 @@ def create(
     *,
     setup: Sequence[str] = (),
     timeouts: Timeouts = Timeouts(),
+    begin: str = "BEGIN",
 ) -> Framed:
     """The frame of a create: registry row, domains (the first one primary), schema,
     ledger and ``setup`` (the tenant role) before the migrations (the body), the state
-    row after them."""
+    row after them. ``begin`` opens it (``BEGIN ISOLATION LEVEL REPEATABLE READ``: a
+    clone copies rows from one snapshot)."""
     lit = quote_literal
     before = [
         f"INSERT INTO {tenant_ref(config)} (schema_name, name) "
@@ -259,7 +261,8 @@ def create(
     if domains:
         before.append(domains_insert_sql(config, schema, list(domains)))
     before += [f"CREATE SCHEMA {quote_ident(schema)}", ledger_ddl(config, schema), *setup]
-    return frame(config, schema, "tenant", timeouts=timeouts, before=before)
+    framed = frame(config, schema, "tenant", timeouts=timeouts, before=before)
+    return Framed([begin, *framed.head[1:]], framed.tail)
 
 
 def create_body(config: Config, schema: str, migration: Migration) -> list[str]:

@@ -16,6 +16,7 @@ from .shared import config_of, console
 @click.option("--domain", "domains", multiple=True, help="A host name of the tenant (repeatable).")
 @click.option("--name", help="Display name of the tenant.")
 @click.option("--no-migrate", is_flag=True, help="Create the schema without applying migrations.")
+@click.option("--no-seed", is_flag=True, help="Do not run the configured seed (config: seed).")
 @click.option(
     "--role",
     is_flag=True,
@@ -39,6 +40,7 @@ def create(
     domains: tuple[str, ...],
     name: str | None,
     no_migrate: bool,
+    no_seed: bool,
     role: bool,
     login: bool,
     password_file: str | None,
@@ -70,6 +72,7 @@ def create(
         role=role,
         login=login,
         password_file=password_file,
+        seed=not no_seed,
     )
     if n := len(result.public_applied):
         click.echo(f"applied {plural(n, 'pending public migration')} first")

@@ -14,6 +14,7 @@ themselves: they compose the modules that own each table and idea (``registry``,
 * ``stamp``: ``stamp``;
 * ``existing``: ``create_existing``, ``create_existing_many`` (``create --existing``);
 * ``repair``: ``repair``, ``repairs`` (the audit);
+* ``clone``: ``clone``, ``seed``;
 * ``inspection``: ``status``, ``history``, ``validate``.
 """
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 from ..migrations import discover
 from ..results import (
+    CloneResult,
     CreateResult,
     DownResult,
     DropResult,
@@ -28,11 +30,13 @@ from ..results import (
     MigrateResult,
     RotateResult,
     SchemaStatus,
+    SeedResult,
     StampResult,
     StatusResult,
     ValidateResult,
 )
 from ..tables import ensure_bootstrap
+from .clone import clone, seed
 from .domains import domains_add, domains_list, domains_remove
 from .existing import create_existing, create_existing_many
 from .inspection import history, status, validate
@@ -57,6 +61,7 @@ __all__ = [
     "CONFIG_TEMPLATE",
     "PY_TEMPLATE",
     "SQL_TEMPLATE",
+    "CloneResult",
     "CreateResult",
     "DownResult",
     "DropResult",
@@ -64,9 +69,11 @@ __all__ = [
     "MigrateResult",
     "RotateResult",
     "SchemaStatus",
+    "SeedResult",
     "StampResult",
     "StatusResult",
     "ValidateResult",
+    "clone",
     "create",
     "create_existing",
     "create_existing_many",
@@ -91,6 +98,7 @@ __all__ = [
     "role_add",
     "role_remove",
     "rotate_role",
+    "seed",
     "stamp",
     "status",
     "tenant_overview",

@@ -10,12 +10,12 @@ from typing import NoReturn
 import psycopg
 from sqlalchemy.engine import Connection
 
-from .. import dependents, planner, roles, steps
+from .. import dependents, planner, roles, seeds, steps
 from ..config import Config
-from ..creation import create_tenant
+from ..creation import Finish, FinishError, create_tenant
 from ..database import Database, rollback_quietly, run_script
 from ..errors import MtmError, PublicMigrationsLocked, TenantError, UsageError
-from ..failures import StepError
+from ..failures import StepError, step_error
 from ..identifiers import validate_domain, validate_schema_name
 from ..ledger import PUBLIC, state_fingerprint
 from ..locks import describe_holder, release_run_lock, try_run_lock
@@ -45,14 +45,19 @@ def create(
     role: bool = False,
     login: bool = False,
     password_file: str | Path | None = None,
+    seed: bool = True,
 ) -> CreateResult:
     """Register a tenant, create its schema and bring it to head, in one transaction.
 
     With ``role``, that transaction also creates the tenant's PostgreSQL role (see
     ``mtm.roles``), which can use only this schema. With ``login`` too, the role can log
     in: its generated password is returned in the result, or written to
-    ``password_file`` (mode 0600) and then not returned. Opens and closes its own
-    connection; to create many tenants in a row, hold ``mtm.connect(config)``.
+    ``password_file`` (mode 0600) and then not returned. The configured seed (``seed``
+    key, ``mtm.seeds``) runs in that transaction after the migrations, unless ``seed``
+    is false or ``migrate`` is (the seed needs the migrations' tables); commands that
+    create a tenant from existing data (clone, import, an existing schema) pass
+    ``seed=False``. Opens and closes its own connection; to create many tenants in a
+    row, hold ``mtm.connect(config)``.
     """
     with Database(config, purpose="mtm create") as db:
         return create_in(
@@ -65,6 +70,7 @@ def create(
             role=role,
             login=login,
             password_file=password_file,
+            seed=seed,
         )
 
 
@@ -79,13 +85,14 @@ def create_in(
     role: bool = False,
     login: bool = False,
     password_file: str | Path | None = None,
+    seed: bool = True,
 ) -> CreateResult:
     """``create`` on one of ``db``'s kept connections.
 
     Public migrations still pending are applied first, under the run lock (or the
     create is refused, naming who holds it): tenant migrations may use public tables.
 
-    Longer than most: its seven options take a line each, and every check of them comes
+    Longer than most: its eight options take a line each, and every check of them comes
     before the connection is opened, so that bad input changes nothing.
     """
     config = db.config
@@ -105,6 +112,7 @@ def create_in(
     for m in pending:
         if m.kind == "python":
             m.load()
+    hook = seeds.load(config) if seed and migrate else None
     runner = Runner(config)
     with db.connection() as conn:
         ensure_bootstrap(conn, config)
@@ -112,8 +120,10 @@ def create_in(
         _refuse_existing(conn, config, schema, clean)
         password = roles.new_password() if login else None
         setup = _role_setup(conn, config, schema, password) if role else []
+        inside = all(m.transactional for m in pending)
+        finish = _seed_finish(hook, Tenant(schema, name, tuple(clean))) if inside else None
         try:
-            result = create_tenant(runner, conn, schema, name, clean, pending, setup)
+            result = create_tenant(runner, conn, schema, name, clean, pending, setup, finish=finish)
         except StepError as exc:
             _explain_create_failure(conn, config, schema, clean, exc)
         log.info(
@@ -123,6 +133,7 @@ def create_in(
                 "event": "tenant.create",
                 "schema": schema,
                 "applied": len(result.applied),
+                "seed": hook.spec if hook is not None else None,
                 "duration_ms": round(1000 * result.seconds, 3),
             },
         )
@@ -134,6 +145,8 @@ def create_in(
                 f"failed after it: {result.error}; fix it and run 'mtm migrate'"
             )
         tenant = get_tenant(conn, config, schema)
+        if hook is not None and finish is None and tenant is not None:
+            _seed_after(conn, runner, hook, tenant)
     assert tenant is not None
     role_name = roles.role_for(config, schema) if role else None
     created = CreateResult(
@@ -142,6 +155,26 @@ def create_in(
     if target is not None and password is not None:
         _hand_over(created, target, f"mtm role rotate {schema} --password-file {target}")
     return created
+
+
+def _seed_finish(hook: seeds.Seed | None, tenant: Tenant) -> Finish | None:
+    """The seed as the last work of the create's transaction."""
+    if hook is None:
+        return None
+    return Finish(f"the seed {hook.spec}", lambda conn: hook.run(conn, tenant))
+
+
+def _seed_after(conn: Connection, runner: Runner, hook: seeds.Seed, tenant: Tenant) -> None:
+    """A tenant with a migration outside a transaction is seeded after the last one, in
+    a transaction of its own: a failure there leaves the tenant, seeded by nothing."""
+    try:
+        seeds.reseed(conn, runner.config, hook, tenant, runner.settings.timeouts)
+    except Exception as exc:
+        raise MtmError(
+            f"tenant {tenant.schema!r} was created, but its seed {hook.spec} failed after "
+            f"the migrations: {step_error(exc, None).message} (nothing of the seed was kept); "
+            f"fix it and run 'mtm seed {tenant.schema}'"
+        ) from None
 
 
 def _public_first(runner: Runner, conn: Connection, mset: MigrationSet, schema: str) -> list[str]:
@@ -239,6 +272,8 @@ def _explain_create_failure(
 ) -> NoReturn:
     """Turn a failed create into the clearest message (a race may have taken a name)."""
     where = f"migration {error.migration}" if error.migration else "creating it"
+    if isinstance(error, FinishError):
+        where = error.stage
     if error.sqlstate == steps.TRANSACTION_ENDED:
         log.error(
             "creating tenant %s failed part way: %s",
