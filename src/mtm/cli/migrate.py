@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from ..errors import UsageError
 from ..exits import Exit
 from ..keys import help_of
 from ..words import plural
@@ -18,6 +19,7 @@ if TYPE_CHECKING:
     from ..config import Config
     from ..plan import StampChange
     from ..progress import Progress
+    from ..results import MigrateResult
 
 
 def _progress(config: Config, as_json: bool) -> Progress:
@@ -35,6 +37,12 @@ def _migrate_options(f: Any) -> Any:
     options = [
         click.option("--tenant", "tenants", multiple=True, help="Only this tenant (repeatable)."),
         click.option("--dry-run", is_flag=True, help="Print the plan; change nothing."),
+        click.option(
+            "--sql",
+            "show_sql",
+            is_flag=True,
+            help="With --dry-run: print the SQL the run would send, once per distinct plan.",
+        ),
         click.option("--jobs", "-j", type=int, help=help_of("jobs")),
         click.option(
             "--continue-on-error",
@@ -90,6 +98,7 @@ def _run_migrate(
     ctx: click.Context,
     tenants: tuple[str, ...],
     dry_run: bool,
+    show_sql: bool,
     jobs: int | None,
     continue_on_error: bool,
     allow_out_of_order: bool,
@@ -103,6 +112,10 @@ def _run_migrate(
     from .. import commands
     from ..report import dump_json, migrate_json, migrate_summary
 
+    if show_sql and (not dry_run or as_json):
+        raise UsageError(
+            "--sql prints the SQL of a dry run: give it with --dry-run, without --json"
+        )
     config = config_of(ctx)
     result = commands.migrate(
         config,
@@ -115,10 +128,12 @@ def _run_migrate(
         lock_timeout=lock_timeout,
         statement_timeout=statement_timeout,
         retries=retries,
-        progress=_progress(config, as_json),
+        progress=_progress(config, as_json or show_sql),
         to=to,
     )
-    if as_json:
+    if show_sql:
+        _print_sql(config, result)
+    elif as_json:
         dump_json(migrate_json(result))
     else:
         for line in migrate_summary(result, config.public_schema_display_name):
@@ -127,6 +142,17 @@ def _run_migrate(
         ctx.exit(Exit.INTERRUPTED)
     if not result.ok:
         ctx.exit(Exit.FAILED)
+
+
+def _print_sql(config: Config, result: MigrateResult) -> None:
+    from .. import commands
+    from ..render import text
+
+    sections = commands.plan_sql(result)
+    if not sections:
+        click.echo("-- mtm: nothing to migrate")
+    else:
+        click.echo(text(config, sections), nl=False)
 
 
 @click.command()

@@ -14,7 +14,8 @@ themselves: they compose the modules that own each table and idea (``registry``,
 * ``stamp``: ``stamp``;
 * ``existing``: ``create_existing``, ``create_existing_many`` (``create --existing``);
 * ``repair``: ``repair``, ``repairs`` (the audit);
-* ``inspection``: ``status``, ``history``, ``validate``.
+* ``inspection``: ``status``, ``history``, ``validate``;
+* ``review``: ``sql``, ``plan_sql``, ``lint``.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ from .project import (
     new,
 )
 from .repair import repair, repairs
+from .review import LintResult, lint, plan_sql, sql
 from .stamp import stamp
 from .tenants import create, drop, rotate_role, tenants
 
@@ -61,6 +63,7 @@ __all__ = [
     "DownResult",
     "DropResult",
     "InitResult",
+    "LintResult",
     "MigrateResult",
     "RotateResult",
     "SchemaStatus",
@@ -83,14 +86,17 @@ __all__ = [
     "ensure_bootstrap",
     "history",
     "init",
+    "lint",
     "migrate",
     "new",
+    "plan_sql",
     "rename",
     "repair",
     "repairs",
     "role_add",
     "role_remove",
     "rotate_role",
+    "sql",
     "stamp",
     "status",
     "tenant_overview",
