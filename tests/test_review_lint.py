@@ -11,7 +11,7 @@ import json
 import pytest
 
 from conftest import Project
-from mtm import commands, lint, sqlscript
+from mtm import commands, lintrules, sqlscript
 from mtm.errors import ConfigError
 
 BASE = """
@@ -138,7 +138,7 @@ def test_each_bad_migration_is_flagged_with_its_rule_and_no_good_one(project: Pr
     found: dict[str, set[str]] = {}
     for f in data["findings"]:
         found.setdefault(f["migration"], set()).add(f["rule"])
-        assert f["explanation"] == lint.RULES[f["rule"]].explanation
+        assert f["explanation"] == lintrules.RULES[f["rule"]].explanation
         assert f["alternative"]
     expected = {name.rsplit(".", 1)[0]: rules for name, (_, rules) in MIGRATIONS.items() if rules}
     assert found == expected
@@ -206,7 +206,7 @@ def test_lint_bad_usage(
 def test_rules_are_listed(project: Project) -> None:
     out = project.cli("lint", "--rules")
     assert out.exit_code == 0
-    assert [line.split(":")[0] for line in out.output.splitlines()] == list(lint.RULES)
+    assert [line.split(":")[0] for line in out.output.splitlines()] == list(lintrules.RULES)
 
 
 MODELS = """
@@ -240,9 +240,9 @@ def test_drop_of_a_column_the_models_still_have(project: Project) -> None:
         commands.lint(project.config, models="nowhere:metadata")
 
 
-def subjects(*scripts: str) -> list[lint.Subject]:
+def subjects(*scripts: str) -> list[lintrules.Subject]:
     return [
-        lint.Subject("tenant", f"{i:04}", f"{i:04}.sql", sqlscript.split(sql))
+        lintrules.Subject("tenant", f"{i:04}", f"{i:04}.sql", sqlscript.split(sql))
         for i, sql in enumerate(scripts)
     ]
 
@@ -267,7 +267,9 @@ def subjects(*scripts: str) -> list[lint.Subject]:
     ],
 )
 def test_type_changes(old: str, new: str, rewrites: bool) -> None:
-    found = lint.lint(subjects(f"CREATE TABLE t (x {old});", f"ALTER TABLE t ALTER x TYPE {new};"))
+    found = lintrules.lint(
+        subjects(f"CREATE TABLE t (x {old});", f"ALTER TABLE t ALTER x TYPE {new};")
+    )
     assert [f.rule for f in found] == (["column-type-rewrite"] if rewrites else [])
 
 
@@ -275,17 +277,32 @@ def test_earlier_statements_inform_later_ones() -> None:
     # A check added in the same migration before SET NOT NULL counts; after it, not.
     check = "ALTER TABLE t ADD CONSTRAINT k CHECK ({} IS NOT NULL){};"
     set_not_null = "ALTER TABLE t ALTER c SET NOT NULL;"
-    assert lint.lint(subjects(check.format("c", " NOT VALID") + set_not_null)) == []
+    assert lintrules.lint(subjects(check.format("c", " NOT VALID") + set_not_null)) == []
     late = set_not_null + check.format("c", " NOT VALID")
-    assert [f.rule for f in lint.lint(subjects(late))] == ["not-null-without-check"]
+    assert [f.rule for f in lintrules.lint(subjects(late))] == ["not-null-without-check"]
     # A check validated as it is added is not the NOT VALID step; another column's
     # check does not count.
     for first in (check.format("c", ""), check.format("d", " NOT VALID")):
-        found = lint.lint(subjects(first + set_not_null))
+        found = lintrules.lint(subjects(first + set_not_null))
         assert [f.rule for f in found] == ["not-null-without-check"]
     # The same table name in another schema is another table.
     across = "CREATE TABLE t (id int); CREATE INDEX i ON public.t (id);"
-    assert [f.rule for f in lint.lint(subjects(across))] == ["index-not-concurrent"]
+    assert [f.rule for f in lintrules.lint(subjects(across))] == ["index-not-concurrent"]
     # Only the selected migrations are reported, but earlier ones still inform them.
     both = subjects("CREATE TABLE t (x varchar(3));", "ALTER TABLE t ALTER x TYPE varchar(9);")
-    assert lint.lint(both, {("tenant", "0001")}) == []
+    assert lintrules.lint(both, {("tenant", "0001")}) == []
+
+
+def test_python_api_lint_and_sql(project: Project) -> None:
+    import mtm
+
+    write_all(project)
+    result = mtm.lint(project.config, names=["0015_serial", "0004_defaults"])
+    assert not result.ok and result.checked == 2
+    (finding,) = result.findings
+    assert (finding.rule, finding.migration, finding.line) == ("volatile-default", "0015_serial", 1)
+    assert finding.detail == "s bigserial"
+    assert finding.path == str(project.migrations / "tenant" / "0015_serial.sql")
+    (section,) = mtm.sql(project.config, tenant="acme", name="0015_serial")
+    assert section.schemas == ("acme",)
+    assert section.rendered[0].body == "ALTER TABLE t ADD COLUMN s bigserial;"

@@ -38,6 +38,7 @@ _EXPORTS = {
             "drop",
             "history",
             "init",
+            "lint",
             "migrate",
             "new",
             "rename",
@@ -46,6 +47,7 @@ _EXPORTS = {
             "repair",
             "repairs",
             "rotate_role",
+            "sql",
             "stamp",
             "status",
             "tenant_overview",
@@ -104,6 +106,7 @@ if TYPE_CHECKING:
     from .commands.migrate import down, migrate
     from .commands.project import db_start, db_status, db_stop, db_url, init, new
     from .commands.repair import repair, repairs
+    from .commands.review import lint, sql
     from .commands.stamp import stamp
     from .commands.tenants import create, drop, rotate_role, tenants
     from .config import Config
@@ -156,6 +159,7 @@ __all__ = [
     "drop",
     "history",
     "init",
+    "lint",
     "migrate",
     "new",
     "rename",
@@ -164,6 +168,7 @@ __all__ = [
     "role_add",
     "role_remove",
     "rotate_role",
+    "sql",
     "stamp",
     "status",
     "tenant_connection",

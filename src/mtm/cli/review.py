@@ -12,7 +12,7 @@ from ..words import plural
 from .shared import config_of
 
 if TYPE_CHECKING:
-    from ..lint import Finding
+    from ..lintrules import Finding
 
 
 @click.command()
@@ -57,7 +57,7 @@ def lint(
     in its file: -- mtm-lint: disable=RULE (# in Python).
     """
     from .. import commands
-    from ..lint import RULES
+    from ..lintrules import RULES
     from ..report import dump_json
 
     if list_rules:
@@ -92,7 +92,7 @@ def _finding_line(finding: Finding, root: Path) -> str:
 
 
 def _finding_json(finding: Finding) -> dict[str, Any]:
-    from ..lint import RULES
+    from ..lintrules import RULES
 
     rule = RULES[finding.rule]
     return {

@@ -18,8 +18,8 @@ from ..config import Config
 from ..errors import ConfigError, UsageError
 from ..identifiers import validate_schema_name
 from ..ledger import PUBLIC
-from ..lint import Finding, Subject, disabled_rules
-from ..lint import lint as lint_rules
+from ..lintrules import Finding, Subject, disabled_rules
+from ..lintrules import lint as lint_rules
 from ..migrations import NAMESPACES, Migration, MigrationSet, Namespace, discover
 from ..plan import fingerprint
 from ..results import MigrateResult
