@@ -306,3 +306,25 @@ def test_python_api_lint_and_sql(project: Project) -> None:
     (section,) = mtm.sql(project.config, tenant="acme", name="0015_serial")
     assert section.schemas == ("acme",)
     assert section.rendered[0].body == "ALTER TABLE t ADD COLUMN s bigserial;"
+
+
+def test_a_reason_after_the_silenced_rules_is_not_read_as_a_rule(project: Project) -> None:
+    project.write("tenant", "0001_t.sql", "CREATE TABLE t (id int);")
+    project.write(
+        "tenant",
+        "0002_i.sql",
+        "-- mtm-lint: disable=index-not-concurrent because t stays small\n"
+        "CREATE INDEX t_id ON t (id);",
+    )
+    assert project.cli("lint").exit_code == 0
+
+
+def test_rendered_python_that_does_not_parse_is_reported_not_crashed_on(project: Project) -> None:
+    project.write(
+        "tenant", "0001_bad.py", "def up(op):\n    op.execute('CREAT TABLE x (id int)')\n"
+    )
+    out = project.run("lint", "--json")
+    assert out.returncode == 1, out.stderr
+    (finding,) = json.loads(out.stdout)["findings"]
+    assert finding["rule"] == "not-rendered"
+    assert finding["detail"].startswith("its rendered SQL does not parse: line 1: syntax error")

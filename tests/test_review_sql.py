@@ -303,3 +303,51 @@ def test_plan_sql_from_python(project: Project) -> None:
     assert [s.namespace for s in sections] == ["public"]
     assert [r.migration.name for r in sections[0].rendered] == ["0001_plans", "0002_features"]
     assert "INSERT INTO features (id) VALUES (1);" in sections[0].rendered[1].body
+
+
+def test_statements_ending_in_a_comment_keep_their_terminator(
+    project: Project, second_url: str
+) -> None:
+    script = (
+        "CREATE TABLE a (id int) -- the first\n;\nCREATE TABLE b (id int) /* x */;\n"
+        "INSERT INTO a VALUES (1) -- a '--' inside\n;\nCREATE TABLE c (note text DEFAULT '--')"
+    )
+    project.write("tenant", "0001_comments.sql", script)
+    out = project.cli("sql", "--tenant", "acme")
+    psql(second_url, "CREATE SCHEMA acme")
+    done = psql(second_url, out.output)
+    assert done.returncode == 0, done.stderr
+    with psycopg.connect(_libpq(second_url)) as conn:
+        tables = conn.execute(
+            "SELECT string_agg(tablename, ',' ORDER BY tablename) FROM pg_tables "
+            "WHERE schemaname = 'acme'"
+        ).fetchone()
+        assert tables == ("a,b,c",)
+        assert conn.execute("SELECT id FROM acme.a").fetchall() == [(1,)]
+
+
+def test_bind_parameters_are_inlined(project: Project) -> None:
+    project.write(
+        "tenant",
+        "0001_params.py",
+        """
+        import sqlalchemy as sa
+
+        def up(op):
+            bind = op.get_bind()
+            bind.execute(sa.text("UPDATE t SET n = :x WHERE v = :v"), {"x": 5, "v": "it's"})
+            bind.execute(sa.text("DELETE FROM t WHERE n = :x"), [{"x": 1}, {"x": 2}])
+            op.execute("UPDATE t SET v = '100%'")
+        """,
+    )
+    (rendered,) = commands.sql(project.config, name="0001_params")[0].rendered
+    assert rendered.unrendered is None
+    assert rendered.body.splitlines() == [
+        "UPDATE t SET n = 5 WHERE v = 'it''s';",
+        "",
+        "DELETE FROM t WHERE n = 1;",
+        "",
+        "DELETE FROM t WHERE n = 2;",
+        "",
+        "UPDATE t SET v = '100%';",
+    ]

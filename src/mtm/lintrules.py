@@ -127,9 +127,11 @@ class Finding:
         return f"{rule.explanation}{detail}; instead: {rule.alternative}"
 
 
+# Rule ids separated by commas; prose after them (a reason) is not read.
+_IDS = r"([\w-]+(?:\s*,\s*[\w-]+)*)"
 _DISABLE = {
-    "sql": re.compile(r"--\s*mtm-lint:\s*disable\s*=\s*([\w\-, ]+)", re.IGNORECASE),
-    "python": re.compile(r"#\s*mtm-lint:\s*disable\s*=\s*([\w\-, ]+)", re.IGNORECASE),
+    "sql": re.compile(r"--\s*mtm-lint:\s*disable\s*=\s*" + _IDS, re.IGNORECASE),
+    "python": re.compile(r"#\s*mtm-lint:\s*disable\s*=\s*" + _IDS, re.IGNORECASE),
 }
 
 

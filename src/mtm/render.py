@@ -114,8 +114,18 @@ def _neutral(settings: list[str], schema: str | None) -> list[str]:
 
 
 def _terminated(sql: str) -> str:
-    """The statements of a script, each ended with ``;`` (comments between them go)."""
-    return "\n".join(f"{s.text};" for s in sqlscript.split(sql)) if sql.strip() else ""
+    """The statements of a script, each ended with ``;`` (comments between them go).
+
+    A statement may end in a ``--`` comment (its text runs to the ``;``): the ``;``
+    then goes on a line of its own, or the comment would swallow it.
+    """
+    if not sql.strip():
+        return ""
+    out = []
+    for statement in sqlscript.split(sql):
+        last_line = statement.text.rsplit("\n", 1)[-1]
+        out.append(statement.text + ("\n;" if "--" in last_line else ";"))
+    return "\n".join(out)
 
 
 def _render_python(migration: Migration, schema: str | None, which: Direction) -> Rendered:
@@ -183,7 +193,10 @@ class _OfflineBind:
             statement = sa.text(statement)
         many = parameters if isinstance(parameters, list) else [parameters or {}]
         for one in many:
-            self._op.execute(statement.params(**one) if one else statement)
+            if one and isinstance(statement, sa.TextClause):
+                self._op.execute(statement.bindparams(**one))  # typed from the values
+            else:
+                self._op.execute(statement.params(**one) if one else statement)
         return _NoResult(" ".join(str(statement).split())[:60])
 
     def exec_driver_sql(self, statement: str, *_: Any, **__: Any) -> _NoResult:

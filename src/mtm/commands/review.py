@@ -178,14 +178,19 @@ def _subject(migration: Migration) -> Subject:
         statements = sqlscript.split(migration.up_sql)
         return Subject(migration.namespace, migration.name, path, statements, disabled)
     rendered = render.render(migration, None)
+    unrendered = rendered.unrendered
+    try:
+        statements = rendered.statements()
+    except sqlscript.ScriptSyntaxError as exc:
+        statements, unrendered = [], f"its rendered SQL does not parse: {exc}"
     return Subject(
         migration.namespace,
         migration.name,
         path,
-        rendered.statements(),
+        statements,
         disabled,
         lines=False,
-        unrendered=rendered.unrendered,
+        unrendered=unrendered,
     )
 
 
