@@ -351,3 +351,13 @@ def test_bind_parameters_are_inlined(project: Project) -> None:
         "",
         "UPDATE t SET v = '100%';",
     ]
+
+
+def test_a_file_name_cannot_step_out_of_its_comment(project: Project) -> None:
+    project.write("tenant", "0001_x\nDROP TABLE y;.sql", "CREATE TABLE t (id int);")
+    out = project.cli("sql", "--tenant", "acme")
+    assert out.exit_code == 0
+    assert "\nDROP TABLE y" not in out.output
+    assert out.output.splitlines()[0] == (
+        "-- tenant migration 0001_x DROP TABLE y; (0001_x DROP TABLE y;.sql) for schema acme"
+    )

@@ -74,7 +74,9 @@ def script(config: Config, rendered: Rendered) -> str:
     """The migration in the frame mtm runs it in, with a comment naming it."""
     m = rendered.migration
     where = "no tenant in particular" if rendered.schema is None else f"schema {rendered.schema}"
-    lines = [f"-- {m.namespace} migration {m.name} ({m.path.name}) for {where}"]
+    # On one line whatever the file is called: a newline in a name would end the comment.
+    title = " ".join(f"{m.namespace} migration {m.name} ({m.path.name}) for {where}".split())
+    lines = [f"-- {title}"]
     lines += [f"{MARKER} {note}" for note in rendered.notes]
     timeouts = Timeouts(config.lock_timeout, config.statement_timeout)
     target = rendered.schema or "public"
