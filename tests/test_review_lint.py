@@ -21,6 +21,7 @@ CREATE INDEX t_v ON t (v);
 ALTER TABLE t ALTER COLUMN v SET NOT NULL;
 ALTER TABLE t ADD CONSTRAINT t_self FOREIGN KEY (ref) REFERENCES t (id);
 ALTER TABLE t ADD COLUMN made uuid DEFAULT gen_random_uuid();
+ALTER TABLE t ADD CONSTRAINT t_v_key UNIQUE (v);
 """
 
 # name -> (content, the rules it must break: empty for a good migration)
@@ -67,6 +68,15 @@ MIGRATIONS: dict[str, tuple[str, set[str]]] = {
         set(),
     ),
     "0010_index.sql": ("-- adds an index\nCREATE INDEX t_k ON t (k);", {"index-not-concurrent"}),
+    "0010_unique.sql": (
+        "ALTER TABLE t ADD CONSTRAINT t_k_key UNIQUE (k);",
+        {"index-not-concurrent"},
+    ),
+    "0010_using_index.sql": (
+        "-- mtm:no-transaction\nCREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS t_k_u ON t (k);\n"
+        "ALTER TABLE t ADD CONSTRAINT t_k_u UNIQUE USING INDEX t_k_u;",
+        set(),
+    ),
     "0011_type.sql": ("ALTER TABLE t ALTER COLUMN n TYPE int;", {"column-type-rewrite"}),
     "0012_using.sql": (
         "ALTER TABLE t ALTER COLUMN c TYPE varchar USING c || '';",

@@ -68,6 +68,12 @@ NO_TX = """
 -- mtm:no-transaction
 CREATE INDEX CONCURRENTLY IF NOT EXISTS t_v ON t (v);
 """
+PY_NO_TX = """
+transactional = False
+
+def up(op):
+    op.create_index("notes_t", "notes", ["t_id"], postgresql_concurrently=True, if_not_exists=True)
+"""
 READS = """
 import sqlalchemy as sa
 
@@ -102,6 +108,7 @@ def write_project(project: Project) -> None:
     project.write("tenant", "0001_t.sql", TENANT_SQL)
     project.write("tenant", "0002_notes.py", TENANT_PY)
     project.write("tenant", "0003_index.sql", NO_TX)
+    project.write("tenant", "0004_py_index.py", PY_NO_TX)
 
 
 def describe(url: str, schema: str, exclude: tuple[str, ...] = ()) -> catalog.SchemaCatalog:
@@ -150,7 +157,8 @@ def test_sql_fed_to_psql_builds_what_migrate_builds(project: Project, second_url
     assert done.returncode == 0, done.stderr
     tenant = project.cli("sql", "--tenant", "acme")
     assert tenant.exit_code == 0, tenant.output
-    assert tenant.output.count("\nBEGIN;\n") == 2  # the no-transaction one has no frame
+    assert tenant.output.count("\nBEGIN;\n") == 2  # the no-transaction ones have no frame
+    assert "CREATE INDEX CONCURRENTLY IF NOT EXISTS notes_t ON notes (t_id);" in tenant.output
     assert 'SET LOCAL search_path TO "acme";' in tenant.output
     psql(second_url, "CREATE SCHEMA acme")
     done = psql(second_url, tenant.output)
@@ -234,10 +242,10 @@ def test_pending_and_name_select_migrations(project: Project) -> None:
     write_project(project)
     assert project.cli("migrate").exit_code == 0
     assert project.cli("create", "acme").exit_code == 0
-    project.write("tenant", "0004_more.sql", "ALTER TABLE t ADD COLUMN more int;")
+    project.write("tenant", "0005_more.sql", "ALTER TABLE t ADD COLUMN more int;")
     out = project.cli("sql", "--tenant", "acme", "--pending")
     assert out.exit_code == 0
-    assert "migration 0004_more" in out.output and "0001_t" not in out.output
+    assert "migration 0005_more" in out.output and "0001_t" not in out.output
     out = project.cli("sql", "--public", "--pending")
     assert out.output == "-- mtm: nothing to show: no migration selected\n"
     out = project.cli("sql", "--public", "0001_plans")
@@ -272,20 +280,20 @@ def test_dry_run_sql_prints_each_distinct_plan_once(project: Project) -> None:
     assert project.cli("migrate").exit_code == 0
     for schema in ("acme", "beta", "gamma"):
         mtm.create(project.config, schema)
-    project.write("tenant", "0004_more.sql", "ALTER TABLE t ADD COLUMN more int;")
+    project.write("tenant", "0005_more.sql", "ALTER TABLE t ADD COLUMN more int;")
     assert project.cli("migrate", "--tenant", "gamma").exit_code == 0
-    project.write("tenant", "0005_most.sql", "ALTER TABLE t ADD COLUMN most int;")
+    project.write("tenant", "0006_most.sql", "ALTER TABLE t ADD COLUMN most int;")
     project.write("public", "0003_p.sql", "ALTER TABLE plans ADD COLUMN p int;")
     out = project.cli("migrate", "--dry-run", "--sql")
     assert out.exit_code == 0, out.output
     text = out.output
-    assert text.count("migration 0004_more") == 1  # acme and beta share a plan
-    assert text.count("migration 0005_most") == 2  # theirs, and gamma's own
+    assert text.count("migration 0005_more") == 1  # acme and beta share a plan
+    assert text.count("migration 0006_most") == 2  # theirs, and gamma's own
     assert "-- mtm: 2 tenant schemas with this plan: acme, beta" in text
     assert 'SET LOCAL search_path TO "gamma";' in text
     assert "public migration 0003_p" in text
     # A dry run: nothing changed.
-    assert project.scalar("SELECT count(*) FROM acme.mtm_migrations") == 3
+    assert project.scalar("SELECT count(*) FROM acme.mtm_migrations") == 4
     assert project.cli("migrate", "--sql").exit_code == 2
     assert "give it with --dry-run" in project.cli("migrate", "--sql").output
 

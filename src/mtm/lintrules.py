@@ -268,8 +268,16 @@ def _alter(
         checked = _checked_column(constraint)
         if checked is not None:
             history.checked.add((table, checked))
-        if constraint.get("contype") == "CONSTR_FOREIGN" and not constraint.get("skip_validation"):
-            return None if new_table else ("foreign-key-validated", "")
+        contype = constraint.get("contype")
+        if new_table:
+            return None
+        if contype == "CONSTR_FOREIGN" and not constraint.get("skip_validation"):
+            return "foreign-key-validated", ""
+        if contype in _INDEXED and "indexname" not in constraint:
+            return "index-not-concurrent", (
+                "the constraint builds its index under lock: build it CONCURRENTLY first, "
+                "then ADD CONSTRAINT ... USING INDEX"
+            )
         return None
     if subtype == "AT_SetNotNull":
         if new_table or (table, column) in history.checked:
@@ -294,6 +302,8 @@ _VOLATILE = {
     "txid_current",
     "statement_timestamp",
 }
+# Constraints that build an index when added (unless given one: USING INDEX).
+_INDEXED = {"CONSTR_UNIQUE", "CONSTR_PRIMARY", "CONSTR_EXCLUSION"}
 _SERIAL = {"serial", "serial4", "bigserial", "serial8", "smallserial", "serial2"}
 
 
