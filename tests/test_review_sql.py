@@ -369,3 +369,17 @@ def test_a_file_name_cannot_step_out_of_its_comment(project: Project) -> None:
     assert out.output.splitlines()[0] == (
         "-- tenant migration 0001_x DROP TABLE y; (0001_x DROP TABLE y;.sql) for schema acme"
     )
+
+
+def test_python_statements_ending_in_a_comment_keep_their_terminator(project: Project) -> None:
+    project.write(
+        "tenant",
+        "0001_comment.py",
+        "def up(op):\n    op.execute('CREATE TABLE a (id int) -- a table')\n"
+        "    op.execute('CREATE TABLE b (id int)')\n",
+    )
+    (rendered,) = commands.sql(project.config)[0].rendered
+    assert [s.text for s in rendered.statements()] == [
+        "CREATE TABLE a (id int) -- a table",
+        "CREATE TABLE b (id int)",
+    ]

@@ -134,7 +134,7 @@ def _render_python(migration: Migration, schema: str | None, which: Direction) -
     """Call the migration with an offline ``op`` writing PostgreSQL's SQL to a buffer."""
     from alembic.runtime.migration import MigrationContext
 
-    buffer = io.StringIO()
+    buffer = _Output()
     ctx = MigrationContext.configure(
         dialect_name="postgresql",
         # Named parameters: with psycopg's %-style, a % in the SQL would be written twice.
@@ -165,6 +165,17 @@ def _render_python(migration: Migration, schema: str | None, which: Direction) -
                 "transaction (give it 'transactional = False')",
             )
     return Rendered(migration, schema, body, unrendered, notes)
+
+
+class _Output(io.StringIO):
+    """Where Alembic writes each statement, ``;`` and a blank line: a ``;`` after a
+    ``--`` comment goes on a line of its own, or the comment would swallow it."""
+
+    def write(self, text: str) -> int:
+        statement = text.removesuffix(";\n\n")
+        if statement != text and "--" in statement.rsplit("\n", 1)[-1]:
+            text = statement + "\n;\n\n"
+        return super().write(text)
 
 
 def _offline_operations(ctx: Any) -> Any:
