@@ -39,6 +39,7 @@ _EXPORTS = {
             "drop",
             "history",
             "init",
+            "lint",
             "migrate",
             "new",
             "rename",
@@ -48,6 +49,7 @@ _EXPORTS = {
             "repairs",
             "rotate_role",
             "seed",
+            "sql",
             "stamp",
             "status",
             "tenant_overview",
@@ -107,6 +109,7 @@ if TYPE_CHECKING:
     from .commands.migrate import down, migrate
     from .commands.project import db_start, db_status, db_stop, db_url, init, new
     from .commands.repair import repair, repairs
+    from .commands.review import lint, sql
     from .commands.stamp import stamp
     from .commands.tenants import create, drop, rotate_role, tenants
     from .config import Config
@@ -160,6 +163,7 @@ __all__ = [
     "drop",
     "history",
     "init",
+    "lint",
     "migrate",
     "new",
     "rename",
@@ -169,6 +173,7 @@ __all__ = [
     "role_remove",
     "rotate_role",
     "seed",
+    "sql",
     "stamp",
     "status",
     "tenant_connection",

@@ -9,7 +9,7 @@ This module holds the group, its global options, ``main`` and the turning of err
 output; the commands live by area in ``project`` (init, new, db), ``tenants`` (create,
 tenants, drop, role; ``existing`` holds create's ``--existing``), ``lifecycle`` (domains,
 rename, role add/remove), ``repair``, ``migrate`` (migrate, up, status, down, history,
-validate) and ``clone`` (clone, seed).
+validate), ``clone`` (clone, seed) and ``review`` (sql, lint).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import click
 from .. import logs
 from ..errors import MtmError, insufficient_privilege
 from ..exits import Exit
-from . import clone, lifecycle, migrate, project, repair, tenants
+from . import clone, lifecycle, migrate, project, repair, review, tenants
 from .shared import mask
 
 
@@ -118,6 +118,8 @@ for command in (
     lifecycle.rename,
     clone.clone,
     clone.seed,
+    review.sql,
+    review.lint,
 ):
     cli.add_command(command)
 del command

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from ..errors import UsageError
 from ..exits import Exit
 from ..keys import help_of
 from ..words import plural
@@ -18,6 +19,7 @@ if TYPE_CHECKING:
     from ..config import Config
     from ..plan import StampChange
     from ..progress import Progress
+    from ..results import MigrateResult
 
 
 def _progress(config: Config, as_json: bool) -> Progress:
@@ -57,6 +59,12 @@ def _migrate_options(f: Any) -> Any:
             help="With --canary: go on with the other tenants if every canary succeeded.",
         ),
         click.option("--dry-run", is_flag=True, help="Print the plan; change nothing."),
+        click.option(
+            "--sql",
+            "show_sql",
+            is_flag=True,
+            help="With --dry-run: print the SQL the run would send, once per distinct plan.",
+        ),
         click.option("--jobs", "-j", type=int, help=help_of("jobs")),
         click.option(
             "--continue-on-error",
@@ -116,6 +124,7 @@ def _run_migrate(
     canary: str | None,
     then_all: bool,
     dry_run: bool,
+    show_sql: bool,
     jobs: int | None,
     continue_on_error: bool,
     allow_out_of_order: bool,
@@ -130,6 +139,10 @@ def _run_migrate(
     from ..report import dump_json, migrate_json, migrate_summary
     from ..rolloutreport import rollout_json, rollout_lines, stage_line
 
+    if show_sql and (not dry_run or as_json):
+        raise UsageError(
+            "--sql prints the SQL of a dry run: give it with --dry-run, without --json"
+        )
     config = config_of(ctx)
     result = commands.migrate(
         config,
@@ -147,10 +160,12 @@ def _run_migrate(
         lock_timeout=lock_timeout,
         statement_timeout=statement_timeout,
         retries=retries,
-        progress=_progress(config, as_json),
+        progress=_progress(config, as_json or show_sql),
         to=to,
     )
-    if as_json:
+    if show_sql:
+        _print_sql(config, result)
+    elif as_json:
         dump_json({**migrate_json(result), "rollout": rollout_json(result.rollout)})
     else:
         for line in migrate_summary(result, config.public_schema_display_name):
@@ -161,6 +176,17 @@ def _run_migrate(
         ctx.exit(Exit.INTERRUPTED)
     if not result.ok:
         ctx.exit(Exit.FAILED)
+
+
+def _print_sql(config: Config, result: MigrateResult) -> None:
+    from .. import commands
+    from ..render import text
+
+    sections = commands.plan_sql(result)
+    if not sections:
+        click.echo("-- mtm: nothing to migrate")
+    else:
+        click.echo(text(config, sections), nl=False)
 
 
 @click.command()

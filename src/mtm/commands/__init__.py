@@ -15,7 +15,8 @@ themselves: they compose the modules that own each table and idea (``registry``,
 * ``existing``: ``create_existing``, ``create_existing_many`` (``create --existing``);
 * ``repair``: ``repair``, ``repairs`` (the audit);
 * ``clone``: ``clone``, ``seed``;
-* ``inspection``: ``status``, ``history``, ``validate``.
+* ``inspection``: ``status``, ``history``, ``validate``;
+* ``review``: ``sql``, ``plan_sql``, ``lint``.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ from .project import (
     new,
 )
 from .repair import repair, repairs
+from .review import LintResult, lint, plan_sql, sql
 from .stamp import stamp
 from .tenants import create, drop, rotate_role, tenants
 
@@ -66,6 +68,7 @@ __all__ = [
     "DownResult",
     "DropResult",
     "InitResult",
+    "LintResult",
     "MigrateResult",
     "RotateResult",
     "SchemaStatus",
@@ -90,8 +93,10 @@ __all__ = [
     "ensure_bootstrap",
     "history",
     "init",
+    "lint",
     "migrate",
     "new",
+    "plan_sql",
     "rename",
     "repair",
     "repairs",
@@ -99,6 +104,7 @@ __all__ = [
     "role_remove",
     "rotate_role",
     "seed",
+    "sql",
     "stamp",
     "status",
     "tenant_overview",

@@ -1,0 +1,239 @@
+"""Reading migrations before they run: ``sql`` (their SQL) and ``lint`` (what will hurt).
+
+Neither changes anything. Both work from the files alone, except ``--pending``, which
+asks the database what is pending; ``plan_sql`` renders a ``migrate --dry-run`` plan.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from .. import planner, render, sqlscript
+from ..config import Config
+from ..errors import ConfigError, UsageError
+from ..identifiers import validate_schema_name
+from ..ledger import PUBLIC
+from ..lintrules import Finding, Subject, disabled_rules
+from ..lintrules import lint as lint_rules
+from ..migrations import NAMESPACES, Migration, MigrationSet, Namespace, discover
+from ..plan import fingerprint
+from ..results import MigrateResult
+from ..tables import existing as _existing
+from .base import session
+
+
+def sql(
+    config: Config,
+    *,
+    tenant: str | None = None,
+    public: bool = False,
+    name: str | None = None,
+    pending: bool = False,
+) -> list[render.Section]:
+    """The SQL of one namespace's migrations (all, ``name``, or those ``pending`` in the
+    schema), for ``tenant``, the public schema, or no tenant in particular."""
+    if tenant is not None and public:
+        raise UsageError("give --tenant SCHEMA or --public, not both")
+    if name is not None and pending:
+        raise UsageError("give a migration NAME or --pending, not both")
+    namespace: Namespace = "public" if public else "tenant"
+    schema = PUBLIC if public else validate_schema_name(tenant) if tenant is not None else None
+    mset = discover(config.migrations_directory)
+    if name is not None:
+        found = mset.find(namespace, name)
+        if found is None:
+            raise UsageError(
+                f"there is no {namespace} migration {name!r} (names are file names without "
+                "the extension; see 'mtm status')"
+            )
+        chosen = [found]
+    elif pending:
+        if schema is None:
+            raise UsageError("--pending needs --tenant SCHEMA or --public: pending where?")
+        chosen = _pending(config, mset, schema, namespace)
+    else:
+        chosen = mset.of(namespace)
+    rendered = tuple(render.render(m, schema) for m in chosen)
+    return [render.Section(namespace, (schema,) if schema else (), rendered)]
+
+
+def _pending(
+    config: Config, mset: MigrationSet, schema: str, namespace: Namespace
+) -> list[Migration]:
+    with session(config) as (_, conn):
+        tables = _existing(conn, config)
+        if namespace == "public":
+            return planner.public_plan(conn, config, mset, tables).pending
+        rows = planner.tenant_rows(conn, config, tables, [schema])
+        (plan,) = planner.plans(conn, config, mset.tenant, "tenant", rows)
+        return plan.pending
+
+
+def plan_sql(result: MigrateResult) -> list[render.Section]:
+    """The SQL of a ``migrate --dry-run`` plan: public's, then one section per distinct
+    tenant plan (rendered for its schema if it is alone, for no tenant otherwise)."""
+    sections = []
+    if result.public_plan is not None and result.public_plan.pending:
+        rendered = tuple(render.render(m, PUBLIC) for m in result.public_plan.pending)
+        sections.append(render.Section("public", (PUBLIC,), rendered))
+    groups: dict[tuple[str, ...], list[str]] = {}
+    by_names: dict[tuple[str, ...], list[Migration]] = {}
+    for plan in result.tenant_plans:
+        key = tuple(m.name for m in plan.pending)
+        if key:
+            groups.setdefault(key, []).append(plan.schema)
+            by_names[key] = plan.pending
+    for key, schemas in groups.items():
+        schema = schemas[0] if len(schemas) == 1 else None
+        rendered = tuple(render.render(m, schema) for m in by_names[key])
+        sections.append(render.Section("tenant", tuple(schemas), rendered))
+    return sections
+
+
+@dataclass(frozen=True)
+class LintResult:
+    """What ``lint`` found in how many migrations."""
+
+    findings: list[Finding]
+    checked: int
+
+    @property
+    def ok(self) -> bool:
+        return not self.findings
+
+
+def lint(
+    config: Config,
+    *,
+    names: Sequence[str] = (),
+    pending: bool = False,
+    models: str | Sequence[str] | None = None,
+) -> LintResult:
+    """Check migrations (``names``, those pending anywhere, or all) against the rules.
+
+    ``models`` ("module:attribute", one or several) names the SQLAlchemy MetaData the
+    application uses; by default the config's ``models`` key, when it has one.
+    """
+    if names and pending:
+        raise UsageError("give migration names or --pending, not both")
+    mset = discover(config.migrations_directory)
+    selected: set[tuple[str, str]] | None = None
+    if names:
+        selected = {_resolve(mset, n) for n in names}
+    elif pending:
+        selected = _pending_anywhere(config, mset)
+    subjects = [_subject(m) for m in mset]
+    spec = models if models is not None else getattr(config, "models", None)
+    referenced = _model_columns(config.root, spec) if spec else None
+    findings = lint_rules(subjects, selected, referenced)
+    checked = len(subjects) if selected is None else len(selected)
+    return LintResult(findings, checked)
+
+
+def _resolve(mset: MigrationSet, given: str) -> tuple[str, str]:
+    """``NAME`` or ``NAMESPACE:NAME`` as (namespace, name) of an existing migration."""
+    namespace, sep, name = given.partition(":")
+    if sep and namespace in ("public", "tenant"):
+        ns: Namespace = "public" if namespace == "public" else "tenant"
+        if mset.find(ns, name) is None:
+            raise UsageError(f"there is no {ns} migration {name!r}")
+        return ns, name
+    found = [ns for ns in NAMESPACES if mset.find(ns, given) is not None]
+    if not found:
+        raise UsageError(
+            f"there is no migration {given!r} (names are file names without the extension)"
+        )
+    if len(found) > 1:
+        raise UsageError(
+            f"{given!r} is both a public and a tenant migration: "
+            f"write public:{given} or tenant:{given}"
+        )
+    return found[0], given
+
+
+def _pending_anywhere(config: Config, mset: MigrationSet) -> set[tuple[str, str]]:
+    """(namespace, name) of every migration pending in the public schema or any tenant."""
+    with session(config) as (_, conn):
+        tables = _existing(conn, config)
+        public = planner.public_plan(conn, config, mset, tables)
+        head = fingerprint((m.name, m.checksum) for m in mset.tenant)
+        rows = planner.tenant_rows(conn, config, tables, None, not_at=head)
+        plans = planner.plans(conn, config, mset.tenant, "tenant", rows)
+    out = {("public", m.name) for m in public.pending}
+    return out | {("tenant", m.name) for p in plans for m in p.pending}
+
+
+def _subject(migration: Migration) -> Subject:
+    """A migration as lint sees it: a SQL file's statements with their lines, or a
+    Python migration's offline rendering."""
+    path = str(migration.path)
+    text = migration.path.read_text(encoding="utf-8", errors="replace")
+    disabled = disabled_rules(text, migration.kind, path)
+    if migration.kind == "sql":
+        statements = sqlscript.split(migration.up_sql)
+        return Subject(migration.namespace, migration.name, path, statements, disabled)
+    rendered = render.render(migration, None)
+    unrendered = rendered.unrendered
+    try:
+        statements = rendered.statements()
+    except sqlscript.ScriptSyntaxError as exc:
+        statements, unrendered = [], f"its rendered SQL does not parse: {exc}"
+    return Subject(
+        migration.namespace,
+        migration.name,
+        path,
+        statements,
+        disabled,
+        lines=False,
+        unrendered=unrendered,
+    )
+
+
+def _model_columns(root: Path, spec: str | Sequence[str]) -> set[tuple[str, str, str]]:
+    """(namespace, table, column) of every column of the models' MetaData: tables with
+    ``schema="public"`` are public, those with no schema tenant tables."""
+    out: set[tuple[str, str, str]] = set()
+    for one in [spec] if isinstance(spec, str) else list(spec):
+        metadata = _import(root, one)
+        for table in getattr(metadata, "tables", {}).values():
+            namespace = (
+                "public" if table.schema == "public" else "tenant" if table.schema is None else None
+            )
+            if namespace is not None:
+                out |= {(namespace, table.name, c.name) for c in table.columns}
+    return out
+
+
+def _import(root: Path, spec: str) -> object:
+    module_name, sep, attribute = spec.partition(":")
+    if not sep or not module_name or not attribute:
+        raise ConfigError(f"models = {spec!r}: write it as 'package.module:Base.metadata'")
+    with _on_path(root):
+        try:
+            found: object = importlib.import_module(module_name)
+        except Exception as exc:
+            raise ConfigError(f"models = {spec!r}: cannot import {module_name}: {exc}") from None
+    for part in attribute.split("."):
+        if not hasattr(found, part):
+            raise ConfigError(f"models = {spec!r}: {module_name} has no {attribute}")
+        found = getattr(found, part)
+    return found
+
+
+@contextmanager
+def _on_path(root: Path) -> Iterator[None]:
+    """The project folder importable while the models are imported."""
+    entry = str(root)
+    added = entry not in sys.path
+    if added:
+        sys.path.insert(0, entry)
+    try:
+        yield
+    finally:
+        if added:
+            sys.path.remove(entry)

@@ -1,0 +1,415 @@
+"""Pure rules over parsed migrations: what will hurt when it runs on thousands of schemas.
+
+Each statement is read with PostgreSQL's grammar (``sqlscript``; Python migrations
+through their offline rendering, ``render``). The migrations of a namespace are walked
+in order, so that a rule can know what earlier ones did: which tables a migration
+creates itself (an index on a table made in the same migration locks nothing anyone
+waits for), the column types ``CREATE TABLE`` and ``ADD COLUMN`` declared (to tell a
+type change that rewrites from one that does not), and which ``CHECK (c IS NOT NULL)
+NOT VALID`` constraints exist. What the files do not say (a column's type set outside
+migrations, a function's volatility) is judged conservatively, and the message says so.
+
+A migration silences rules with a comment anywhere in its file:
+``-- mtm-lint: disable=rule[,rule]`` in SQL, ``# mtm-lint: disable=rule`` in Python.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import MigrationFileError
+from .sqlscript import Savepoints, Statement
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One rule: its id, what goes wrong in one line, and what to write instead."""
+
+    id: str
+    explanation: str
+    alternative: str
+
+
+RULES: dict[str, Rule] = {
+    r.id: r
+    for r in (
+        Rule(
+            "index-not-concurrent",
+            "CREATE INDEX on an existing table blocks every write to it until the index is built",
+            "CREATE INDEX CONCURRENTLY IF NOT EXISTS in a migration of its own marked "
+            "'-- mtm:no-transaction' (transactional = False in Python)",
+        ),
+        Rule(
+            "column-type-rewrite",
+            "ALTER COLUMN ... TYPE rewrites the table (and its indexes) under an ACCESS "
+            "EXCLUSIVE lock, unless the change is one PostgreSQL knows needs no rewrite",
+            "add a new column, fill it in batches, then switch to it; only varchar/varbit "
+            "widening, dropping a length, varchar<->text and widening numeric precision "
+            "are known not to rewrite",
+        ),
+        Rule(
+            "volatile-default",
+            "ADD COLUMN with a volatile default (or serial, identity, stored generated) "
+            "rewrites the whole table under an ACCESS EXCLUSIVE lock",
+            "add the column without that default, SET DEFAULT in a later statement, and "
+            "fill the existing rows in batches",
+        ),
+        Rule(
+            "not-null-without-check",
+            "SET NOT NULL scans the whole table under an ACCESS EXCLUSIVE lock",
+            "first ADD CONSTRAINT ... CHECK (col IS NOT NULL) NOT VALID, then VALIDATE "
+            "CONSTRAINT, then SET NOT NULL (PostgreSQL uses the valid check and skips the "
+            "scan), then drop the check",
+        ),
+        Rule(
+            "foreign-key-validated",
+            "a new FOREIGN KEY on an existing table checks every row while it locks "
+            "writes on both tables",
+            "ADD CONSTRAINT ... FOREIGN KEY ... NOT VALID, then VALIDATE CONSTRAINT in a "
+            "later migration (it takes a lighter lock)",
+        ),
+        Rule(
+            "drop-column-referenced",
+            "DROP COLUMN of a column the models still have: the running application "
+            "reads it and fails as soon as it is gone",
+            "remove the column from the models and deploy that first, drop it in a later release",
+        ),
+        Rule(
+            "transaction-control",
+            "BEGIN, COMMIT or ROLLBACK in a migration cuts mtm's transaction in two: the "
+            "ledger row and the migration no longer commit together",
+            "remove it; a statement that cannot run in a transaction goes in a migration "
+            "marked no-transaction, which runs statement by statement",
+        ),
+        Rule(
+            "not-rendered",
+            "part of this Python migration could not be rendered as SQL (it needs the "
+            "database's answers), so lint cannot see what it does there",
+            "review that part by hand, then silence this rule for the migration",
+        ),
+    )
+}
+
+
+@dataclass(frozen=True)
+class Subject:
+    """One migration as lint sees it. ``lines`` is false for rendered Python (its
+    statements have no line in the file); ``unrendered`` says where rendering stopped."""
+
+    namespace: str
+    name: str
+    path: str
+    statements: Sequence[Statement]
+    disabled: frozenset[str] = frozenset()
+    lines: bool = True
+    unrendered: str | None = None
+
+
+@dataclass(frozen=True)
+class Finding:
+    """A rule broken by one statement of one migration."""
+
+    rule: str
+    namespace: str
+    migration: str
+    path: str
+    line: int | None
+    statement: str
+    detail: str = ""
+
+    @property
+    def message(self) -> str:
+        rule = RULES[self.rule]
+        detail = f" ({self.detail})" if self.detail else ""
+        return f"{rule.explanation}{detail}; instead: {rule.alternative}"
+
+
+# Rule ids separated by commas; prose after them (a reason) is not read.
+_IDS = r"([\w-]+(?:\s*,\s*[\w-]+)*)"
+_DISABLE = {
+    "sql": re.compile(r"--\s*mtm-lint:\s*disable\s*=\s*" + _IDS, re.IGNORECASE),
+    "python": re.compile(r"#\s*mtm-lint:\s*disable\s*=\s*" + _IDS, re.IGNORECASE),
+}
+
+
+def disabled_rules(text: str, kind: str, path: str) -> frozenset[str]:
+    """The rules a migration's file silences; an unknown rule name is refused, so a
+    typo cannot silence nothing quietly."""
+    found: set[str] = set()
+    for match in _DISABLE["python" if kind == "python" else "sql"].finditer(text):
+        for name in match[1].split(","):
+            name = name.strip().lower()
+            if not name:
+                continue
+            if name not in RULES:
+                raise MigrationFileError(
+                    f"{path}: 'mtm-lint: disable={name}' names no rule (the rules: "
+                    f"{', '.join(RULES)})"
+                )
+            found.add(name)
+    return frozenset(found)
+
+
+Table = tuple[str, str]  # (schema as written or "", name)
+
+
+@dataclass
+class _History:
+    """What earlier migrations of a namespace (and earlier statements) declared."""
+
+    namespace: str
+    types: dict[tuple[Table, str], Mapping[str, Any]] = field(default_factory=dict)
+    checked: set[tuple[Table, str]] = field(default_factory=set)
+
+    def table(self, relation: Mapping[str, Any]) -> Table:
+        schema = relation.get("schemaname", "")
+        if self.namespace == "public" and schema == "public":
+            schema = ""  # a public migration's unqualified names are public's
+        return schema, relation.get("relname", "")
+
+
+def lint(
+    subjects: Sequence[Subject],
+    selected: set[tuple[str, str]] | None = None,
+    referenced: set[tuple[str, str, str]] | None = None,
+) -> list[Finding]:
+    """Findings of the ``selected`` (namespace, name) migrations (all if None).
+
+    ``subjects`` are every migration in run order, so that earlier ones inform later
+    ones; ``referenced`` holds (namespace, table, column) of the models, when known.
+    """
+    histories: dict[str, _History] = {}
+    out: list[Finding] = []
+    for subject in subjects:
+        history = histories.setdefault(subject.namespace, _History(subject.namespace))
+        findings = list(_check(subject, history, referenced))
+        if selected is not None and (subject.namespace, subject.name) not in selected:
+            continue
+        out += [f for f in findings if f.rule not in subject.disabled]
+    return out
+
+
+def _check(
+    subject: Subject, history: _History, referenced: set[tuple[str, str, str]] | None
+) -> Iterator[Finding]:
+    def finding(rule: str, statement: Statement | None, detail: str = "") -> Finding:
+        line = statement.line if statement is not None and subject.lines else None
+        text = str(statement) if statement is not None else ""
+        return Finding(rule, subject.namespace, subject.name, subject.path, line, text, detail)
+
+    created: set[Table] = set()
+    savepoints = Savepoints()
+    for statement in subject.statements:
+        node = statement.node
+        if statement.kind == "CreateStmt":
+            table = history.table(node.get("relation", {}))
+            created.add(table)
+            for element in node.get("tableElts", ()):
+                column = element.get("ColumnDef")
+                if column is not None:
+                    history.types[(table, column.get("colname", ""))] = column.get("typeName", {})
+        elif statement.kind == "CreateTableAsStmt":
+            created.add(history.table(node.get("into", {}).get("rel", {})))
+        elif statement.kind == "IndexStmt":
+            table = history.table(node.get("relation", {}))
+            if not node.get("concurrent") and table not in created:
+                yield finding("index-not-concurrent", statement)
+        elif statement.kind == "AlterTableStmt":
+            table = history.table(node.get("relation", {}))
+            for cmd in node.get("cmds", ()):
+                problem = _alter(cmd.get("AlterTableCmd", {}), table, table in created, history)
+                if problem is not None:
+                    yield finding(problem[0], statement, problem[1])
+                dropped = _dropped_column(cmd.get("AlterTableCmd", {}))
+                if dropped and referenced is not None:
+                    key = _model_key(subject.namespace, table, dropped)
+                    if key in referenced:
+                        yield finding("drop-column-referenced", statement, f"{key[1]}.{dropped}")
+        elif statement.kind == "TransactionStmt" and savepoints.ends_transaction(statement):
+            yield finding("transaction-control", statement)
+    if subject.unrendered is not None:
+        yield finding("not-rendered", None, subject.unrendered)
+
+
+def _alter(
+    cmd: Mapping[str, Any], table: Table, new_table: bool, history: _History
+) -> tuple[str, str] | None:
+    """The rule one ALTER TABLE subcommand breaks, with a detail; track what it declares."""
+    subtype, column = cmd.get("subtype", ""), cmd.get("name", "")
+    definition = cmd.get("def", {})
+    if subtype == "AT_AddColumn":
+        coldef = definition.get("ColumnDef", {})
+        history.types[(table, coldef.get("colname", ""))] = coldef.get("typeName", {})
+        if new_table:
+            return None
+        return _added_column(coldef)
+    if subtype == "AT_AlterColumnType":
+        coldef = definition.get("ColumnDef", {})
+        old = history.types.get((table, column))
+        new = coldef.get("typeName", {})
+        history.types[(table, column)] = new
+        if new_table:
+            return None
+        if "raw_default" in coldef:
+            return "column-type-rewrite", f"{column}: a USING expression always rewrites"
+        if old is None:
+            return "column-type-rewrite", (
+                f"{column}: its current type is not declared in these migrations, so "
+                "mtm cannot tell whether the change rewrites"
+            )
+        if not _no_rewrite(old, new):
+            return "column-type-rewrite", f"{column}: {_show(old)} to {_show(new)}"
+        return None
+    if subtype == "AT_AddConstraint":
+        constraint = definition.get("Constraint", {})
+        checked = _checked_column(constraint)
+        if checked is not None:
+            history.checked.add((table, checked))
+        contype = constraint.get("contype")
+        if new_table:
+            return None
+        if contype == "CONSTR_FOREIGN" and not constraint.get("skip_validation"):
+            return "foreign-key-validated", ""
+        if contype in _INDEXED and "indexname" not in constraint:
+            return "index-not-concurrent", (
+                "the constraint builds its index under lock: build it CONCURRENTLY first, "
+                "then ADD CONSTRAINT ... USING INDEX"
+            )
+        return None
+    if subtype == "AT_SetNotNull":
+        if new_table or (table, column) in history.checked:
+            return None
+        return "not-null-without-check", column
+    if subtype == "AT_DropColumn":
+        history.types.pop((table, column), None)
+    return None
+
+
+_VOLATILE = {
+    "random",
+    "gen_random_uuid",
+    "uuid_generate_v1",
+    "uuid_generate_v1mc",
+    "uuid_generate_v4",
+    "uuidv4",
+    "uuidv7",
+    "clock_timestamp",
+    "timeofday",
+    "nextval",
+    "txid_current",
+    "statement_timestamp",
+}
+# Constraints that build an index when added (unless given one: USING INDEX).
+_INDEXED = {"CONSTR_UNIQUE", "CONSTR_PRIMARY", "CONSTR_EXCLUSION"}
+_SERIAL = {"serial", "serial4", "bigserial", "serial8", "smallserial", "serial2"}
+
+
+def _added_column(coldef: Mapping[str, Any]) -> tuple[str, str] | None:
+    name = coldef.get("colname", "")
+    type_name = _type_name(coldef.get("typeName", {}))
+    if type_name in _SERIAL:
+        return "volatile-default", f"{name} {type_name}"
+    for constraint in coldef.get("constraints", ()):
+        c = constraint.get("Constraint", {})
+        contype = c.get("contype")
+        if contype == "CONSTR_DEFAULT":
+            volatile = sorted(_functions(c.get("raw_expr")) & _VOLATILE)
+            if volatile:
+                return "volatile-default", f"{name} DEFAULT {volatile[0]}()"
+        elif contype == "CONSTR_IDENTITY":
+            return "volatile-default", f"{name} GENERATED ... AS IDENTITY"
+        elif contype == "CONSTR_GENERATED" and c.get("generated_when") != "v":
+            return "volatile-default", f"{name} GENERATED ... STORED"
+        elif contype == "CONSTR_FOREIGN" and not c.get("skip_validation"):
+            return "foreign-key-validated", f"{name} REFERENCES"
+    return None
+
+
+def _functions(expr: Any) -> set[str]:
+    """Names of the functions an expression calls, lower case, without schema."""
+    found: set[str] = set()
+    if isinstance(expr, dict):
+        call = expr.get("FuncCall")
+        if isinstance(call, dict):
+            names = call.get("funcname", ())
+            if names:
+                found.add(str(names[-1].get("String", {}).get("sval", "")).lower())
+        for value in expr.values():
+            found |= _functions(value)
+    elif isinstance(expr, list):
+        for value in expr:
+            found |= _functions(value)
+    return found
+
+
+def _checked_column(constraint: Mapping[str, Any]) -> str | None:
+    """The column of ``CHECK (col IS NOT NULL) NOT VALID`` (or PostgreSQL 18's ``NOT
+    NULL col NOT VALID``), if that is what ``constraint`` is."""
+    if not constraint.get("skip_validation"):
+        return None
+    if constraint.get("contype") == "CONSTR_NOTNULL":
+        keys = constraint.get("keys", ())
+        return str(keys[0].get("String", {}).get("sval")) if len(keys) == 1 else None
+    test = constraint.get("raw_expr", {}).get("NullTest", {})
+    if constraint.get("contype") != "CONSTR_CHECK" or test.get("nulltesttype") != "IS_NOT_NULL":
+        return None
+    fields = test.get("arg", {}).get("ColumnRef", {}).get("fields", ())
+    return str(fields[-1].get("String", {}).get("sval")) if fields else None
+
+
+def _dropped_column(cmd: Mapping[str, Any]) -> str | None:
+    return str(cmd.get("name")) if cmd.get("subtype") == "AT_DropColumn" else None
+
+
+def _model_key(namespace: str, table: Table, column: str) -> tuple[str, str, str]:
+    schema, name = table
+    if schema == "public" or (namespace == "public" and not schema):
+        return "public", name, column
+    return ("tenant" if not schema else schema), name, column
+
+
+def _type_name(type_name: Mapping[str, Any]) -> str:
+    names = type_name.get("names", ())
+    return str(names[-1].get("String", {}).get("sval", "")).lower() if names else ""
+
+
+def _mods(type_name: Mapping[str, Any]) -> list[int]:
+    return [
+        m.get("A_Const", {}).get("ival", {}).get("ival", 0) for m in type_name.get("typmods", ())
+    ]
+
+
+def _show(type_name: Mapping[str, Any]) -> str:
+    mods = _mods(type_name)
+    array = "[]" if type_name.get("arrayBounds") else ""
+    return _type_name(type_name) + (f"({','.join(map(str, mods))})" if mods else "") + array
+
+
+_TEXTLIKE = {"varchar", "text"}
+
+
+def _no_rewrite(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
+    """Whether changing a column from ``old`` to ``new`` is known to need no rewrite."""
+    if bool(old.get("arrayBounds")) != bool(new.get("arrayBounds")):
+        return False
+    a, b = _type_name(old), _type_name(new)
+    ma, mb = _mods(old), _mods(new)
+    if (a, ma) == (b, mb):
+        return True
+    if a in _TEXTLIKE and b in _TEXTLIKE:
+        # Any varchar to text or to varchar without a length, or a longer varchar.
+        return b == "text" or not mb or (a == "varchar" and bool(ma) and mb[0] >= ma[0])
+    if a == b == "varbit":
+        return not mb or (bool(ma) and mb[0] >= ma[0])
+    if a == b == "numeric":
+        if not mb:
+            return True
+        if not ma:
+            return False
+        scale_a = ma[1] if len(ma) > 1 else 0
+        scale_b = mb[1] if len(mb) > 1 else 0
+        return scale_a == scale_b and mb[0] >= ma[0]
+    return False
