@@ -24,6 +24,7 @@ logging.getLogger("mtm").addHandler(logging.NullHandler())
 _EXPORTS = {
     **dict.fromkeys(
         (
+            "adopt",
             "create",
             "create_existing",
             "create_existing_many",
@@ -97,6 +98,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
+    from .commands.adopt import adopt
     from .commands.domains import domains_add, domains_list, domains_remove
     from .commands.existing import create_existing, create_existing_many
     from .commands.inspection import history, status, validate
@@ -135,6 +137,7 @@ __all__ = [
     "TenantMiddleware",
     "TenantResolver",
     "WSGITenantMiddleware",
+    "adopt",
     "async_tenant_connection",
     "async_tenant_session",
     "bind_connection",

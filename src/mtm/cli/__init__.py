@@ -21,7 +21,7 @@ import click
 from .. import logs
 from ..errors import MtmError, insufficient_privilege
 from ..exits import Exit
-from . import lifecycle, migrate, project, repair, tenants
+from . import adopt, lifecycle, migrate, project, repair, tenants
 from .shared import mask
 
 
@@ -116,6 +116,7 @@ for command in (
     project.db,
     lifecycle.domains,
     lifecycle.rename,
+    adopt.adopt,
 ):
     cli.add_command(command)
 del command

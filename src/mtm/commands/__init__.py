@@ -14,6 +14,7 @@ themselves: they compose the modules that own each table and idea (``registry``,
 * ``stamp``: ``stamp``;
 * ``existing``: ``create_existing``, ``create_existing_many`` (``create --existing``);
 * ``repair``: ``repair``, ``repairs`` (the audit);
+* ``adopt``: ``adopt`` (a database of the original multi-tenant-migrate tool);
 * ``inspection``: ``status``, ``history``, ``validate``.
 """
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 from ..migrations import discover
 from ..results import (
+    AdoptResult,
     CreateResult,
     DownResult,
     DropResult,
@@ -33,6 +35,7 @@ from ..results import (
     ValidateResult,
 )
 from ..tables import ensure_bootstrap
+from .adopt import adopt
 from .domains import domains_add, domains_list, domains_remove
 from .existing import create_existing, create_existing_many
 from .inspection import history, status, validate
@@ -57,6 +60,7 @@ __all__ = [
     "CONFIG_TEMPLATE",
     "PY_TEMPLATE",
     "SQL_TEMPLATE",
+    "AdoptResult",
     "CreateResult",
     "DownResult",
     "DropResult",
@@ -67,6 +71,7 @@ __all__ = [
     "StampResult",
     "StatusResult",
     "ValidateResult",
+    "adopt",
     "create",
     "create_existing",
     "create_existing_many",
