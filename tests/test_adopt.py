@@ -387,6 +387,7 @@ def test_a_duplicate_domain_is_refused(legacy: Project) -> None:
 
 def test_tenants_at_different_steps_need_a_reference(legacy: Project) -> None:
     legacy.query("DELETE FROM beta.migrations WHERE filename = %s", (TENANT_B,))
+    legacy.query("DROP INDEX beta.b_a_id_idx")
     assert refused(legacy) == (
         "error: refusing to adopt: tenants are at different steps of the original tool's "
         "history: beta at 1546110701000-create-table-A (1 migration); alpha at "
@@ -400,6 +401,7 @@ def test_tenants_at_different_steps_need_a_reference(legacy: Project) -> None:
     r = run(legacy, "adopt", "--reference", "alpha")
     assert r.exit_code == 0, r.output
     assert "not at alpha's step, recorded at it anyway: beta" in r.output
+    assert "structure unlike alpha's (compare them): beta" in r.output
     assert ledger_rows(legacy, "alpha") == ledger_rows(legacy, "beta")
     assert legacy.query("SELECT filename FROM beta.migrations_legacy") == [(TENANT_A,)]
 

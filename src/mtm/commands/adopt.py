@@ -137,7 +137,6 @@ def _baselines(
     now = datetime.now(UTC)
     texts: dict[Path, str] = {}
     url = resolve_url(config)
-    legacy_tables = [config.migrations_table, adoption.retired(config.migrations_table)]
     for ns in ("public", "tenant"):
         namespace: Namespace = "public" if ns == "public" else "tenant"
         history = checked.history[namespace]
@@ -166,16 +165,7 @@ def _baselines(
                 url, source, ledger_table=config.migrations_table, data_tables=list(include_rows)
             )
             sql, warnings = made.sql, list(made.warnings)
-            result.rows_left = [
-                t
-                for t in adoption.tables_with_rows(conn, source, legacy_tables)
-                if t not in include_rows
-            ]
-            result.data_migrations = data_migrations(history)
-            fingerprints = catalog.fingerprints(conn, result.schemas, exclude=legacy_tables)
-            result.differ = sorted(
-                s for s in result.schemas if fingerprints.get(s) != fingerprints.get(source)
-            )
+            _what_new_tenants_miss(conn, config, checked, include_rows, result)
         else:
             source = PUBLIC
             sql, warnings = _public_sql(conn, config, url)
@@ -189,6 +179,25 @@ def _baselines(
         elif result.public_record:
             result.public_record.append(name)
     return texts
+
+
+def _what_new_tenants_miss(
+    conn: Connection,
+    config: Config,
+    checked: Checked,
+    include_rows: Sequence[str],
+    result: AdoptResult,
+) -> None:
+    """The reference's tables with rows the baseline leaves out, the legacy files that
+    look like they wrote rows, and the tenants whose structure is not the reference's
+    (the catalog fingerprint, read without locks)."""
+    source = checked.reference or ""
+    legacy_tables = [config.migrations_table, adoption.retired(config.migrations_table)]
+    filled = adoption.tables_with_rows(conn, source, legacy_tables)
+    result.rows_left = [t for t in filled if t not in include_rows]
+    result.data_migrations = data_migrations(checked.history["tenant"])
+    prints = catalog.fingerprints(conn, result.schemas, exclude=legacy_tables)
+    result.differ = sorted(s for s in result.schemas if prints.get(s) != prints.get(source))
 
 
 def _public_sql(conn: Connection, config: Config, url: str) -> tuple[str, list[str]]:
