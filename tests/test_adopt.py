@@ -4,16 +4,19 @@ taken over with its own JSON config, then used as any mtm database."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import psycopg
 import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner, Result
+from sqlalchemy.engine import make_url
 
 import mtm
 from _reliability import wait_until, waiting_on_schema_locks
@@ -154,8 +157,8 @@ def untouched(project: Project) -> None:
     assert baselines(project) == []
 
 
-def catalog_of(project: Project, schema: str) -> catalog.SchemaCatalog:
-    engine = sa.create_engine(sqlalchemy_url(project.url))
+def catalog_of(project: Project, schema: str, url: str | None = None) -> catalog.SchemaCatalog:
+    engine = sa.create_engine(sqlalchemy_url(url or project.url))
     try:
         with engine.connect() as conn:
             return catalog.describe(conn, schema, exclude=["migrations", "migrations_legacy"])
@@ -271,6 +274,10 @@ def test_adopt_end_to_end(legacy: Project) -> None:
         project.query("SELECT schema_name, fingerprint FROM public.migrations_state")  # type: ignore[arg-type]
     )
     assert states["alpha"] == states["beta"] == states["gamma"]
+    # the SQL's fingerprint counts the rows without a checksum, as plan.fingerprint does
+    rows = ledger_rows(project, "gamma")
+    assert states["gamma"] == fingerprint((n, c or "") for n, c, _ in rows)
+    assert states["gamma"] != fingerprint((n, c) for n, c, _ in rows if c is not None)
     assert project.scalar("SELECT count(*) FROM gamma.a") == 0  # structure only
     r = run(project, "validate")
     assert r.exit_code == 0, r.output
@@ -282,9 +289,19 @@ def test_adopt_end_to_end(legacy: Project) -> None:
     assert "nothing to adopt: this database is mtm's already" in r.output
 
 
-def test_adopt_from_python(legacy: Project) -> None:
+def test_adopt_from_python(legacy: Project, caplog: pytest.LogCaptureFixture) -> None:
     seen: list[mtm.commands.AdoptResult] = []
-    result = mtm.adopt(config(legacy), include_rows=["a"], show=seen.append)
+    dry = mtm.adopt(config(legacy), dry_run=True)
+    assert dry.dry_run and dry.schemas == ["alpha", "beta"] and dry.rows_left == ["a"]
+    untouched(legacy)
+    with caplog.at_level(logging.INFO, logger="mtm.adopt"):
+        result = mtm.adopt(config(legacy), include_rows=["a"], show=seen.append)
+    events = [(r.event, r.schema) for r in caplog.records if r.name == "mtm.adopt"]  # type: ignore[attr-defined]
+    assert events == [
+        ("adopt.registry", "public"),
+        ("adopt.schema", "alpha"),
+        ("adopt.schema", "beta"),
+    ]
     assert seen == [result]
     assert result.schemas == ["alpha", "beta"] and not result.dry_run
     assert result.reference == "alpha" and result.rows_left == [] and result.differ == []
@@ -293,9 +310,33 @@ def test_adopt_from_python(legacy: Project) -> None:
     assert mtm.adopt(config(legacy)).nothing
 
 
+def test_an_adopted_project_builds_a_fresh_database(legacy: Project, server_url: str) -> None:
+    """Another environment (CI, a developer's database): migrate records the .js history
+    as superseded and runs the baselines; its tenants get the adopted structure."""
+    assert run(legacy, "adopt").exit_code == 0
+    name = f"mtm_test_{uuid.uuid4().hex[:12]}"
+    admin = Project(legacy.root, server_url)
+    admin.query(f'CREATE DATABASE "{name}"')
+    fresh = Project(legacy.root, make_url(server_url).set(database=name).render_as_string(False))
+    try:
+        assert run(fresh, "migrate").exit_code == 0
+        assert run(fresh, "create", "delta", "--domain", "delta.example.com").exit_code == 0
+        assert run(fresh, "validate").exit_code == 0
+        assert run(fresh, "status", "--check").exit_code == 0
+        assert fresh.query("SELECT code FROM public.plans") == []  # structure, no rows
+        assert ledger_rows(fresh, "delta") == [
+            (n, c, c is None) for n, c, _ in ledger_rows(legacy, "alpha")
+        ]
+        built = catalog_of(fresh, "delta", fresh.url)
+        assert catalog.compare(catalog_of(legacy, "alpha"), built) == []
+    finally:
+        admin.query(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 # --- interrupted -------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_killed_adoption_completes_when_run_again(legacy: Project) -> None:
     """Killed once the registry, public and alpha are adopted and beta is not: every
     other command refuses, naming it; run again, adopt finishes."""
