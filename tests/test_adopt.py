@@ -370,6 +370,15 @@ def test_a_killed_adoption_completes_when_run_again(legacy: Project) -> None:
             "again to complete it; nothing was changed"
         ]
     assert "gamma" not in project.schemas()
+    project.query("ALTER SCHEMA beta RENAME TO beta_away")
+    r = run(project, "adopt")
+    assert r.exit_code == 2
+    assert r.output.strip() == (
+        "error: refusing to adopt: schema beta, still to adopt, does not exist: restore it "
+        "(or delete its rows from mtm's registry and from the adoption marker by hand) "
+        "(nothing was changed)"
+    )
+    project.query("ALTER SCHEMA beta_away RENAME TO beta")
     r = run(project, "adopt", "--dry-run")
     assert r.exit_code == 0, r.output
     assert "finishing an interrupted adoption" in r.output

@@ -119,6 +119,12 @@ def check(
             else:
                 steps[schema].append(found.name)
     adopting = legacy.unfinished if legacy.unfinished is not None else list(moves)
+    for schema in legacy.unfinished or []:
+        if schema not in legacy.existing:
+            problems.append(
+                f"schema {schema}, still to adopt, does not exist: restore it (or delete "
+                "its rows from mtm's registry and from the adoption marker by hand)"
+            )
     tenant_steps = {s: steps.get(s, []) for s in adopting if s in legacy.existing}
     checked = Checked(list(moves.values()), {"public": [], "tenant": []}, reference, steps)
     if reference is not None and reference not in moves:

@@ -15,6 +15,8 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
+import psycopg
+import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from .. import adoption, baseline, catalog, roles
@@ -26,8 +28,9 @@ from ..adoptplan import (
     data_migrations,
 )
 from ..config import Config
-from ..database import resolve_url, run_script
+from ..database import resolve_url, rollback_quietly, run_script
 from ..errors import MigrationFileError, MtmError, ValidationFailed
+from ..failures import step_error
 from ..ledger import PUBLIC
 from ..locks import acquire_run_lock, release_run_lock
 from ..migrations import Migration, MigrationSet, Namespace, discover
@@ -59,12 +62,12 @@ def adopt(
     """
     mset = discover(config.migrations_directory)
     with session(config, purpose="mtm adopt", upgrades=True) as (_, conn):
-        legacy = adoption.read(conn, config)
-        if legacy is None:
-            return _nothing(conn, config, dry_run)
-        if not dry_run:
+        if not dry_run:  # before reading: what is read must not change until the end
             acquire_run_lock(conn, config, wait=0, command="adopt")
         try:
+            legacy = adoption.read(conn, config)
+            if legacy is None:
+                return _nothing(conn, config, dry_run)
             mapper = adoption.mapper_ref(config, retire=legacy.unfinished is not None)
             checked, problems = check(legacy, mset, reference, mapper)
             if problems:
@@ -249,7 +252,7 @@ def _move(
             PUBLIC in legacy.ledgers,
             result.schemas,
         )
-        run_script(conn, script)
+        _run(conn, script, PUBLIC)
         roles.grant_registry_read(conn, config)
         log.info(
             "moved %d tenants into mtm's registry",
@@ -257,13 +260,26 @@ def _move(
             extra={"event": "adopt.registry", "schema": PUBLIC, "tenants": len(moves)},
         )
     for schema in result.schemas:
-        run_script(conn, adoption.tenant_script(config, schema, record, schema in legacy.ledgers))
+        _run(conn, adoption.tenant_script(config, schema, record, schema in legacy.ledgers), schema)
         log.info(
             "adopted %s",
             schema,
             extra={"event": "adopt.schema", "schema": schema, "recorded": len(record)},
         )
     run_script(conn, adoption.finish_script(config))
+
+
+def _run(conn: Connection, script: list[str], schema: str) -> None:
+    """One transaction of the adoption; a failure is one line (it rolled back whole)."""
+    try:
+        run_script(conn, script)
+    except (psycopg.Error, sa.exc.DBAPIError) as exc:
+        rollback_quietly(conn)
+        what = "the registry and public" if schema == PUBLIC else f"schema {schema}"
+        raise MtmError(
+            f"adopting {what} failed: {step_error(exc, None).message}; it was rolled back "
+            "(what was adopted before stays): run 'mtm adopt' again"
+        ) from None
 
 
 def _record(mset: MigrationSet, namespace: Namespace, checked: Checked) -> list[Migration]:
