@@ -465,6 +465,41 @@ def test_a_legacy_file_no_schema_ran_is_refused(legacy: Project) -> None:
     )
 
 
+def test_a_legacy_name_taken_already_is_refused(legacy: Project) -> None:
+    legacy.query("CREATE TABLE beta.migrations_legacy (x int)")
+    r = run(legacy, "adopt")
+    assert r.exit_code == 2
+    assert r.output.strip() == (
+        'error: refusing to adopt: "beta"."migrations_legacy" exists already: adopt keeps the '
+        "original tool's tables under such names (rename or drop it) (nothing was changed)"
+    )
+    legacy.query("DROP TABLE beta.migrations_legacy")
+    untouched(legacy)
+
+
+@pytest.mark.slow
+def test_a_failed_transaction_is_one_line_and_run_again_finishes(legacy: Project) -> None:
+    """A tenant's transaction fails (an index of its legacy ledger cannot take its new
+    name): one line, exit 1, that schema rolled back whole, the others kept; once the
+    cause is gone, adopt run again finishes."""
+    legacy.query("CREATE TABLE beta.migrations_legacy_pkey (x int)")
+    r = run(legacy, "adopt")
+    assert r.exit_code == 1, r.output
+    last = r.output.strip().splitlines()[-1]
+    assert last.startswith("error: adopting schema beta failed: ")
+    assert last.endswith(
+        "it was rolled back (what was adopted before stays): run 'mtm adopt' again"
+    )
+    assert "migrations_legacy" in relations(legacy, "alpha")
+    assert relations(legacy, "beta") == {"migrations", "a", "b", "migrations_legacy_pkey"}
+    assert run(legacy, "migrate").exit_code == 2
+    legacy.query("DROP TABLE beta.migrations_legacy_pkey")
+    r = run(legacy, "adopt")
+    assert r.exit_code == 0, r.output
+    assert ledger_rows(legacy, "alpha") == ledger_rows(legacy, "beta")
+    assert run(legacy, "validate").exit_code == 0
+
+
 def test_a_database_without_the_mapper_is_refused(project: Project) -> None:
     r = project.cli("adopt")
     assert r.exit_code == 2

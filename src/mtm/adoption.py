@@ -19,7 +19,7 @@ drops the marker. While it exists every other command refuses (``tables.inspect`
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 import sqlalchemy as sa
@@ -62,6 +62,7 @@ class LegacyDatabase:
     existing: set[str]
     ledgers: dict[str, list[str]]
     unfinished: list[str] | None
+    taken: list[str] = field(default_factory=list)  # <name>_legacy tables there already
 
 
 def retired(name: str) -> str:
@@ -124,7 +125,15 @@ def read(conn: Connection, config: Config) -> LegacyDatabase | None:
         ).scalars()
     )
     wanted = ([PUBLIC] if unfinished is None else []) + [s for s in schemas if s in existing]
-    return LegacyDatabase(tenants, existing, read_ledgers(conn, config, wanted), unfinished)
+    ledgers = read_ledgers(conn, config, wanted)
+    retiring = [legacy_ledger_ref(config, s, retire=True) for s in ledgers]
+    if unfinished is None:
+        retiring.insert(0, mapper_ref(config, retire=True))
+    taken = conn.execute(
+        sa.text("SELECT r FROM unnest(CAST(:r AS text[])) r WHERE to_regclass(r) IS NOT NULL"),
+        {"r": retiring},
+    ).scalars()
+    return LegacyDatabase(tenants, existing, ledgers, unfinished, list(taken))
 
 
 def _mapper_rows(conn: Connection, mapper: str, columns: set[str]) -> list[LegacyTenant]:

@@ -98,6 +98,11 @@ def check(
         seen = moves.get(schema)
         domains = (*seen.domains, domain) if seen else (domain,)
         moves[schema] = TenantMove(schema, domains, t.created_at, t.updated_at)
+    for ref in legacy.taken:
+        problems.append(
+            f"{ref} exists already: adopt keeps the original tool's tables under such names "
+            "(rename or drop it)"
+        )
     steps: dict[str, list[str]] = {}
     for schema, files in legacy.ledgers.items():
         ns: Namespace = "public" if schema == PUBLIC else "tenant"
