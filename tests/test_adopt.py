@@ -188,11 +188,14 @@ def test_adopt_end_to_end(legacy: Project) -> None:
     assert f"legacy migrations that write rows: {TENANT_A}" in out
     assert "dry run: nothing was changed" in out
     untouched(project)
+    planned = [ln.split()[1] for ln in out.splitlines() if ln.startswith("baseline: ")]
 
     r = run(project, "adopt")
     assert r.exit_code == 0, r.output
     assert "adopted 2 tenant schemas and public" in r.output
     [public_baseline, tenant_baseline] = baselines(project)
+    assert planned == [str(public_baseline), str(tenant_baseline)]  # as the dry run said
+    assert tenant_baseline.name == "tenant:1546110702000-create-table-B-mtm-baseline.sql"
     assert public_baseline.name.startswith("public:") and tenant_baseline.name.startswith("tenant:")
     tenant_name = tenant_baseline.name.removeprefix("tenant:").removesuffix(".sql")
     text = tenant_baseline.read_text()

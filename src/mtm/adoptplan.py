@@ -207,15 +207,12 @@ def data_migrations(history: Sequence[Migration]) -> list[str]:
     return out
 
 
-def baseline_path(
-    directory: Path, namespace: Namespace, history: Sequence[Migration], now: datetime
-) -> Path:
+def baseline_path(directory: Path, namespace: Namespace, history: Sequence[Migration]) -> Path:
     """Where a namespace's baseline goes: beside its legacy files (the flat layout with
-    prefixes, or the namespace's folder), named to sort after every one of them and
-    before any migration written later (``mtm new``'s names are timestamps too)."""
-    name = f"{int(now.timestamp() * 1000)}-mtm-baseline"
-    if history and name <= history[-1].name:
-        name = f"{history[-1].name}-mtm-baseline"
+    prefixes, or the namespace's folder), named after the last of them so that it sorts
+    right after it and before any migration written later (``mtm new``'s names are
+    timestamps of now); the same name in a dry run as in the run."""
+    name = f"{history[-1].name}-mtm-baseline" if history else "mtm-baseline"
     flat = not history or history[0].path.parent == directory
     return directory / f"{namespace}:{name}.sql" if flat else directory / namespace / f"{name}.sql"
 

@@ -69,7 +69,7 @@ def _show(result: AdoptResult) -> None:
     if result.resumed:
         echo("finishing an interrupted adoption (the registry and public are adopted)")
     else:
-        tenants = ", ".join(f"{s} ({', '.join(d)})" for s, d in result.moved) or "none"
+        tenants = _some([f"{s} ({', '.join(d)})" for s, d in result.moved]) or "none"
         echo(
             f'registry: {result.mapper} -> {result.mapper[:-1]}_legacy"; '
             f"{plural(len(result.moved), 'tenant')} into mtm's registry: {tenants}"
@@ -80,7 +80,7 @@ def _show(result: AdoptResult) -> None:
         )
     if result.schemas:
         echo(
-            f"tenants {', '.join(result.schemas)}: ledger <schema>.{ledger} -> "
+            f"tenants {_some(result.schemas)}: ledger <schema>.{ledger} -> "
             f"<schema>.{ledger}_legacy; each records {_names(result.tenant_record)} as adopted"
         )
     for path in result.baselines:
@@ -88,12 +88,9 @@ def _show(result: AdoptResult) -> None:
     if result.reference:
         echo(f"reference: the tenant baseline is the structure of {result.reference}")
     if result.off_step:
-        echo(
-            f"not at {result.reference}'s step, recorded at it anyway: "
-            + ", ".join(result.off_step)
-        )
+        echo(f"not at {result.reference}'s step, recorded at it anyway: " + _some(result.off_step))
     if result.differ:
-        echo(f"structure unlike {result.reference}'s (compare them): " + ", ".join(result.differ))
+        echo(f"structure unlike {result.reference}'s (compare them): " + _some(result.differ))
     if result.rows_left or result.data_migrations:
         rows = ", ".join(result.rows_left) or "none"
         data = ", ".join(result.data_migrations) or "none seen"
@@ -109,4 +106,10 @@ def _show(result: AdoptResult) -> None:
 def _names(names: list[str]) -> str:
     if not names:
         return "nothing"
-    return f"{plural(len(names), 'migration')} ({', '.join(names)})"
+    return f"{plural(len(names), 'migration')} ({_some(names)})"
+
+
+def _some(items: list[str], shown: int = 20) -> str:
+    """A list of names, the first ``shown`` of a long one and how many more."""
+    more = f" and {len(items) - shown:,} more" if len(items) > shown else ""
+    return ", ".join(items[:shown]) + more

@@ -172,7 +172,7 @@ def _baselines(
         else:
             source = PUBLIC
             sql, warnings = _public_sql(conn, config, url)
-        path = baseline_path(mset.directory, namespace, history, now)
+        path = baseline_path(mset.directory, namespace, history)
         texts[path] = baseline_text(sql, namespace, source, history, now)
         result.baselines.append(str(path))
         result.warnings += warnings
