@@ -533,3 +533,12 @@ def test_js_files_are_never_run_without_an_adoption(project: Project) -> None:
 def test_adopted_rows_count_in_the_fingerprint() -> None:
     """An adopted row has no checksum; it still changes the fingerprint."""
     assert fingerprint([("a", ""), ("b", "x")]) != fingerprint([("b", "x")])
+
+
+def test_repair_leaves_adopted_rows_without_a_checksum(legacy: Project) -> None:
+    """An adopted row has no checksum to re-record: repair finds nothing to change."""
+    assert run(legacy, "adopt").exit_code == 0
+    r = run(legacy, "repair", "1546110701000-create-table-A", "--all-tenants", "--yes")
+    assert r.exit_code == 2, r.output
+    assert ledger_rows(legacy, "alpha")[0] == ("1546110701000-create-table-A", None, True)
+    assert run(legacy, "validate").exit_code == 0
