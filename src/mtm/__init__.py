@@ -25,6 +25,7 @@ _EXPORTS = {
     **dict.fromkeys(
         (
             "clone",
+            "adopt",
             "create",
             "create_existing",
             "create_existing_many",
@@ -101,6 +102,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
+    from .commands.adopt import adopt
     from .commands.clone import clone, seed
     from .commands.domains import domains_add, domains_list, domains_remove
     from .commands.existing import create_existing, create_existing_many
@@ -141,6 +143,7 @@ __all__ = [
     "TenantMiddleware",
     "TenantResolver",
     "WSGITenantMiddleware",
+    "adopt",
     "async_tenant_connection",
     "async_tenant_session",
     "bind_connection",

@@ -16,7 +16,7 @@ from .schemas import existing_schemas
 
 def audit(conn: Connection, config: Config, mset: MigrationSet, tables: Tables) -> ValidateResult:
     """Every problem found, one line each, prefixed with its schema."""
-    result = ValidateResult()
+    result = ValidateResult(adopted=[m.path.name for m in mset if m.legacy])
     registered = [s for s, _ in tenant_rows(conn, config, tables, None)]
     schemas = [PUBLIC, *registered]
     ledgers = read_ledgers(conn, config, schemas)

@@ -60,9 +60,9 @@ def repair_change(
     """The change ``migration``'s ledger row needs in this schema, None if it is not
     recorded, matches its file, or was recorded without a checksum (adopted)."""
     row = next((r for r in ledger if r.name == migration.name), None)
-    if row is None or row.checksum is None or row.checksum == migration.checksum:
-        return None
-    expected = fingerprint((r.name, r.checksum) for r in ledger if r.checksum is not None)
+    if row is None or not row.checksum or row.checksum == migration.checksum:
+        return None  # ledgers read an adopted row's NULL checksum as ""
+    expected = fingerprint((r.name, r.checksum) for r in ledger)
     return RepairChange(schema, namespace, migration, row.checksum, expected)
 
 

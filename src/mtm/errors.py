@@ -151,7 +151,15 @@ def made_by_another_tool(tables: Sequence[tuple[str, str]], keys: Sequence[str])
     one = len(tables) == 1
     return TablesRefused(
         f"{'table' if one else 'tables'} {named} {'was' if one else 'were'} made by another "
-        "tool; nothing was changed. Taking such a database over is planned as 'mtm adopt'; "
-        f"until then point {' / '.join(sorted(set(keys)))} in the config at names no other "
-        "tool uses"
+        "tool; nothing was changed. Take a database of the original multi-tenant-migrate "
+        "over with 'mtm adopt'; for another tool's, point "
+        f"{' / '.join(sorted(set(keys)))} in the config at names no other tool uses"
+    )
+
+
+def adoption_unfinished() -> TablesRefused:
+    """The refusal of every command but ``adopt`` while an adoption is unfinished."""
+    return TablesRefused(
+        "the adoption of this database (mtm adopt) is unfinished: run 'mtm adopt' again "
+        "to complete it; nothing was changed"
     )

@@ -53,6 +53,11 @@ def ledger_ddl(config: Config, schema: str) -> str:
     )
 
 
+# One ledger row in a fingerprint (``plan.fingerprint``): an adopted row has no checksum,
+# and counts as "name:" rather than vanishing from the fingerprint.
+FINGERPRINT_ITEM = "name || ':' || coalesce(checksum, '')"
+
+
 def state_ref(config: Config) -> str:
     return f"{quote_ident(PUBLIC)}.{quote_ident(config.state_table)}"
 
@@ -63,6 +68,11 @@ def insert_sql(config: Config, schema: str, migration: Migration) -> str:
     Written first so that a concurrent run that already applied it fails on the primary
     key before touching anything; ``finish_sql`` then records the duration.
     """
+    if migration.legacy:  # superseded by the baseline that follows it: no checksum
+        return (
+            f"INSERT INTO {ledger_ref(config, schema)} (name, checksum, adopted) "
+            f"VALUES ({quote_literal(migration.name)}, NULL, true)"
+        )
     return (
         f"INSERT INTO {ledger_ref(config, schema)} (name, checksum) VALUES "
         f"({quote_literal(migration.name)}, {quote_literal(migration.checksum)})"
@@ -88,7 +98,7 @@ def state_upsert_sql(config: Config, schema: str, namespace: Namespace) -> str:
         "(schema_name, namespace, applied, last_migration, fingerprint, updated_at) "
         f"SELECT {quote_literal(schema)}, {quote_literal(namespace)}, count(*), "
         'max(name COLLATE "C"), '
-        "md5(coalesce(string_agg(name || ':' || checksum, ',' ORDER BY name COLLATE \"C\"), '')), "
+        f"md5(coalesce(string_agg({FINGERPRINT_ITEM}, ',' ORDER BY name COLLATE \"C\"), '')), "
         f"now() FROM {ledger_ref(config, schema)} "
         "ON CONFLICT (schema_name) DO UPDATE SET namespace = excluded.namespace, "
         "applied = excluded.applied, last_migration = excluded.last_migration, "
@@ -104,7 +114,8 @@ def read_history(conn: Connection, config: Config, schema: str) -> list[AppliedM
     """A schema's ledger, oldest first."""
     rows = conn.execute(
         sa.text(
-            f"SELECT name, checksum, applied_at, duration_ms FROM {ledger_ref(config, schema)} "
+            "SELECT name, coalesce(checksum, ''), applied_at, duration_ms "
+            f"FROM {ledger_ref(config, schema)} "
             'ORDER BY applied_at, name COLLATE "C"'
         )
     ).all()
@@ -124,7 +135,8 @@ def read_ledgers(
     for i in range(0, len(wanted), batch):
         chunk = wanted[i : i + batch]
         sql = " UNION ALL ".join(
-            f"SELECT {quote_literal(s)} AS schema_name, name, checksum FROM {ledger_ref(config, s)}"
+            f"SELECT {quote_literal(s)} AS schema_name, name, coalesce(checksum, '') "
+            f"FROM {ledger_ref(config, s)}"
             for s in chunk
         )
         for schema, name, checksum in conn.execute(sa.text(sql)):

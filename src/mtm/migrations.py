@@ -5,6 +5,11 @@ Two layouts are read: subfolders (``migrations/public/0001_x.sql``,
 (``migrations/tenant:1546110701000-create-table-A.py``). A migration's name is its
 file name without the namespace prefix and the extension; within a namespace,
 migrations run in name order.
+
+The original tool's ``.js`` files are history (``legacy``): never run, recorded without
+a checksum. A database adopted by ``mtm adopt`` has them all applied; a schema created
+later records them as superseded by the namespace's baseline (a SQL file marked
+``-- mtm:baseline``, which builds what they built) and runs that instead.
 """
 
 from __future__ import annotations
@@ -28,12 +33,16 @@ from .errors import MigrationFileError
 Namespace = Literal["public", "tenant"]
 NAMESPACES: tuple[Namespace, ...] = ("public", "tenant")
 EXTENSIONS = (".py", ".sql")
+# The original multi-tenant-migrate tool's migrations: history, never run.
+LEGACY_EXTENSIONS = (".js",)
 # Files that may sit in a migrations folder without being migrations.
 _IGNORED_SUFFIXES = {".md", ".txt", ".rst", ".pyc"}
 _IGNORED_NAMES = {"__init__.py", "__pycache__"}
 
 _DOWN_MARKER = re.compile(r"^\s*--\s*mtm:down\s*$", re.IGNORECASE | re.MULTILINE)
 _NO_TX_MARKER = re.compile(r"^\s*--\s*mtm:no-transaction\s*$", re.IGNORECASE | re.MULTILINE)
+BASELINE_MARKER = "-- mtm:baseline"
+_BASELINE_MARKER = re.compile(r"^\s*--\s*mtm:baseline\s*$", re.IGNORECASE | re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -57,6 +66,11 @@ class Migration:
     transactional: bool = True
     up_sql: str = ""
     down_sql: str | None = None
+    # A .js file of the original tool: recorded (checksum NULL, adopted) but never run,
+    # and only together with a baseline after it. Its ``checksum`` is "".
+    legacy: bool = False
+    # A SQL file marked ``-- mtm:baseline``: builds what the legacy files before it built.
+    baseline: bool = False
     _module: ModuleType | None = field(default=None, repr=False)
 
     @property
@@ -102,6 +116,15 @@ class MigrationSet:
                 return m
         return None
 
+    def legacy(self, namespace: Namespace) -> list[Migration]:
+        """The original tool's files of a namespace (history, never run)."""
+        return [m for m in self.of(namespace) if m.legacy]
+
+    def baseline(self, namespace: Namespace) -> Migration | None:
+        """The namespace's newest baseline, if it has one."""
+        found = [m for m in self.of(namespace) if m.baseline]
+        return found[-1] if found else None
+
     def load_all(self) -> None:
         """Import every Python migration now, so a broken file stops a run before it starts."""
         for m in [*self.public, *self.tenant]:
@@ -139,6 +162,9 @@ def discover(directory: Path) -> MigrationSet:
                 for file in sorted(entry.iterdir()):
                     if _ignored(file) or file.is_dir():
                         continue
+                    if file.suffix in LEGACY_EXTENSIONS:
+                        add(_legacy_migration(file, ns, file.stem))
+                        continue
                     if file.suffix not in EXTENSIONS:
                         raise MigrationFileError(
                             f"{file}: not a migration (expected a .py or .sql file)"
@@ -150,7 +176,7 @@ def discover(directory: Path) -> MigrationSet:
                     f"or {directory / 'tenant'})"
                 )
             continue
-        if entry.suffix not in EXTENSIONS:
+        if entry.suffix not in EXTENSIONS + LEGACY_EXTENSIONS:
             continue
         prefix, sep, rest = entry.name.partition(":")
         if not sep or prefix not in NAMESPACES:
@@ -159,7 +185,10 @@ def discover(directory: Path) -> MigrationSet:
                 f"'tenant:{entry.name}', or move it into public/ or tenant/)"
             )
         ns = "public" if prefix == "public" else "tenant"
-        add(_read_migration(entry, ns, Path(rest).stem))
+        if entry.suffix in LEGACY_EXTENSIONS:
+            add(_legacy_migration(entry, ns, Path(rest).stem))
+        else:
+            add(_read_migration(entry, ns, Path(rest).stem))
     return MigrationSet(
         directory=directory,
         public=[found["public"][k] for k in sorted(found["public"])],
@@ -171,6 +200,13 @@ def _ignored(path: Path) -> bool:
     return (
         path.name.startswith(".") or path.name in _IGNORED_NAMES or path.suffix in _IGNORED_SUFFIXES
     )
+
+
+def _legacy_migration(path: Path, namespace: Namespace, name: str) -> Migration:
+    """A file of the original tool: known by name, never read or run."""
+    if not name:
+        raise MigrationFileError(f"{path}: migration has an empty name")
+    return Migration(name, namespace, path, "", "sql", legacy=True)
 
 
 def _read_migration(path: Path, namespace: Namespace, name: str) -> Migration:
@@ -208,6 +244,7 @@ def _read_migration(path: Path, namespace: Namespace, name: str) -> Migration:
         transactional=transactional,
         up_sql=up,
         down_sql=down,
+        baseline=_BASELINE_MARKER.search(text) is not None,
     )
 
 

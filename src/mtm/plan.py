@@ -20,7 +20,8 @@ from .migrations import Migration, Namespace
 def fingerprint(pairs: Iterable[tuple[str, str]]) -> str:
     """MD5 of ``name:checksum`` joined by commas in code-point order of name.
 
-    Must equal the SQL in ``ledger.state_upsert_sql`` (``ORDER BY name COLLATE "C"``).
+    Must equal the SQL in ``ledger.state_upsert_sql`` (``ORDER BY name COLLATE "C"``);
+    an adopted row, recorded without a checksum, is ``name:`` (its checksum is "").
     """
     text = ",".join(f"{name}:{checksum}" for name, checksum in sorted(pairs))
     return hashlib.md5(text.encode("utf-8"), usedforsecurity=False).hexdigest()
@@ -58,6 +59,18 @@ class SchemaPlan:
         return not self.pending and not self.problems
 
 
+def legacy_problems(schema: str, pending: Sequence[Migration]) -> list[str]:
+    """A pending file of the original tool is recorded only as superseded by a baseline
+    pending after it (a schema created after an adoption); anywhere else it cannot run."""
+    for i, m in enumerate(pending):
+        if m.legacy and not any(later.baseline for later in pending[i + 1 :]):
+            return [
+                f"{schema}: {m.path.name} is a migration of the original tool, which mtm "
+                "never runs (adopt the database with 'mtm adopt', or rewrite it as .py or .sql)"
+            ]
+    return []
+
+
 def plan_from_prefix(
     schema: str, namespace: Namespace, migrations: Sequence[Migration], k: int
 ) -> SchemaPlan:
@@ -69,6 +82,7 @@ def plan_from_prefix(
         applied=k,
         last_applied=migrations[k - 1].name if k else None,
         pending=list(migrations[k:]),
+        problems=legacy_problems(schema, migrations[k:]),
         applied_pairs=tuple((m.name, m.checksum) for m in migrations[:k]),
     )
 
@@ -96,6 +110,7 @@ def plan_from_ledger(
                 f"applied {applied[name].checksum[:12]})"
             )
     pending = [m for m in migrations if m.name not in applied]
+    problems += legacy_problems(schema, pending)
     newest = max(applied) if applied else None
     if newest is not None and not allow_out_of_order:
         for m in pending:
@@ -175,14 +190,10 @@ def stamp_change(
         f"{schema}: migration {n} was edited after it was applied (checksum "
         f"{files[n].checksum[:12]}, recorded {str(applied[n])[:12]})"
         for n in sorted(touched)
-        if n in files and applied[n] is not None and applied[n] != files[n].checksum
+        if n in files and applied[n] and applied[n] != files[n].checksum
     ]
     record = tuple(m for m in migrations if m.name <= name and m.name not in applied)
     record = () if delete else record
     removed = tuple(sorted(touched)) if delete else ()
-    expected = (
-        None
-        if ledger is None
-        else fingerprint((r.name, r.checksum) for r in rows if r.checksum is not None)
-    )
+    expected = None if ledger is None else fingerprint((r.name, r.checksum) for r in rows)
     return StampChange(schema, namespace, record, removed, expected), problems

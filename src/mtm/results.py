@@ -220,6 +220,8 @@ class StampResult:
 class ValidateResult:
     problems: list[str] = field(default_factory=list)
     schemas_checked: int = 0
+    # The original tool's files found in the migrations folder: history, never run.
+    adopted: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -275,3 +277,27 @@ class SeedResult:
     schema: str
     seed: str
     seconds: float
+
+
+@dataclass
+class AdoptResult:
+    """What ``adopt`` changes (or, ``dry_run``, would change): the tenants moved into
+    mtm's registry, the schemas whose legacy ledger it turns into mtm's with what each
+    records, the baseline files, and what new tenants will not get."""
+
+    dry_run: bool
+    mapper: str  # the original tool's mapper table, quoted
+    ledger: str  # its ledger table's name
+    resumed: bool  # an interrupted adoption is being finished
+    moved: list[tuple[str, tuple[str, ...]]]  # (schema, domains) into the registry
+    public_record: list[str]  # names public records as adopted ([]: public is done)
+    schemas: list[str]  # tenant schemas adopted (or to adopt)
+    tenant_record: list[str]  # names each of them records as adopted
+    baselines: list[str]  # baseline files written (or to write), as paths
+    reference: str | None = None  # the schema the tenant baseline was taken from
+    off_step: list[str] = field(default_factory=list)  # tenants recorded at its step anyway
+    differ: list[str] = field(default_factory=list)  # structure unlike the reference's
+    rows_left: list[str] = field(default_factory=list)  # reference tables with rows
+    data_migrations: list[str] = field(default_factory=list)  # .js files that write rows
+    warnings: list[str] = field(default_factory=list)
+    nothing: bool = False  # the database is mtm's already

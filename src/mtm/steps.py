@@ -18,6 +18,7 @@ from . import sqlscript
 from .config import Config
 from .identifiers import do_block, quote_ident, quote_literal
 from .ledger import (
+    FINGERPRINT_ITEM,
     delete_sql,
     finish_sql,
     insert_sql,
@@ -132,7 +133,7 @@ def expect_ledger_sql(config: Config, schema: str, expected: str) -> str:
     ledger = ledger_ref(config, schema)
     message = quote_literal(f"the ledger of schema {schema} changed during the run")
     return do_block(
-        "BEGIN IF (SELECT md5(coalesce(string_agg(name || ':' || checksum, ',' "
+        f"BEGIN IF (SELECT md5(coalesce(string_agg({FINGERPRINT_ITEM}, ',' "
         f"ORDER BY name COLLATE \"C\"), '')) FROM {ledger}) IS DISTINCT FROM "
         f"{quote_literal(expected)} THEN RAISE EXCEPTION {message} "
         f"USING ERRCODE = '{LEDGER_MOVED}'; END IF; END"

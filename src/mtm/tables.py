@@ -29,7 +29,7 @@ from sqlalchemy.engine import Connection
 from . import roles, steps
 from .config import Config
 from .database import rollback_quietly, run_script
-from .errors import MtmError, TablesRefused, made_by_another_tool
+from .errors import MtmError, TablesRefused, adoption_unfinished, made_by_another_tool
 from .identifiers import quote_ident
 from .ledger import PUBLIC, ledger_ddl, ledger_ref, state_ref
 from .locks import schema_lock_sql
@@ -51,6 +51,8 @@ _SHAPES: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "ledger": ("ledger", "migrations_table", ("name", "checksum", "applied_at")),
     "version": ("version marker", "migrations_table", ("version",)),
     "repairs": ("repair audit", "migrations_table", ("schema_name", "migration", "new_checksum")),
+    # While ``mtm adopt`` is unfinished: the schemas it has still to adopt.
+    "adoption": ("adoption marker", "migrations_table", ("schema_name",)),
 }
 
 
@@ -70,7 +72,12 @@ def _refs(config: Config) -> dict[str, str]:
         "ledger": ledger_ref(config, PUBLIC),
         "version": version_ref(config),
         "repairs": repairs_ref(config),
+        "adoption": adoption_ref(config),
     }
+
+
+def adoption_ref(config: Config) -> str:
+    return f"{quote_ident(PUBLIC)}.{quote_ident(config.migrations_table + '_adoption')}"
 
 
 # --- DDL at the newest version -----------------------------------------------------------
@@ -159,7 +166,7 @@ class Tables:
 
     @property
     def complete(self) -> bool:
-        return all(self.exists.values())
+        return all(v for k, v in self.exists.items() if k != "adoption")
 
 
 def inspect(conn: Connection, config: Config) -> Tables:
@@ -189,6 +196,8 @@ def inspect(conn: Connection, config: Config) -> Tables:
             [(refs[k], _SHAPES[k][0]) for k in foreign], [_SHAPES[k][1] for k in foreign]
         )
     exists = {k: k in found for k in keys}
+    if exists["adoption"]:
+        raise adoption_unfinished()
     if exists["version"]:
         query = sa.text(f"SELECT max(version) FROM {version_ref(config)}")
         version = int(conn.execute(query).scalar() or 0)

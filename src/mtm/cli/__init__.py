@@ -21,7 +21,7 @@ import click
 from .. import logs
 from ..errors import MtmError, insufficient_privilege
 from ..exits import Exit
-from . import clone, lifecycle, migrate, project, repair, review, tenants
+from . import adopt, clone, lifecycle, migrate, project, repair, review, tenants
 from .shared import mask
 
 
@@ -120,6 +120,7 @@ for command in (
     clone.seed,
     review.sql,
     review.lint,
+    adopt.adopt,
 ):
     cli.add_command(command)
 del command

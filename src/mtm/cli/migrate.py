@@ -295,11 +295,17 @@ def validate(ctx: click.Context, as_json: bool) -> None:
                 "ok": result.ok,
                 "schemas_checked": result.schemas_checked,
                 "problems": result.problems,
+                "adopted": result.adopted,
             }
         )
     else:
         for p in result.problems:
             click.echo(p)
+        if result.adopted:
+            click.echo(
+                f"{plural(len(result.adopted), 'migration')} of the original tool "
+                "recognised as adopted history (never run): " + ", ".join(result.adopted)
+            )
         click.echo(
             f"{plural(result.schemas_checked, 'schema')} checked: "
             + ("no problems" if result.ok else plural(len(result.problems), "problem"))

@@ -15,6 +15,7 @@ themselves: they compose the modules that own each table and idea (``registry``,
 * ``existing``: ``create_existing``, ``create_existing_many`` (``create --existing``);
 * ``repair``: ``repair``, ``repairs`` (the audit);
 * ``clone``: ``clone``, ``seed``;
+* ``adopt``: ``adopt`` (a database of the original multi-tenant-migrate tool);
 * ``inspection``: ``status``, ``history``, ``validate``;
 * ``review``: ``sql``, ``plan_sql``, ``lint``.
 """
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 from ..migrations import discover
 from ..results import (
+    AdoptResult,
     CloneResult,
     CreateResult,
     DownResult,
@@ -37,6 +39,7 @@ from ..results import (
     ValidateResult,
 )
 from ..tables import ensure_bootstrap
+from .adopt import adopt
 from .clone import clone, seed
 from .domains import domains_add, domains_list, domains_remove
 from .existing import create_existing, create_existing_many
@@ -63,6 +66,7 @@ __all__ = [
     "CONFIG_TEMPLATE",
     "PY_TEMPLATE",
     "SQL_TEMPLATE",
+    "AdoptResult",
     "CloneResult",
     "CreateResult",
     "DownResult",
@@ -76,6 +80,7 @@ __all__ = [
     "StampResult",
     "StatusResult",
     "ValidateResult",
+    "adopt",
     "clone",
     "create",
     "create_existing",

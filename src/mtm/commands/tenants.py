@@ -14,14 +14,14 @@ from .. import dependents, planner, roles, seeds, steps
 from ..config import Config
 from ..creation import Finish, FinishError, create_tenant
 from ..database import Database, rollback_quietly, run_script
-from ..errors import MtmError, PublicMigrationsLocked, TenantError, UsageError
+from ..errors import MtmError, PublicMigrationsLocked, TenantError, UsageError, ValidationFailed
 from ..failures import StepError, step_error
 from ..identifiers import validate_domain, validate_schema_name
 from ..ledger import PUBLIC, state_fingerprint
 from ..locks import describe_holder, release_run_lock, try_run_lock
 from ..migrations import MigrationSet, discover
 from ..overview import matching
-from ..plan import fingerprint
+from ..plan import fingerprint, legacy_problems
 from ..registry import Tenant, get_tenant, list_tenants, tenant_of_domain
 from ..results import CreateResult, DropResult, RotateResult
 from ..runner import Runner
@@ -109,6 +109,8 @@ def create_in(
             clean.append(host)
     mset = migrations or discover(config.migrations_directory)
     pending = list(mset.tenant) if migrate else []
+    for problem in legacy_problems(schema, pending):
+        raise ValidationFailed(f"refusing to create: {problem} (nothing was changed)")
     for m in pending:
         if m.kind == "python":
             m.load()
