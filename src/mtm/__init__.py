@@ -36,7 +36,9 @@ _EXPORTS = {
             "domains_remove",
             "down",
             "drop",
+            "export_tenant",
             "history",
+            "import_tenant",
             "init",
             "migrate",
             "new",
@@ -106,6 +108,7 @@ if TYPE_CHECKING:
     from .commands.repair import repair, repairs
     from .commands.stamp import stamp
     from .commands.tenants import create, drop, rotate_role, tenants
+    from .commands.transfer import export_tenant, import_tenant
     from .config import Config
     from .database import Database, connect
     from .errors import MtmError
@@ -154,7 +157,9 @@ __all__ = [
     "domains_remove",
     "down",
     "drop",
+    "export_tenant",
     "history",
+    "import_tenant",
     "init",
     "migrate",
     "new",

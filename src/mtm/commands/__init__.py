@@ -14,7 +14,8 @@ themselves: they compose the modules that own each table and idea (``registry``,
 * ``stamp``: ``stamp``;
 * ``existing``: ``create_existing``, ``create_existing_many`` (``create --existing``);
 * ``repair``: ``repair``, ``repairs`` (the audit);
-* ``inspection``: ``status``, ``history``, ``validate``.
+* ``inspection``: ``status``, ``history``, ``validate``;
+* ``transfer``: ``export_tenant``, ``import_tenant``.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ from .project import (
 from .repair import repair, repairs
 from .stamp import stamp
 from .tenants import create, drop, rotate_role, tenants
+from .transfer import export_tenant, import_tenant
 
 __all__ = [
     "CONFIG_TEMPLATE",
@@ -81,7 +83,9 @@ __all__ = [
     "down",
     "drop",
     "ensure_bootstrap",
+    "export_tenant",
     "history",
+    "import_tenant",
     "init",
     "migrate",
     "new",
