@@ -181,6 +181,10 @@ def test_import_as_a_new_name_with_other_domains_in_the_same_database(
 ) -> None:
     _ok(source, "create", "acme", "--domain", "acme.example.com")
     _fill(source)
+    source.query(
+        "CREATE FUNCTION acme.customer_count() RETURNS bigint LANGUAGE sql "
+        "AS $$ SELECT count(*) FROM acme.customers $$"
+    )
     file = tmp_path / "acme.mtm"
     mtm.export_tenant(source.config, "acme", file)
 
@@ -189,7 +193,12 @@ def test_import_as_a_new_name_with_other_domains_in_the_same_database(
     )
     assert (result.schema, result.source_schema) == ("acme_copy", "acme")
     assert result.domains == ["copy.example.com", "c2.example.com"]
-    assert result.migrated == [] and result.warnings == []
+    assert result.migrated == []
+    # A function body naming the source schema is left as is, and said so.
+    assert [w.split(":")[0] for w in result.warnings] == [
+        "names schema 'acme' inside a string or function body, left as is"
+    ]
+    assert source.scalar("SELECT acme_copy.customer_count()") == len(NOTES)
     assert _rows(source, "acme_copy") == _rows(source, "acme")
     assert [r[:2] for r in _ledger(source, "acme_copy")] == [r[:2] for r in _ledger(source, "acme")]
     assert _domains(source, "acme_copy") == [("c2.example.com", False), ("copy.example.com", True)]
