@@ -20,6 +20,7 @@ from _reliability import spawn, wait_until, waiting_on_gate, waiting_on_schema_l
 from conftest import Project, _libpq, make_project
 from mtm import pgclient, tenantfile, transfer
 from mtm.errors import MtmError
+from test_apps_roles import ITEMS, rproject  # noqa: F401  (a fixture)
 
 CUSTOMERS = """
 CREATE TABLE customers (
@@ -287,6 +288,9 @@ def test_a_taken_name_or_domain_is_refused_with_its_owner(
     assert _refused(target, "import", str(file), "--as", "Bad-Name").startswith(
         "error: schema name 'Bad-Name' is not a plain lower-case identifier"
     )
+    assert _refused(target, "import", str(file), "--as", "a3", "--domain", "bad host").startswith(
+        "error: domain 'bad host' is not a valid host name"
+    )
     assert _everything(target) == before
     # --as and --domain together get it in.
     _ok(target, "import", str(file), "--as", "acme2", "--domain", "acme2.example.com")
@@ -525,3 +529,46 @@ def test_a_tenant_moves_between_servers_of_two_major_versions(
         assert _rows(source, "acme_back") == _rows(source, "acme")
     finally:
         server.stop()
+
+
+def test_a_tenant_role_is_not_carried_and_the_import_says_how_to_add_one(
+    rproject: Project,  # noqa: F811
+    tmp_path: Path,
+    other_url: str,
+) -> None:
+    _ok(rproject, "create", "acme", "--role")
+    rproject.query("INSERT INTO acme.items (label) VALUES ('kept')")
+    role = mtm.tenant_role(rproject.config, "acme")
+    file = tmp_path / "acme.mtm"
+    _ok(rproject, "export", "acme", str(file))
+    prefix = f"t{uuid.uuid4().hex[:8]}_"
+    target = make_project(tmp_path / "target", other_url, f'tenant_role_prefix = "{prefix}"\n')
+    target.write("tenant", "0001_items.sql", ITEMS)
+    try:
+        out = _ok(target, "import", str(file))
+        assert out.splitlines() == [
+            "imported tenant acme at 0001_items",
+            f"its role {role} was not carried (roles belong to the server): run "
+            "'mtm role add acme' to give it one here",
+        ]
+        assert (
+            target.scalar(
+                "SELECT count(*) FROM pg_namespace n JOIN pg_roles r ON r.oid = "
+                "n.nspowner WHERE n.nspname = 'acme' AND r.rolname = %s",
+                (role,),
+            )
+            == 0
+        )
+        _ok(target, "role", "add", "acme")
+        new_role = mtm.tenant_role(target.config, "acme")
+        assert (
+            target.scalar("SELECT has_table_privilege(%s, 'acme.items', 'SELECT')", (new_role,))
+            is True
+        )
+    finally:
+        with psycopg.connect(_libpq(other_url), autocommit=True) as conn:
+            for (name,) in conn.execute(
+                "SELECT rolname FROM pg_roles WHERE starts_with(rolname, %s)", (prefix,)
+            ).fetchall():
+                conn.execute(f'DROP OWNED BY "{name}"')
+                conn.execute(f'DROP ROLE "{name}"')

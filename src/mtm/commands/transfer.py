@@ -154,7 +154,13 @@ def import_tenant(
         "imported tenant %s from %s",
         schema,
         path.name,
-        extra={"event": "tenant.import", "schema": schema, "source_schema": manifest.schema},
+        extra={
+            "event": "tenant.import",
+            "schema": schema,
+            "source_schema": manifest.schema,
+            "applied": manifest.applied,
+            "duration_ms": round(1000 * (time.perf_counter() - started)),
+        },
     )
     result = ImportResult(
         schema, manifest.schema, path, hosts, manifest.applied, [], warnings, manifest.role, program
