@@ -572,3 +572,34 @@ def test_a_tenant_role_is_not_carried_and_the_import_says_how_to_add_one(
             ).fetchall():
                 conn.execute(f'DROP OWNED BY "{name}"')
                 conn.execute(f'DROP ROLE "{name}"')
+
+
+def test_a_ledger_of_another_name_takes_this_projects_name(
+    source: Project, tmp_path: Path, other_url: str
+) -> None:
+    """The source's migrations_table is not the target's: the restored ledger is renamed
+    in the import's transaction, and the target's mtm reads it."""
+    _ok(source, "create", "acme")
+    file = tmp_path / "acme.mtm"
+    _ok(source, "export", "acme", str(file))
+    target = make_project(tmp_path / "target", other_url, 'migrations_table = "app_ledger"\n')
+    target.write("tenant", "0001_customers.sql", CUSTOMERS)
+    target.write("tenant", "0002_tags.sql", TAGS)
+    _ok(target, "import", str(file))
+    assert [r[0] for r in target.query("SELECT name FROM acme.app_ledger ORDER BY 1")] == [
+        "0001_customers",
+        "0002_tags",
+    ]
+    assert target.scalar("SELECT to_regclass('acme.mtm_migrations')") is None
+    _ok(target, "status", "--check")
+    _ok(target, "validate")
+
+
+def test_an_export_into_a_folder_it_cannot_write_says_so(source: Project) -> None:
+    """/proc takes no files, not even root's."""
+    if not Path("/proc/self").is_dir():
+        pytest.skip("needs Linux's /proc")
+    _ok(source, "create", "acme")
+    line = _refused(source, "export", "acme", "/proc/acme.mtm", code=1)
+    assert line.startswith("error: tenant 'acme' was not exported: writing in /proc failed: ")
+    assert not Path("/proc/acme.mtm").exists()

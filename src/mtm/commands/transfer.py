@@ -85,10 +85,16 @@ def export_tenant(
                 created_at=found.created_at.isoformat() if found.created_at else None,
                 role=roles.owned_role(conn, config, schema),
             )
-            with tempfile.TemporaryDirectory(prefix="mtm-export-") as tmp:
-                dump_file = Path(tmp) / tenantfile.DUMP
-                transfer.dump(resolve_url(config), schema, program, dump_file)
-                tenantfile.write(path, manifest, dump_file)
+            try:
+                with tempfile.TemporaryDirectory(prefix=".mtm-export-", dir=path.parent) as tmp:
+                    dump_file = Path(tmp) / tenantfile.DUMP
+                    transfer.dump(resolve_url(config), schema, program, dump_file)
+                    tenantfile.write(path, manifest, dump_file)
+            except OSError as exc:
+                raise MtmError(
+                    f"tenant {schema!r} was not exported: writing in {path.parent} failed: "
+                    f"{exc.strerror or exc}"
+                ) from None
         finally:
             release_schema(conn, schema)
     seconds = time.perf_counter() - started
