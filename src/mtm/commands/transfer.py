@@ -30,7 +30,7 @@ from ..ledger import read_ledgers
 from ..locks import hold_schema, release_schema
 from ..migrations import discover
 from ..plan import LedgerRow, fingerprint, plan_from_ledger
-from ..registry import get_tenant, tenant_of_domain
+from ..registry import Tenant, get_tenant, tenant_of_domain
 from ..results import ExportResult, ImportResult
 from ..schemas import schema_exists
 from ..tables import VERSION, ensure_bootstrap
@@ -63,28 +63,9 @@ def export_tenant(
         hold_schema(conn, schema)
         try:
             found = registered(conn, config, schema)  # again: dropped or renamed meanwhile?
-            ledger: list[tuple[str, str | None]] = sorted(
-                (r.name, r.checksum) for r in read_ledgers(conn, config, [schema])[schema]
-            )
             version = transfer.server_version(conn)
             program = _program("pg_dump", pg_dump, version // 10000)
-            domains = [d for d in found.domains if d == found.primary_domain]
-            domains += [d for d in found.domains if d != found.primary_domain]
-            manifest = tenantfile.Manifest(
-                schema=schema,
-                name=found.name,
-                domains=domains,
-                tables_version=VERSION,
-                ledger_table=config.migrations_table,
-                ledger=ledger,
-                fingerprint=fingerprint((n, c) for n, c in ledger if c is not None),
-                applied=max((n for n, _ in ledger), default=None),
-                server_version=version,
-                pg_dump_version=version // 10000,
-                exported_at=datetime.now(UTC).isoformat(),
-                created_at=found.created_at.isoformat() if found.created_at else None,
-                role=roles.owned_role(conn, config, schema),
-            )
+            manifest = _manifest(conn, config, found, version)
             try:
                 with tempfile.TemporaryDirectory(prefix=".mtm-export-", dir=path.parent) as tmp:
                     dump_file = Path(tmp) / tenantfile.DUMP
@@ -103,8 +84,35 @@ def export_tenant(
         schema,
         extra={"event": "tenant.export", "schema": schema, "duration_ms": round(1000 * seconds)},
     )
+    size = path.stat().st_size
+    ledger = manifest.ledger
     return ExportResult(
-        schema, path, manifest.applied, len(ledger), domains, path.stat().st_size, program, seconds
+        schema, path, manifest.applied, len(ledger), manifest.domains, size, program, seconds
+    )
+
+
+def _manifest(conn: Connection, config: Config, found: Tenant, version: int) -> tenantfile.Manifest:
+    """What the file says besides the dump, read under the tenant's schema lock."""
+    schema = found.schema
+    ledger: list[tuple[str, str | None]] = sorted(
+        (r.name, r.checksum) for r in read_ledgers(conn, config, [schema])[schema]
+    )
+    domains = [d for d in found.domains if d == found.primary_domain]
+    domains += [d for d in found.domains if d != found.primary_domain]
+    return tenantfile.Manifest(
+        schema=schema,
+        name=found.name,
+        domains=domains,
+        tables_version=VERSION,
+        ledger_table=config.migrations_table,
+        ledger=ledger,
+        fingerprint=fingerprint((n, c) for n, c in ledger if c is not None),
+        applied=max((n for n, _ in ledger), default=None),
+        server_version=version,
+        pg_dump_version=version // 10000,
+        exported_at=datetime.now(UTC).isoformat(),
+        created_at=found.created_at.isoformat() if found.created_at else None,
+        role=roles.owned_role(conn, config, schema),
     )
 
 
