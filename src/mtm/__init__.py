@@ -38,7 +38,9 @@ _EXPORTS = {
             "domains_remove",
             "down",
             "drop",
+            "export_tenant",
             "history",
+            "import_tenant",
             "init",
             "lint",
             "migrate",
@@ -114,6 +116,7 @@ if TYPE_CHECKING:
     from .commands.review import lint, sql
     from .commands.stamp import stamp
     from .commands.tenants import create, drop, rotate_role, tenants
+    from .commands.transfer import export_tenant, import_tenant
     from .config import Config
     from .database import Database, connect
     from .errors import MtmError
@@ -164,7 +167,9 @@ __all__ = [
     "domains_remove",
     "down",
     "drop",
+    "export_tenant",
     "history",
+    "import_tenant",
     "init",
     "lint",
     "migrate",

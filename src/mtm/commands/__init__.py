@@ -17,7 +17,8 @@ themselves: they compose the modules that own each table and idea (``registry``,
 * ``clone``: ``clone``, ``seed``;
 * ``adopt``: ``adopt`` (a database of the original multi-tenant-migrate tool);
 * ``inspection``: ``status``, ``history``, ``validate``;
-* ``review``: ``sql``, ``plan_sql``, ``lint``.
+* ``review``: ``sql``, ``plan_sql``, ``lint``;
+* ``transfer``: ``export_tenant``, ``import_tenant``.
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ from .repair import repair, repairs
 from .review import LintResult, lint, plan_sql, sql
 from .stamp import stamp
 from .tenants import create, drop, rotate_role, tenants
+from .transfer import export_tenant, import_tenant
 
 __all__ = [
     "CONFIG_TEMPLATE",
@@ -96,7 +98,9 @@ __all__ = [
     "down",
     "drop",
     "ensure_bootstrap",
+    "export_tenant",
     "history",
+    "import_tenant",
     "init",
     "lint",
     "migrate",
