@@ -31,6 +31,7 @@ _EXPORTS = {
             "db_status",
             "db_stop",
             "db_url",
+            "diff",
             "domains_add",
             "domains_list",
             "domains_remove",
@@ -98,6 +99,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:
     from .commands.domains import domains_add, domains_list, domains_remove
+    from .commands.drift import diff
     from .commands.existing import create_existing, create_existing_many
     from .commands.inspection import history, status, validate
     from .commands.lifecycle import rename, role_add, role_remove, tenant_overview
@@ -149,6 +151,7 @@ __all__ = [
     "db_status",
     "db_stop",
     "db_url",
+    "diff",
     "domains_add",
     "domains_list",
     "domains_remove",

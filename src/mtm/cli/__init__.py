@@ -8,8 +8,8 @@ imported inside the command functions, so ``mtm --help`` and ``--version`` stay 
 This module holds the group, its global options, ``main`` and the turning of errors into
 output; the commands live by area in ``project`` (init, new, db), ``tenants`` (create,
 tenants, drop, role; ``existing`` holds create's ``--existing``), ``lifecycle`` (domains,
-rename, role add/remove), ``repair`` and ``migrate`` (migrate, up, status, down, history,
-validate).
+rename, role add/remove), ``repair``, ``migrate`` (migrate, up, status, down, history,
+validate) and ``drift`` (diff).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import click
 from .. import logs
 from ..errors import MtmError, insufficient_privilege
 from ..exits import Exit
-from . import lifecycle, migrate, project, repair, tenants
+from . import drift, lifecycle, migrate, project, repair, tenants
 from .shared import mask
 
 
@@ -112,6 +112,7 @@ for command in (
     repair.repair,
     migrate.history,
     migrate.validate,
+    drift.diff,
     tenants.role,
     project.db,
     lifecycle.domains,

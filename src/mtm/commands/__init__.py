@@ -14,7 +14,8 @@ themselves: they compose the modules that own each table and idea (``registry``,
 * ``stamp``: ``stamp``;
 * ``existing``: ``create_existing``, ``create_existing_many`` (``create --existing``);
 * ``repair``: ``repair``, ``repairs`` (the audit);
-* ``inspection``: ``status``, ``history``, ``validate``.
+* ``inspection``: ``status``, ``history``, ``validate``;
+* ``drift``: ``diff`` (each tenant schema against a reference built at its step).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from ..results import (
 )
 from ..tables import ensure_bootstrap
 from .domains import domains_add, domains_list, domains_remove
+from .drift import diff
 from .existing import create_existing, create_existing_many
 from .inspection import history, status, validate
 from .lifecycle import rename, role_add, role_remove, tenant_overview
@@ -74,6 +76,7 @@ __all__ = [
     "db_status",
     "db_stop",
     "db_url",
+    "diff",
     "discover",
     "domains_add",
     "domains_list",
