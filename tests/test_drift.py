@@ -213,25 +213,24 @@ def test_a_failing_reference_build_leaves_nothing_behind(project: Project) -> No
     assert references(project) == []
 
 
-def test_an_interrupted_build_drops_the_reference(
+def test_an_interrupted_diff_drops_the_reference(
     project: Project, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Ctrl-C while the reference is described: it is dropped all the same."""
+    """Ctrl-C while the fingerprints are read: the reference is dropped all the same."""
     setup(project)
     make_fleet(project, ["acme"])
     from mtm import catalog
 
     seen: list[str] = []
 
-    def interrupted(conn: object, schema: str, **kwargs: object) -> None:
-        seen.append(schema)
-        assert schema in project.schemas()
+    def interrupted(conn: object, schemas: list[str], **kwargs: object) -> None:
+        seen.extend(s for s in schemas if s in project.schemas())
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(catalog, "describe", interrupted)
+    monkeypatch.setattr(catalog, "fingerprints", interrupted)
     result = project.cli("diff")
     assert result.exit_code == 130
-    assert seen and seen[0].startswith(REFERENCE_PREFIX)
+    assert seen[0] == "acme" and seen[1].startswith(REFERENCE_PREFIX)
     assert references(project) == []
 
 

@@ -7,12 +7,12 @@ fingerprint (``catalog.fingerprints``: one query, no table lock), groups tenants
 that step; only a group whose fingerprint is not its reference's is described and
 compared object by object (``catalog.compare``), once for the whole group.
 
-The references are built first, in one throwaway schema taken from step to step (its
-catalog kept in memory at each step present) and dropped afterwards, also on failure or
-interruption. The tenants are then read in one REPEATABLE READ transaction, so the
-steps, fingerprints and descriptions agree with one another even while a migration runs;
-a tenant that moved to a step with no reference in between has it built, and is read
-again.
+The references are built first, one throwaway schema per step present (its SQL
+migrations sent in one round trip, like a create), and dropped at the end, also on
+failure or interruption. The tenants are then read in one REPEATABLE READ transaction,
+their fingerprints in the same query as the references', so the steps, fingerprints and
+descriptions agree with one another even while a migration runs; a tenant that moved
+to a step with no reference in between has one built, and everything is read again.
 
 mtm's own ledger table is left out of every comparison. Only tenant schemas are
 compared: the public schema has no reference to be built beside it in the same database.
@@ -24,10 +24,12 @@ import logging
 import secrets
 import time
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+import psycopg
+import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from . import catalog, planner
@@ -40,7 +42,7 @@ from .plan import SchemaPlan, plan_from_prefix
 from .planner import Tables
 from .runner import Runner
 from .schemacatalog import Difference, SchemaCatalog
-from .steps import drop, frame
+from .steps import create_body, drop, frame
 
 log = logging.getLogger("mtm.diff")
 
@@ -72,7 +74,7 @@ class DiffResult:
 
     groups: list[DriftGroup] = field(default_factory=list)
     not_compared: list[str] = field(default_factory=list)
-    references: dict[int, str] = field(default_factory=dict)  # step -> fingerprint
+    references: dict[int, str] = field(default_factory=dict)  # step -> its fingerprint
 
     @property
     def drifted(self) -> list[DriftGroup]:
@@ -98,20 +100,17 @@ def check(
     """Compare each registered tenant (``only`` those) with a reference at its step.
 
     ``conn`` reads; the references are built on a connection of their own from
-    ``engine`` (and dropped on a fresh one if that connection died).
+    ``engine`` and dropped on a fresh one (the first may have died with a failure).
     """
-    exclude = [config.migrations_table]
     rows = planner.tenant_rows(conn, config, tables, only)
     first = planner.plans(conn, config, list(migrations), "tenant", rows)
     wanted = {p.applied for p in first if not p.problems}
-    references: dict[int, SchemaCatalog] = {}
-    for _ in range(3):
-        missing = sorted(wanted - references.keys())
-        if missing:
-            references.update(build_references(engine, config, migrations, missing, exclude))
-        result, wanted = _read(conn, config, migrations, tables, only, references, exclude)
-        if result is not None:
-            return result
+    with References(engine, config, migrations) as references:
+        for _ in range(3):
+            references.build(wanted)
+            result, wanted = _read(conn, config, migrations, tables, only, references.schemas)
+            if result is not None:
+                return result
     raise MtmError(
         "the tenants' steps kept changing while diff read them (a migration is running): "
         "run 'mtm diff' again when it is done"
@@ -124,19 +123,21 @@ def _read(
     migrations: Sequence[Migration],
     tables: Tables,
     only: Sequence[str] | None,
-    references: dict[int, SchemaCatalog],
-    exclude: list[str],
+    references: dict[int, str],
 ) -> tuple[DiffResult | None, set[int]]:
-    """One consistent read of every tenant: steps, fingerprints and the descriptions of
-    drifted groups. (None, steps) when a tenant is at a step with no reference yet."""
+    """One consistent read of every tenant and reference: steps, fingerprints and the
+    descriptions of drifted groups. (None, steps) when a tenant is at a step with no
+    reference yet."""
+    exclude = [config.migrations_table]
     with _snapshot(conn):
         rows = planner.tenant_rows(conn, config, tables, only)
         plans = planner.plans(conn, config, list(migrations), "tenant", rows)
         steps = {p.applied for p in plans if not p.problems}
         if not steps <= references.keys():
-            return None, steps | references.keys()
-        prints = catalog.fingerprints(conn, [p.schema for p in plans], exclude=exclude)
-        result = DiffResult(references={k: references[k].fingerprint for k in sorted(steps)})
+            return None, steps
+        schemas = [p.schema for p in plans] + [references[k] for k in sorted(steps)]
+        prints = catalog.fingerprints(conn, schemas, exclude=exclude)
+        result = DiffResult(references={k: prints[references[k]] for k in sorted(steps)})
         members: dict[tuple[int, str], list[SchemaPlan]] = defaultdict(list)
         for p in plans:
             if p.problems:
@@ -145,12 +146,14 @@ def _read(
                 result.not_compared.append(f"{p.schema}: not compared: the schema does not exist")
             else:
                 members[(p.applied, prints[p.schema])].append(p)
+        described: dict[int, SchemaCatalog] = {}
         for (step, fp), group in sorted(members.items()):
-            reference = references[step]
             differences: list[Difference] = []
-            if fp != reference.fingerprint:
+            if fp != result.references[step]:
+                if step not in described:
+                    described[step] = catalog.describe(conn, references[step], exclude=exclude)
                 actual = catalog.describe(conn, group[0].schema, exclude=exclude)
-                differences = catalog.compare(reference, actual)
+                differences = catalog.compare(described[step], actual)
             tenants = tuple(p.schema for p in group)
             last = group[0].last_applied
             result.groups.append(DriftGroup(step, last, fp, tenants, tuple(differences)))
@@ -167,57 +170,82 @@ def _snapshot(conn: Connection) -> Iterator[None]:
         rollback_quietly(conn)
 
 
-def build_references(
-    engine: Engine,
-    config: Config,
-    migrations: Sequence[Migration],
-    steps: Sequence[int],
-    exclude: Sequence[str] = (),
-) -> dict[int, SchemaCatalog]:
-    """The catalog of a schema built fresh at each of ``steps``: one throwaway schema,
-    tenant migrations applied in order up to each step in turn, described there, and
-    dropped at the end, also when a migration fails or the run is interrupted."""
-    reference = REFERENCE_PREFIX + secrets.token_hex(6)
-    runner = Runner(config)
-    out: dict[int, SchemaCatalog] = {}
-    started = time.perf_counter()
-    created = False
+class References:
+    """Throwaway reference schemas, one per step: ``build`` makes those missing, and
+    leaving the ``with`` block drops every one, also after a failure or Ctrl-C."""
+
+    def __init__(self, engine: Engine, config: Config, migrations: Sequence[Migration]) -> None:
+        self.engine, self.config, self.migrations = engine, config, migrations
+        self.schemas: dict[int, str] = {}  # step -> schema, each made whole
+        self._made: list[str] = []  # created (perhaps not yet whole): dropped at the end
+
+    def __enter__(self) -> References:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        failed: BaseException | None = None
+        for schema in self._made:
+            try:
+                with checkout(self.engine) as conn:
+                    run_script(conn, drop(self.config, schema))
+            except Exception as error:  # drop the others all the same, then say so
+                failed = failed or error
+        self._made.clear()
+        self.schemas.clear()
+        if failed is not None:
+            raise failed
+
+    def build(self, steps: Iterable[int]) -> None:
+        """A reference at each step of ``steps`` that has none yet."""
+        runner = Runner(self.config)
+        for step in sorted(set(steps) - self.schemas.keys()):
+            started = time.perf_counter()
+            schema = REFERENCE_PREFIX + secrets.token_hex(6)
+            self._made.append(schema)  # before it exists: dropped IF EXISTS
+            with checkout(self.engine) as conn:
+                run_script(conn, _create_sql(self.config, schema))
+                _apply(runner, conn, schema, self.migrations, step)
+            self.schemas[step] = schema
+            duration_ms = round(1000 * (time.perf_counter() - started), 3)
+            log.info(
+                "built reference %s at step %d in %sms",
+                schema,
+                step,
+                duration_ms,
+                extra={
+                    "event": "diff.reference",
+                    "schema": schema,
+                    "step": step,
+                    "duration_ms": duration_ms,
+                },
+            )
+
+
+def _apply(
+    runner: Runner, conn: Connection, reference: str, migrations: Sequence[Migration], step: int
+) -> None:
+    """The first ``step`` tenant migrations applied to the reference: if all are SQL,
+    in one transaction and one round trip (as a create sends them), else (or to name
+    the migration that failed) step by step."""
+    segment = migrations[:step]
+    config = runner.config
     try:
-        with checkout(engine) as conn:
-            run_script(conn, _create_sql(config, reference))
-            created = True
-            at = 0
-            for step in sorted(steps):
-                plan = plan_from_prefix(reference, "tenant", list(migrations[:step]), at)
-                applied = runner.apply_plan(conn, plan, None)
-                if applied.error is not None:
-                    raise MtmError(
-                        f"the reference schema for step {step} could not be built: "
-                        f"{applied.failed_migration} failed: {applied.error}"
-                    )
-                at = step
-                out[step] = catalog.describe(conn, reference, exclude=exclude)
-    finally:
-        if created:
-            _drop(engine, config, reference)
-    duration_ms = round(1000 * (time.perf_counter() - started), 3)
-    log.info(
-        "built references at %d step(s) in %sms",
-        len(out),
-        duration_ms,
-        extra={"event": "diff.references", "steps": sorted(out), "duration_ms": duration_ms},
-    )
-    return out
+        if all(m.kind == "sql" and m.transactional for m in segment):
+            body = [s for m in segment for s in create_body(config, reference, m)]
+            run_script(conn, frame(config, reference, "tenant").around(body))
+            return
+    except (psycopg.Error, sa.exc.DBAPIError):
+        rollback_quietly(conn)
+    plan = plan_from_prefix(reference, "tenant", list(segment), 0)
+    applied = runner.apply_plan(conn, plan, None)
+    if applied.error is not None:
+        raise MtmError(
+            f"the reference schema for step {step} could not be built: "
+            f"{applied.failed_migration} failed: {applied.error}"
+        )
 
 
 def _create_sql(config: Config, schema: str) -> list[str]:
     """The reference schema and its ledger, framed like every change to a schema."""
     before = [f'CREATE SCHEMA "{schema}"', ledger_ddl(config, schema)]
     return frame(config, schema, "tenant", before=before).around([])
-
-
-def _drop(engine: Engine, config: Config, schema: str) -> None:
-    """Drop the reference (and its state row) on a fresh connection: the one that built
-    it may have died with the failure being handled."""
-    with checkout(engine) as conn:
-        run_script(conn, drop(config, schema))
