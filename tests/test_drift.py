@@ -119,6 +119,7 @@ def test_tenants_made_by_mtm_create_and_python_migrations_are_clean(project: Pro
     assert "2 tenants compared at 1 step: no differences" in result.output
 
 
+@pytest.mark.slow
 def test_a_thousand_tenants_with_five_drifted_are_named_exactly(project: Project) -> None:
     """Three kinds of drift made by hand in five of 1,000 tenants: diff names exactly
     those five, grouped by what differs, and what differs."""
