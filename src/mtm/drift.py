@@ -36,13 +36,14 @@ from . import catalog, planner
 from .config import Config
 from .database import checkout, rollback_quietly, run_script
 from .errors import MtmError
+from .identifiers import quote_ident
 from .ledger import ledger_ddl
 from .migrations import Migration
 from .plan import SchemaPlan, plan_from_prefix
 from .planner import Tables
 from .runner import Runner
 from .schemacatalog import Difference, SchemaCatalog
-from .steps import create_body, drop, frame
+from .steps import Framed, create_body, drop, frame
 
 log = logging.getLogger("mtm.diff")
 
@@ -105,7 +106,7 @@ def check(
     rows = planner.tenant_rows(conn, config, tables, only)
     first = planner.plans(conn, config, list(migrations), "tenant", rows)
     wanted = {p.applied for p in first if not p.problems}
-    with References(engine, config, migrations) as references:
+    with References(engine, conn, config, migrations) as references:
         for _ in range(3):
             references.build(wanted)
             result, wanted = _read(conn, config, migrations, tables, only, references.schemas)
@@ -172,10 +173,16 @@ def _snapshot(conn: Connection) -> Iterator[None]:
 
 class References:
     """Throwaway reference schemas, one per step: ``build`` makes those missing, and
-    leaving the ``with`` block drops every one, also after a failure or Ctrl-C."""
+    leaving the ``with`` block drops every one, also after a failure or Ctrl-C.
 
-    def __init__(self, engine: Engine, config: Config, migrations: Sequence[Migration]) -> None:
-        self.engine, self.config, self.migrations = engine, config, migrations
+    They are built on ``conn`` (its catalog caches are warm already) and dropped on it,
+    or on a fresh connection from ``engine`` if it died.
+    """
+
+    def __init__(
+        self, engine: Engine, conn: Connection, config: Config, migrations: Sequence[Migration]
+    ) -> None:
+        self.engine, self.conn, self.config, self.migrations = engine, conn, config, migrations
         self.schemas: dict[int, str] = {}  # step -> schema, each made whole
         self._made: list[str] = []  # created (perhaps not yet whole): dropped at the end
 
@@ -186,8 +193,7 @@ class References:
         failed: BaseException | None = None
         for schema in self._made:
             try:
-                with checkout(self.engine) as conn:
-                    run_script(conn, drop(self.config, schema))
+                self._drop(schema)
             except Exception as error:  # drop the others all the same, then say so
                 failed = failed or error
         self._made.clear()
@@ -195,16 +201,24 @@ class References:
         if failed is not None:
             raise failed
 
+    def _drop(self, schema: str) -> None:
+        rollback_quietly(self.conn)
+        if not self.conn.invalidated and not self.conn.closed:
+            try:
+                run_script(self.conn, drop(self.config, schema))
+                return
+            except (psycopg.OperationalError, sa.exc.OperationalError):
+                rollback_quietly(self.conn)  # the connection died: a fresh one below
+        with checkout(self.engine) as fresh:
+            run_script(fresh, drop(self.config, schema))
+
     def build(self, steps: Iterable[int]) -> None:
         """A reference at each step of ``steps`` that has none yet."""
-        runner = Runner(self.config)
         for step in sorted(set(steps) - self.schemas.keys()):
             started = time.perf_counter()
             schema = REFERENCE_PREFIX + secrets.token_hex(6)
             self._made.append(schema)  # before it exists: dropped IF EXISTS
-            with checkout(self.engine) as conn:
-                run_script(conn, _create_sql(self.config, schema))
-                _apply(runner, conn, schema, self.migrations, step)
+            _build(Runner(self.config), self.conn, schema, self.migrations[:step])
             self.schemas[step] = schema
             duration_ms = round(1000 * (time.perf_counter() - started), 3)
             log.info(
@@ -221,31 +235,30 @@ class References:
             )
 
 
-def _apply(
-    runner: Runner, conn: Connection, reference: str, migrations: Sequence[Migration], step: int
-) -> None:
-    """The first ``step`` tenant migrations applied to the reference: if all are SQL,
+def _build(runner: Runner, conn: Connection, schema: str, migrations: Sequence[Migration]) -> None:
+    """The reference schema with ``migrations`` applied: if all are SQL, with its ledger
     in one transaction and one round trip (as a create sends them), else (or to name
-    the migration that failed) step by step."""
-    segment = migrations[:step]
+    the migration that failed) created first, then migrated step by step."""
     config = runner.config
-    try:
-        if all(m.kind == "sql" and m.transactional for m in segment):
-            body = [s for m in segment for s in create_body(config, reference, m)]
-            run_script(conn, frame(config, reference, "tenant").around(body))
+    created = _created(config, schema)
+    if all(m.kind == "sql" and m.transactional for m in migrations):
+        body = [s for m in migrations for s in create_body(config, schema, m)]
+        try:
+            run_script(conn, created.around(body))
             return
-    except (psycopg.Error, sa.exc.DBAPIError):
-        rollback_quietly(conn)
-    plan = plan_from_prefix(reference, "tenant", list(segment), 0)
+        except (psycopg.Error, sa.exc.DBAPIError):
+            rollback_quietly(conn)
+    run_script(conn, created.around([]))
+    plan = plan_from_prefix(schema, "tenant", list(migrations), 0)
     applied = runner.apply_plan(conn, plan, None)
     if applied.error is not None:
         raise MtmError(
-            f"the reference schema for step {step} could not be built: "
+            f"the reference schema for step {len(migrations)} could not be built: "
             f"{applied.failed_migration} failed: {applied.error}"
         )
 
 
-def _create_sql(config: Config, schema: str) -> list[str]:
+def _created(config: Config, schema: str) -> Framed:
     """The reference schema and its ledger, framed like every change to a schema."""
-    before = [f'CREATE SCHEMA "{schema}"', ledger_ddl(config, schema)]
-    return frame(config, schema, "tenant", before=before).around([])
+    before = [f"CREATE SCHEMA {quote_ident(schema)}", ledger_ddl(config, schema)]
+    return frame(config, schema, "tenant", before=before)
