@@ -409,41 +409,24 @@ def _params(schemas: Iterable[str], exclude: Collection[str]) -> dict[str, objec
     return {**PARAMS, "schemas": list(schemas), "exclude": list(exclude)}
 
 
-# At least this much memory for the catalog query's sorts and hashes: with the default
-# 4 MB, ordering a fleet's columns for their positions spilled to disk.
-WORK_MEM = "64MB"
-
-
 @contextmanager
 def _query_settings(conn: Connection) -> Iterator[None]:
-    """Run the catalog query with JIT off and ``work_mem`` at least ``WORK_MEM``, then put
-    both settings back.
+    """Run the catalog query with JIT off, then put the setting back.
 
     The query is one large statement over whole catalogs, so its estimated cost passes
     ``jit_above_cost`` and a server built with LLVM compiles it first: at 1,000 schemas
     on PostgreSQL 15 that took 10 s for a query that runs in 1 s. Set for the session
     (the connection may have no transaction to scope a SET LOCAL) and restored.
     """
-    jit, work_mem = conn.execute(
-        sa.text("SELECT current_setting('jit'), current_setting('work_mem')")
-    ).one()
-    conn.execute(
-        sa.text(
-            "SELECT set_config('jit', 'off', false), set_config('work_mem', CASE WHEN "
-            "pg_size_bytes(:w) < pg_size_bytes(:least) THEN :least ELSE :w END, false)"
-        ),
-        {"w": work_mem, "least": WORK_MEM},
-    )
+    previous = conn.execute(sa.text("SELECT current_setting('jit')")).scalar_one()
+    conn.execute(sa.text("SELECT set_config('jit', 'off', false)"))
     failed = True
     try:
         yield
         failed = False
     finally:
         if not failed or _transaction_usable(conn):
-            conn.execute(
-                sa.text("SELECT set_config('jit', :j, false), set_config('work_mem', :w, false)"),
-                {"j": jit, "w": work_mem},
-            )
+            conn.execute(sa.text("SELECT set_config('jit', :v, false)"), {"v": previous})
 
 
 def _transaction_usable(conn: Connection) -> bool:
