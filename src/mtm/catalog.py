@@ -46,6 +46,7 @@ from contextlib import contextmanager
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from .catalogsql import PARAMS, TREES, colname, colnames, deps, neutral, refname, tree
 from .errors import MtmError
 from .identifiers import quote_literal
 from .schemacatalog import (
@@ -69,146 +70,6 @@ __all__ = [
     "fingerprints",
 ]
 
-# OIDs at or above FirstNormalObjectId belong to objects made after initdb (user objects).
-_USER_OID = r"(?:1638[4-9]|1639[0-9]|16[4-9][0-9][0-9]|1[7-9][0-9]{3}|[2-9][0-9]{4}|[0-9]{6,})"
-# Types whose constant value is an OID (reg* and oid): the bytes differ from schema to schema.
-_OID_TYPES = "24|26|2202|2203|2204|2205|2206|3734|3769|4089|4096|4191"
-
-_REST = (
-    r"((?:[^']|'')*'::reg[a-z]+)|('(?:[^']|'')*')|(\"(?:[^\"]|\"\")*\")"
-    r"|(?<![A-Za-z0-9_$.\"])"
-)
-
-PARAMS = {
-    "re_loc": r":(?:stmt_)?location -?[0-9]+|:stmt_len [0-9]+",
-    # attribute numbers (see above) and how a cast was written (implicit or explicit: a
-    # dump writes every cast out), which changes nothing but the display
-    "re_attno": (
-        r":(varattno|varattnosyn|resorigcol|funcformat|relabelformat|coerceformat"
-        r"|convertformat|row_format) -?[0-9]+"
-    ),
-    "re_const": (
-        rf"(:consttype (?:{_OID_TYPES}|{_USER_OID}) [^{{}}\[]*:constvalue [0-9]+ )\[[^]]*\]"
-    ),
-    "re_oid": rf"(?<![A-Za-z0-9_.-]){_USER_OID}(?![A-Za-z0-9_.])",
-    "re_special": r"([^A-Za-z0-9_])",
-    # The rewrite of the schema prefix: a literal 'schema.x'::reg... loses it (groups 1
-    # and 2), other literals (3) and quoted names (4) are kept whole, and the prefix
-    # anywhere else, unless it ends a longer name, goes. The pattern is written once
-    # with \x01 standing for the prefix, so that it is compiled once, not per schema.
-    "re_marked": "(')\x01" + _REST + "\x01",
-    "re_lit_ref": "(')",
-    "re_lit_ref_rest": _REST,
-    "re_keep": r"\1\2\3\4",
-}
-
-
-def _neutral(expr: str) -> str:
-    """SQL: ``expr`` without the schema's own prefix (literals and quoted names kept).
-
-    ``expr`` is evaluated once. A serial column's default, ``nextval('acme.t_id_seq'
-    ::regclass)`` with no other quote, loses the prefix without a regular expression (a
-    fleet has thousands; the pattern costs 20 us each). A text that already holds chr(1)
-    (never seen in practice) takes the slower pattern compiled for its schema.
-    """
-    return (
-        "(SELECT CASE WHEN strpos(z.v, s.prefix) = 0 THEN z.v "
-        "WHEN left(z.v, 9 + length(s.prefix)) = 'nextval(''' || s.prefix "
-        "AND right(z.v, 12) = '''::regclass)' AND strpos(substr(z.v, 10 + length(s.prefix)), "
-        "'''') = length(z.v) - length(s.prefix) - 20 "
-        "THEN 'nextval(''' || substr(z.v, 10 + length(s.prefix)) "
-        "WHEN strpos(z.v, chr(1)) > 0 THEN regexp_replace(z.v, s.pattern, :re_keep, 'g') "
-        "ELSE replace(regexp_replace(replace(z.v, s.prefix, chr(1)), :re_marked, :re_keep, 'g'), "
-        f"chr(1), s.prefix) END FROM (SELECT {expr} AS v) z)"
-    )
-
-
-def _tree(expr: str) -> str:
-    """SQL: MD5 of a stored node tree with positions, attribute numbers and user OIDs masked."""
-    masked = (
-        f"regexp_replace(regexp_replace(regexp_replace(regexp_replace({expr}::text, "
-        ":re_loc, '', 'g'), :re_attno, '\\1 ?', 'g'), :re_const, '\\1[?]', 'g'), "
-        ":re_oid, '?', 'g')"
-    )
-    return f"md5({masked})"
-
-
-# The node trees of CHECK constraints and of index expressions and predicates, each
-# distinct text masked once (``_tree``, about 40 us a tree): across a fleet they are
-# mostly the same text, and the parts below join this by text instead of masking
-# every copy. Other trees (views, defaults of generated columns...) are fewer and
-# hold OIDs that differ from schema to schema: masked where they are.
-_TREES = f"""
-trees (v, h) AS MATERIALIZED (
-    SELECT d.v, {_tree("d.v")} FROM (
-        SELECT k.conbin::text FROM pg_constraint k JOIN s ON k.connamespace = s.sid
-         WHERE k.conbin IS NOT NULL
-        UNION SELECT i.indexprs::text FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid
-          JOIN s ON c.relnamespace = s.sid WHERE i.indexprs IS NOT NULL
-        UNION SELECT i.indpred::text FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid
-          JOIN s ON c.relnamespace = s.sid WHERE i.indpred IS NOT NULL) d (v)
-),"""
-
-
-def _colname(rel: str, attnum: str) -> str:
-    return (
-        f"(SELECT quote_ident(aa.attname) FROM pg_attribute aa "
-        f"WHERE aa.attrelid = {rel} AND aa.attnum = {attnum})"
-    )
-
-
-def _colnames(rel: str, attnums: str) -> str:
-    """SQL: the names of columns ``attnums`` (an array) of ``rel``, comma-separated, in order.
-
-    Most keys have one column: that one is looked up alone, which costs a fifth of
-    unnesting the array (a fleet has tens of thousands of such keys).
-    """
-    return (
-        f"(CASE WHEN cardinality({attnums}) = 1 THEN coalesce((SELECT quote_ident(aa.attname) "
-        f"FROM pg_attribute aa WHERE aa.attrelid = {rel} "
-        f"AND aa.attnum = ({attnums})[array_lower({attnums}, 1)] "
-        "AND aa.attnum <> 0), '(expr)') ELSE "
-        "(SELECT string_agg(coalesce(quote_ident(aa.attname), '(expr)'), ', ' ORDER BY kk.i) "
-        f"FROM unnest({attnums}) WITH ORDINALITY AS kk(n, i) "
-        f"LEFT JOIN pg_attribute aa ON aa.attrelid = {rel} AND aa.attnum = kk.n) END)"
-    )
-
-
-def _refname(nsp: str, name: str) -> str:
-    """SQL: a relation, type or function name, qualified only when outside the schema."""
-    return (
-        f"(CASE WHEN {nsp} = s.sid THEN quote_ident({name}) ELSE "
-        f"(SELECT quote_ident(o.nspname) FROM pg_namespace o WHERE o.oid = {nsp}) "
-        f"|| '.' || quote_ident({name}) END)"
-    )
-
-
-# What an expression depends on. Columns and relations are named from the catalog
-# directly (the common case, and cheap); anything else through pg_identify_object.
-# pg_identify_object is called only for what is not a relation (it costs 15 us a call),
-# and a column is found by both keys of pg_attribute's index.
-_DEPS = (
-    "(SELECT string_agg(DISTINCT CASE WHEN dd.refclassid = 'pg_class'::regclass THEN "
-    "'relation ' || "
-    + _refname("rc.relnamespace", "rc.relname")
-    + " || coalesce('.' || quote_ident(ra.attname), '') ELSE "
-    + _neutral(
-        "(SELECT io.type || ' ' || io.identity FROM "
-        "pg_identify_object(dd.refclassid, dd.refobjid, dd.refobjsubid) io)"
-    )
-    + " END, '; ') FROM pg_depend dd "
-    "LEFT JOIN pg_class rc ON dd.refclassid = 'pg_class'::regclass AND rc.oid = dd.refobjid "
-    "LEFT JOIN pg_attribute ra ON dd.refclassid = 'pg_class'::regclass "
-    "AND ra.attrelid = dd.refobjid AND ra.attnum = dd.refobjsubid AND dd.refobjsubid <> 0 "
-    "WHERE dd.classid = '{classid}'::regclass AND dd.objid = {objid} "
-    "AND dd.deptype IN ('n', 'a') AND dd.refclassid <> 'pg_namespace'::regclass)"
-)
-
-
-def _deps(classid: str, objid: str) -> str:
-    return _DEPS.replace("{classid}", classid).replace("{objid}", objid)
-
-
 # Each part yields (sid, kind, parent, name, detail text[]). The detail fields of a kind
 # are named in ``schemacatalog.FIELDS``, in the same order.
 
@@ -219,14 +80,14 @@ _PARTS = [
     f"""
     SELECT s.sid, 'relation', '', c.relname::text, ARRAY[
         c.relkind::text, c.relpersistence::text, c.relrowsecurity::text,
-        (SELECT p.partstrat::text || ' ' || {_colnames("c.oid", "p.partattrs::int2[]")}
-                || coalesce(' ' || {_tree("p.partexprs")}, '')
+        (SELECT p.partstrat::text || ' ' || {colnames("c.oid", "p.partattrs::int2[]")}
+                || coalesce(' ' || {tree("p.partexprs")}, '')
            FROM pg_partitioned_table p WHERE p.partrelid = c.oid),
-        (SELECT string_agg({_refname("pc.relnamespace", "pc.relname")}, ', ' ORDER BY ih.inhseqno)
+        (SELECT string_agg({refname("pc.relnamespace", "pc.relname")}, ', ' ORDER BY ih.inhseqno)
            FROM pg_inherits ih JOIN pg_class pc ON pc.oid = ih.inhparent
           WHERE ih.inhrelid = c.oid)
-          || coalesce(' ' || {_tree("c.relpartbound")}, ''),
-        (SELECT {_tree("r.ev_action")} || ' ' || coalesce({_deps("pg_rewrite", "r.oid")}, '')
+          || coalesce(' ' || {tree("c.relpartbound")}, ''),
+        (SELECT {tree("r.ev_action")} || ' ' || coalesce({deps("pg_rewrite", "r.oid")}, '')
            FROM pg_rewrite r WHERE r.ev_class = c.oid AND r.rulename = '_RETURN')]
     FROM pg_class c JOIN s ON c.relnamespace = s.sid
     WHERE c.relkind IN ({_RELKINDS}) AND NOT c.relname = ANY(:exclude)
@@ -235,14 +96,14 @@ _PARTS = [
     f"""
     SELECT s.sid, 'column', c.relname::text, a.attname::text, ARRAY[
         (row_number() OVER (PARTITION BY a.attrelid ORDER BY a.attnum))::text,
-        CASE WHEN t.typnamespace = s.sid THEN {_neutral("format_type(a.atttypid, a.atttypmod)")}
+        CASE WHEN t.typnamespace = s.sid THEN {neutral("format_type(a.atttypid, a.atttypmod)")}
              ELSE format_type(a.atttypid, a.atttypmod) END,
         a.attnotnull::text,
         CASE WHEN ad.adbin IS NOT NULL AND a.attgenerated = ''
-             THEN {_neutral("pg_get_expr(ad.adbin, 0)")} END,
+             THEN {neutral("pg_get_expr(ad.adbin, 0)")} END,
         nullif(a.attidentity::text, ''),
-        CASE WHEN a.attgenerated <> '' THEN a.attgenerated::text || ' ' || {_tree("ad.adbin")}
-             || ' ' || coalesce({_deps("pg_attrdef", "ad.oid")}, '') END,
+        CASE WHEN a.attgenerated <> '' THEN a.attgenerated::text || ' ' || {tree("ad.adbin")}
+             || ' ' || coalesce({deps("pg_attrdef", "ad.oid")}, '') END,
         CASE WHEN a.attcollation <> t.typcollation THEN
              (SELECT quote_ident(co.collname) FROM pg_collation co
                WHERE co.oid = a.attcollation) END]
@@ -256,14 +117,14 @@ _PARTS = [
     f"""
     SELECT s.sid, 'constraint', coalesce(c.relname, t.typname)::text, k.conname::text, ARRAY[
         k.contype::text,
-        {_colnames("k.conrelid", "k.conkey")},
-        CASE WHEN k.contype = 'f' THEN {_refname("f.relnamespace", "f.relname")} END,
-        CASE WHEN k.contype = 'f' THEN {_colnames("k.confrelid", "k.confkey")} END,
+        {colnames("k.conrelid", "k.conkey")},
+        CASE WHEN k.contype = 'f' THEN {refname("f.relnamespace", "f.relname")} END,
+        CASE WHEN k.contype = 'f' THEN {colnames("k.confrelid", "k.confkey")} END,
         nullif(k.confupdtype::text, ' '), nullif(k.confdeltype::text, ' '),
         nullif(k.confmatchtype::text, ' '),
         k.condeferrable::text, k.condeferred::text, k.convalidated::text,
         tk.h,
-        CASE WHEN k.conbin IS NOT NULL THEN {_deps("pg_constraint", "k.oid")} END]
+        CASE WHEN k.conbin IS NOT NULL THEN {deps("pg_constraint", "k.oid")} END]
     FROM pg_constraint k JOIN s ON k.connamespace = s.sid
     LEFT JOIN pg_class c ON c.oid = k.conrelid
     LEFT JOIN pg_class f ON f.oid = k.confrelid
@@ -280,7 +141,7 @@ _PARTS = [
         i.indisunique::text || CASE WHEN i.indnullsnotdistinct THEN ' nulls not distinct'
                                     ELSE '' END,
         i.indisprimary::text,
-        {_colnames("i.indrelid", "i.indkey::int2[]")},
+        {colnames("i.indrelid", "i.indkey::int2[]")},
         i.indnkeyatts::text,
         array_to_string(i.indoption::int2[], ' '),
         CASE WHEN i.indclass::oid[] && ARRAY(SELECT o.oid FROM pg_opclass o
@@ -293,7 +154,7 @@ _PARTS = [
         tx.h, tp.h,
         i.indisvalid::text,
         CASE WHEN i.indexprs IS NOT NULL OR i.indpred IS NOT NULL
-             THEN {_deps("pg_class", "x.oid")} END]
+             THEN {deps("pg_class", "x.oid")} END]
     FROM pg_index i JOIN pg_class x ON x.oid = i.indexrelid
     JOIN pg_class c ON c.oid = i.indrelid JOIN s ON c.relnamespace = s.sid
     LEFT JOIN pg_am am ON am.oid = x.relam
@@ -306,7 +167,7 @@ _PARTS = [
         format_type(q.seqtypid, NULL), q.seqstart::text, q.seqincrement::text,
         q.seqmin::text, q.seqmax::text, q.seqcache::text, q.seqcycle::text,
         (SELECT d.deptype::text || ' ' || quote_ident(o.relname) || '.'
-                || {_colname("o.oid", "d.refobjsubid")}
+                || {colname("o.oid", "d.refobjsubid")}
            FROM pg_depend d JOIN pg_class o ON o.oid = d.refobjid
           WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid
             AND d.refclassid = 'pg_class'::regclass AND d.deptype IN ('a', 'i')
@@ -318,26 +179,26 @@ _PARTS = [
     # functions and procedures (aggregates included)
     f"""
     SELECT s.sid, 'function', '',
-        p.proname::text || '(' || {_neutral("pg_get_function_identity_arguments(p.oid)")} || ')',
+        p.proname::text || '(' || {neutral("pg_get_function_identity_arguments(p.oid)")} || ')',
         ARRAY[
-        p.prokind::text, {_neutral("pg_get_function_result(p.oid)")},
+        p.prokind::text, {neutral("pg_get_function_result(p.oid)")},
         (SELECT l.lanname::text FROM pg_language l WHERE l.oid = p.prolang),
         p.provolatile::text, p.proisstrict::text, p.prosecdef::text, p.proparallel::text,
         array_to_string(p.proconfig, ', '),
-        {_neutral("pg_get_expr(p.proargdefaults, 0)")},
-        md5(coalesce(p.prosrc, '')) || coalesce(' ' || {_tree("p.prosqlbody")}, '')]
+        {neutral("pg_get_expr(p.proargdefaults, 0)")},
+        md5(coalesce(p.prosrc, '')) || coalesce(' ' || {tree("p.prosqlbody")}, '')]
     FROM pg_proc p JOIN s ON p.pronamespace = s.sid
     """,
     # triggers (not the internal ones behind foreign keys)
     f"""
     SELECT s.sid, 'trigger', c.relname::text, g.tgname::text, ARRAY[
         g.tgtype::text,
-        (SELECT {_refname("f.pronamespace", "f.proname")} FROM pg_proc f WHERE f.oid = g.tgfoid),
+        (SELECT {refname("f.pronamespace", "f.proname")} FROM pg_proc f WHERE f.oid = g.tgfoid),
         encode(g.tgargs, 'escape'),
-        {_colnames("g.tgrelid", "g.tgattr::int2[]")},
-        CASE WHEN g.tgqual IS NOT NULL THEN {_tree("g.tgqual")} END,
+        {colnames("g.tgrelid", "g.tgattr::int2[]")},
+        CASE WHEN g.tgqual IS NOT NULL THEN {tree("g.tgqual")} END,
         g.tgenabled::text,
-        {_deps("pg_trigger", "g.oid")}]
+        {deps("pg_trigger", "g.oid")}]
     FROM pg_trigger g JOIN pg_class c ON c.oid = g.tgrelid JOIN s ON c.relnamespace = s.sid
     WHERE NOT g.tgisinternal AND NOT c.relname = ANY(:exclude)
     """,
@@ -345,9 +206,9 @@ _PARTS = [
     f"""
     SELECT s.sid, 'policy', c.relname::text, pol.polname::text, ARRAY[
         pol.polcmd::text, pol.polpermissive::text,
-        CASE WHEN pol.polqual IS NOT NULL THEN {_tree("pol.polqual")} END,
-        CASE WHEN pol.polwithcheck IS NOT NULL THEN {_tree("pol.polwithcheck")} END,
-        {_deps("pg_policy", "pol.oid")}]
+        CASE WHEN pol.polqual IS NOT NULL THEN {tree("pol.polqual")} END,
+        CASE WHEN pol.polwithcheck IS NOT NULL THEN {tree("pol.polwithcheck")} END,
+        {deps("pg_policy", "pol.oid")}]
     FROM pg_policy pol JOIN pg_class c ON c.oid = pol.polrelid JOIN s ON c.relnamespace = s.sid
     WHERE NOT c.relname = ANY(:exclude)
     """,
@@ -361,8 +222,8 @@ _PARTS = [
     # domains (their CHECKs are constraints)
     f"""
     SELECT s.sid, 'domain', '', t.typname::text, ARRAY[
-        {_neutral("format_type(t.typbasetype, t.typtypmod)")}, t.typnotnull::text,
-        {_neutral("t.typdefault")}]
+        {neutral("format_type(t.typbasetype, t.typtypmod)")}, t.typnotnull::text,
+        {neutral("t.typdefault")}]
     FROM pg_type t JOIN s ON t.typnamespace = s.sid WHERE t.typtype = 'd'
     """,
 ]
@@ -381,7 +242,7 @@ _FACTS = """
 facts (sid, kind, parent, name, detail) AS (
 """
 
-FACTS_SQL = _SCHEMAS + _TREES + _FACTS + "\nUNION ALL\n".join(_PARTS) + ")\n"
+FACTS_SQL = _SCHEMAS + TREES + _FACTS + "\nUNION ALL\n".join(_PARTS) + ")\n"
 
 _LINE = (
     "f.kind || E'\\t' || f.parent || E'\\t' || f.name || E'\\t' "
