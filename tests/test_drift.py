@@ -320,3 +320,30 @@ def test_concurrent_diffs_use_separate_references(project: Project) -> None:
         t.join()
     assert results == [True, True]
     assert references(project) == []
+
+
+def test_a_tenant_that_moves_during_the_diff_gets_its_reference(
+    project: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A migrate that moves tenants to a new step after diff planned its references: the
+    consistent read sees the new step, a reference is built for it, and the fleet is
+    compared at the step it is really at."""
+    setup(project)
+    make_fleet(project, ["acme", "beta"], step=2)
+    from mtm.drift import References
+
+    built: list[list[int]] = []
+    original = References.build
+
+    def build_then_migrate(self: References, steps: list[int]) -> None:
+        built.append(sorted(steps))
+        original(self, steps)
+        if len(built) == 1:
+            assert mtm.migrate(project.config).ok  # both tenants to step 3
+
+    monkeypatch.setattr(References, "build", build_then_migrate)
+    result = mtm.diff(project.config)
+    assert built == [[2], [3]]
+    assert result.ok, result
+    assert [(g.step, g.tenants) for g in result.groups] == [(3, ("acme", "beta"))]
+    assert references(project) == []
