@@ -46,7 +46,7 @@ from contextlib import contextmanager
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from .catalogsql import PARAMS, TREES, colname, colnames, deps, neutral, refname, tree
+from .catalogsql import PARAMS, TREES, colnames, deps, neutral, refname, tree
 from .errors import MtmError
 from .identifiers import quote_literal
 from .schemacatalog import (
@@ -162,13 +162,14 @@ _PARTS = [
     WHERE NOT c.relname = ANY(:exclude)
     """,
     # sequences
-    f"""
+    """
     SELECT s.sid, 'sequence', '', c.relname::text, ARRAY[
         format_type(q.seqtypid, NULL), q.seqstart::text, q.seqincrement::text,
         q.seqmin::text, q.seqmax::text, q.seqcache::text, q.seqcycle::text,
         (SELECT d.deptype::text || ' ' || quote_ident(o.relname) || '.'
-                || {colname("o.oid", "d.refobjsubid")}
+                || quote_ident(oa.attname)
            FROM pg_depend d JOIN pg_class o ON o.oid = d.refobjid
+           LEFT JOIN pg_attribute oa ON oa.attrelid = d.refobjid AND oa.attnum = d.refobjsubid
           WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid
             AND d.refclassid = 'pg_class'::regclass AND d.deptype IN ('a', 'i')
             AND d.refobjsubid > 0 LIMIT 1)]

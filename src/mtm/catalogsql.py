@@ -78,25 +78,25 @@ def tree(expr: str) -> str:
 # The node trees of CHECK constraints and of index expressions and predicates, each
 # distinct text masked once (``tree``, about 40 us a tree): across a fleet they are
 # mostly the same text, and the parts below join this by text instead of masking
-# every copy. Other trees (views, defaults of generated columns...) are fewer and
-# hold OIDs that differ from schema to schema: masked where they are.
+# every copy. Before PostgreSQL 18 a tree holds the position of the expression in the
+# script that made it, which differs from tenant to tenant: trees are told apart
+# without positions (one expression each), then masked. Other trees (views, defaults
+# of generated columns...) are fewer and hold OIDs that differ from schema to schema:
+# masked where they are.
 TREES = f"""
-trees (v, h) AS MATERIALIZED (
-    SELECT d.v, {tree("d.v")} FROM (
+raw (v, k) AS (
+    SELECT DISTINCT d.v, regexp_replace(d.v, :re_loc, '', 'g') FROM (
         SELECT k.conbin::text FROM pg_constraint k JOIN s ON k.connamespace = s.sid
          WHERE k.conbin IS NOT NULL
         UNION SELECT i.indexprs::text FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid
           JOIN s ON c.relnamespace = s.sid WHERE i.indexprs IS NOT NULL
         UNION SELECT i.indpred::text FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid
           JOIN s ON c.relnamespace = s.sid WHERE i.indpred IS NOT NULL) d (v)
+), trees (v, h) AS MATERIALIZED (
+    SELECT raw.v, m.h FROM raw JOIN (
+        SELECT u.k, {tree("u.k")} FROM (SELECT DISTINCT raw.k FROM raw) u) m (k, h)
+      ON m.k = raw.k
 ),"""
-
-
-def colname(rel: str, attnum: str) -> str:
-    return (
-        f"(SELECT quote_ident(aa.attname) FROM pg_attribute aa "
-        f"WHERE aa.attrelid = {rel} AND aa.attnum = {attnum})"
-    )
 
 
 def colnames(rel: str, attnums: str) -> str:
