@@ -247,7 +247,9 @@ def test_exclude_leaves_out_the_ledger(conn: Connection) -> None:
         "acme": described.fingerprint
     }
     # an empty schema has the fingerprint of no facts at all
-    assert catalog.fingerprints(conn, ["bare"]) == {"bare": hashlib.md5(b"").hexdigest()}
+    empty = catalog.SchemaCatalog("bare", {})
+    assert catalog.fingerprints(conn, ["bare"]) == {"bare": empty.fingerprint}
+    assert empty.fingerprint == hashlib.md5(b"0 0 0").hexdigest()
 
 
 def test_describe_refuses_a_missing_schema(conn: Connection) -> None:
@@ -320,6 +322,22 @@ def test_the_jit_setting_is_put_back(conn: Connection) -> None:
         catalog.fingerprints(conn, ["acme"])
         catalog.describe(conn, "acme")
         assert conn.exec_driver_sql("SHOW jit").scalar() == setting
-        with catalog._without_jit(conn):
+        with catalog._query_settings(conn):
             assert conn.exec_driver_sql("SHOW jit").scalar() == "off"
         assert conn.exec_driver_sql("SHOW jit").scalar() == setting
+
+
+def test_the_line_hash_is_the_servers(conn: Connection) -> None:
+    """``pghash.hash_extended`` equals hashtextextended on the server, for texts of every
+    length around its 12-byte blocks, non-ASCII bytes, and the seeds the fingerprint uses."""
+    from mtm.pghash import hash_extended
+
+    texts = ["", "a", "relation\t\tt", "é" * 7, "x\\'y" * 9, "column\tt\tid\t1\tbigint" * 5]
+    texts += ["abcdefghijklmnopqrstuvwxyz"[:n] for n in range(26)]
+    for text in texts:
+        for seed in (0, 1, 2**40 + 7):
+            server = conn.execute(
+                sa.text('SELECT hashtextextended(CAST(:t AS text) COLLATE "C", :s)'),
+                {"t": text, "s": seed},
+            ).scalar_one()
+            assert hash_extended(text.encode("utf-8"), seed) == server, (text, seed)

@@ -33,6 +33,7 @@ _EXPORTS = {
             "db_status",
             "db_stop",
             "db_url",
+            "diff",
             "domains_add",
             "domains_list",
             "domains_remove",
@@ -107,6 +108,7 @@ if TYPE_CHECKING:
     from .commands.adopt import adopt
     from .commands.clone import clone, seed
     from .commands.domains import domains_add, domains_list, domains_remove
+    from .commands.drift import diff
     from .commands.existing import create_existing, create_existing_many
     from .commands.inspection import history, status, validate
     from .commands.lifecycle import rename, role_add, role_remove, tenant_overview
@@ -162,6 +164,7 @@ __all__ = [
     "db_status",
     "db_stop",
     "db_url",
+    "diff",
     "domains_add",
     "domains_list",
     "domains_remove",

@@ -9,8 +9,8 @@ This module holds the group, its global options, ``main`` and the turning of err
 output; the commands live by area in ``project`` (init, new, db), ``tenants`` (create,
 tenants, drop, role; ``existing`` holds create's ``--existing``), ``lifecycle`` (domains,
 rename, role add/remove), ``repair``, ``migrate`` (migrate, up, status, down, history,
-validate), ``clone`` (clone, seed), ``review`` (sql, lint) and ``transfer`` (export,
-import).
+validate), ``clone`` (clone, seed), ``review`` (sql, lint), ``transfer`` (export,
+import) and ``drift`` (diff).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import click
 from .. import logs
 from ..errors import MtmError, insufficient_privilege
 from ..exits import Exit
-from . import adopt, clone, lifecycle, migrate, project, repair, review, tenants, transfer
+from . import adopt, clone, drift, lifecycle, migrate, project, repair, review, tenants, transfer
 from .shared import mask
 
 
@@ -113,6 +113,7 @@ for command in (
     repair.repair,
     migrate.history,
     migrate.validate,
+    drift.diff,
     tenants.role,
     project.db,
     lifecycle.domains,

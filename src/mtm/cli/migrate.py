@@ -284,7 +284,11 @@ def history(ctx: click.Context, tenant: str | None, public: bool, as_json: bool)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
 def validate(ctx: click.Context, as_json: bool) -> None:
-    """Check applied migrations against the files and the registry against the schemas."""
+    """Check applied migrations against the files and the registry against the schemas.
+
+    Fast: it reads ledgers, not the schemas' structure; 'mtm diff' compares each tenant
+    schema's tables, columns, indexes... with a schema built at the same step.
+    """
     from .. import commands
     from ..report import dump_json
 
@@ -309,6 +313,7 @@ def validate(ctx: click.Context, as_json: bool) -> None:
         click.echo(
             f"{plural(result.schemas_checked, 'schema')} checked: "
             + ("no problems" if result.ok else plural(len(result.problems), "problem"))
+            + " (ledgers against files; 'mtm diff' compares the schemas themselves)"
         )
     if not result.ok:
         ctx.exit(Exit.FAILED)

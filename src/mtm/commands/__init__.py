@@ -18,7 +18,8 @@ themselves: they compose the modules that own each table and idea (``registry``,
 * ``adopt``: ``adopt`` (a database of the original multi-tenant-migrate tool);
 * ``inspection``: ``status``, ``history``, ``validate``;
 * ``review``: ``sql``, ``plan_sql``, ``lint``;
-* ``transfer``: ``export_tenant``, ``import_tenant``.
+* ``transfer``: ``export_tenant``, ``import_tenant``;
+* ``drift``: ``diff`` (each tenant schema against a reference built at its step).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from ..tables import ensure_bootstrap
 from .adopt import adopt
 from .clone import clone, seed
 from .domains import domains_add, domains_list, domains_remove
+from .drift import diff
 from .existing import create_existing, create_existing_many
 from .inspection import history, status, validate
 from .lifecycle import rename, role_add, role_remove, tenant_overview
@@ -91,6 +93,7 @@ __all__ = [
     "db_status",
     "db_stop",
     "db_url",
+    "diff",
     "discover",
     "domains_add",
     "domains_list",
