@@ -20,6 +20,7 @@ from .config import Config
 from .errors import InvalidName, UsageError
 from .identifiers import do_block, quote_literal, validate_domain, validate_schema_name
 from .ledger import insert_sql, ledger_ddl
+from .listfile import numbered_lines
 from .migrations import Migration
 from .registry import domains_insert_sql, tenant_ref
 
@@ -57,16 +58,8 @@ class RegisterResult:
 def read_schema_file(path: str | Path) -> list[ExistingSchema]:
     """One schema per line, optionally followed by its domains (separated by spaces);
     blank lines and ``#`` comments are ignored. Every name is checked here."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = getattr(exc, "strerror", None) or str(exc)
-        raise UsageError(f"cannot read --from-file {path}: {reason}") from None
     out: list[ExistingSchema] = []
-    for number, line in enumerate(text.splitlines(), 1):
-        words = line.split("#", 1)[0].split()
-        if not words:
-            continue
+    for number, words in numbered_lines(path, "--from-file"):
         try:
             schema = validate_schema_name(words[0])
             domains = tuple(validate_domain(d) for d in words[1:])

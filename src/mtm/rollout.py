@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import sys
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from sqlalchemy.engine import Connection
 from .config import Config
 from .errors import InvalidName, TenantError, UsageError
 from .identifiers import validate_schema_name
+from .listfile import numbered_lines
 from .plan import SchemaPlan
 from .registry import registered_among, tenant_schemas
 from .results import FleetOutcome, SchemaStatus
@@ -51,17 +51,9 @@ class Selection:
 def read_tenant_file(path: str | Path) -> tuple[str, ...]:
     """The schema names of a tenant file, one a line, in file order without repeats:
     blank lines and ``#`` comments are skipped; ``-`` reads standard input."""
-    try:
-        text = sys.stdin.read() if str(path) == "-" else Path(path).read_text(encoding="utf-8-sig")
-    except OSError as exc:
-        raise UsageError(f"cannot read --tenant-file {path}: {exc.strerror or exc}") from None
-    except UnicodeDecodeError:
-        raise UsageError(f"--tenant-file {path} is not UTF-8 text") from None
     names: list[str] = []
-    for number, line in enumerate(text.splitlines(), 1):
-        name = line.split("#", 1)[0].strip()
-        if not name:
-            continue
+    for number, words in numbered_lines(path, "--tenant-file"):
+        name = " ".join(words)
         try:
             names.append(validate_schema_name(name))
         except InvalidName as exc:
