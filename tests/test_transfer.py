@@ -275,7 +275,7 @@ def test_a_taken_name_or_domain_is_refused_with_its_owner(
         "error: tenant 'acme' already exists: import it under another name (--as)"
     )
     assert _refused(target, "import", str(file), "--as", "loose") == (
-        "error: schema 'loose' already exists in the database: import it with --as"
+        "error: schema 'loose' already exists in the database: import it under another name (--as)"
     )
     assert _refused(target, "import", str(file), "--as", "acme2") == (
         "error: domain 'acme.example.com' already belongs to tenant 'globex': import with "

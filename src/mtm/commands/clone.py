@@ -26,7 +26,7 @@ from ..results import CloneResult, SeedResult
 from ..runner import Runner
 from ..tables import existing
 from .base import session
-from .tenants import _refuse_existing
+from .tenants import refuse_taken
 
 log = logging.getLogger("mtm.tenant")
 
@@ -119,7 +119,7 @@ def _checked(
     the fingerprint the source's ledger must still have under its lock."""
     if not existing(conn, config)["registry"] or get_tenant(conn, config, source) is None:
         raise TenantError(f"no tenant {source!r} is registered")
-    _refuse_existing(conn, config, schema, domains)
+    refuse_taken(conn, config, schema, domains)
     if lock_holder(conn, config) is not None:
         raise LockHeld(
             f"tenant {source!r} was not cloned: another mtm run holds the migration lock "
@@ -160,7 +160,7 @@ def _explain(
             f"tenant {schema!r} was not created: tenant {source!r} changed while it was "
             "being cloned (a migrate, down or stamp ran on it); run clone again"
         )
-    _refuse_existing(conn, config, schema, domains)
+    refuse_taken(conn, config, schema, domains)
     where = (
         error.stage
         if isinstance(error, FinishError)

@@ -119,7 +119,7 @@ def create_in(
     with db.connection() as conn:
         ensure_bootstrap(conn, config)
         public = _public_first(runner, conn, mset, schema) if migrate else []
-        _refuse_existing(conn, config, schema, clean)
+        refuse_taken(conn, config, schema, clean)
         password = roles.new_password() if login else None
         setup = _role_setup(conn, config, schema, password) if role else []
         inside = all(m.transactional for m in pending)
@@ -211,15 +211,25 @@ def _public_first(runner: Runner, conn: Connection, mset: MigrationSet, schema: 
         release_run_lock(conn, config)
 
 
-def _refuse_existing(conn: Connection, config: Config, schema: str, domains: list[str]) -> None:
+def refuse_taken(
+    conn: Connection,
+    config: Config,
+    schema: str,
+    domains: list[str],
+    *,
+    name_hint: str = "",
+    domain_hint: str = "",
+) -> None:
+    """Refuse a new tenant whose name, schema or a domain is taken (the owner named);
+    the hints say what the calling command offers instead (``--as``, ``--domain``)."""
     if get_tenant(conn, config, schema) is not None:
-        raise TenantError(f"tenant {schema!r} already exists")
+        raise TenantError(f"tenant {schema!r} already exists{name_hint}")
     if schema_exists(conn, schema):
-        raise TenantError(f"schema {schema!r} already exists in the database")
+        raise TenantError(f"schema {schema!r} already exists in the database{name_hint}")
     for d in domains:
         owner = tenant_of_domain(conn, config, d)
         if owner is not None:
-            raise TenantError(f"domain {d!r} already belongs to tenant {owner!r}")
+            raise TenantError(f"domain {d!r} already belongs to tenant {owner!r}{domain_hint}")
 
 
 def _role_setup(
@@ -288,7 +298,7 @@ def _explain_create_failure(
             "itself (COMMIT or ROLLBACK), so what ran before that is committed, the tenant "
             f"registered with it; check it, then remove it with 'mtm drop {schema} --yes'"
         )
-    _refuse_existing(conn, config, schema, domains)
+    refuse_taken(conn, config, schema, domains)
     log.error(
         "creating tenant %s failed: %s",
         schema,

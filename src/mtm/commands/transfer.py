@@ -24,19 +24,19 @@ from sqlalchemy.engine import Connection
 from .. import pgclient, roles, tenantfile, transfer
 from ..config import Config
 from ..database import resolve_url
-from ..errors import MtmError, TenantError, UsageError, ValidationFailed, insufficient_privilege
+from ..errors import MtmError, UsageError, ValidationFailed, insufficient_privilege
 from ..identifiers import validate_domain, validate_schema_name
 from ..ledger import read_ledgers
 from ..locks import hold_schema, release_schema
 from ..migrations import discover
 from ..plan import LedgerRow, fingerprint, plan_from_ledger
-from ..registry import Tenant, get_tenant, tenant_of_domain
+from ..registry import Tenant
 from ..results import ExportResult, ImportResult
-from ..schemas import schema_exists
 from ..tables import VERSION, ensure_bootstrap
 from .base import session
 from .lifecycle import registered
 from .migrate import migrate
+from .tenants import refuse_taken
 
 log = logging.getLogger("mtm.tenant")
 
@@ -220,17 +220,14 @@ def _plan(config: Config, manifest: tenantfile.Manifest, path: Path, schema: str
 
 
 def _refuse_taken(conn: Connection, config: Config, schema: str, domains: list[str]) -> None:
-    if get_tenant(conn, config, schema) is not None:
-        raise TenantError(f"tenant {schema!r} already exists: import it under another name (--as)")
-    if schema_exists(conn, schema):
-        raise TenantError(f"schema {schema!r} already exists in the database: import it with --as")
-    for d in domains:
-        owner = tenant_of_domain(conn, config, d)
-        if owner is not None:
-            raise TenantError(
-                f"domain {d!r} already belongs to tenant {owner!r}: import with --domain "
-                "to give the tenant other domains"
-            )
+    refuse_taken(
+        conn,
+        config,
+        schema,
+        domains,
+        name_hint=": import it under another name (--as)",
+        domain_hint=": import with --domain to give the tenant other domains",
+    )
 
 
 def _restore(
