@@ -34,6 +34,9 @@ def _progress(config: Config, as_json: bool) -> Progress:
 
 
 def _migrate_options(f: Any) -> Any:
+    """The options ``migrate`` and ``up`` share.
+
+    Longer than most: one list of declarations, one option each, read top to bottom."""
     options = [
         click.option("--tenant", "tenants", multiple=True, help="Only this tenant (repeatable)."),
         click.option(
