@@ -22,7 +22,7 @@ from urllib.parse import quote, quote_plus, urlencode
 
 from .errors import ConfigError, InvalidName
 from .identifiers import validate_role_prefix
-from .keys import BY_NAME, KEYS, URL_PARTS, default
+from .keys import BY_NAME, KEYS, URL_PARTS, accepts, default
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import URL
@@ -76,6 +76,7 @@ class Config:
     tenant_role_prefix: str = default("tenant_role_prefix")
     tenant_role_member: str | None = default("tenant_role_member")
     seed: str | None = default("seed")
+    models: str | tuple[str, ...] | None = default("models")  # mtm.modelset reads it
 
     def __post_init__(self) -> None:
         source = str(self.path) if self.path else "config"
@@ -183,13 +184,13 @@ def _file_values(raw: Mapping[str, Any], source: str) -> _Layer:
             known = ", ".join(sorted(BY_NAME))
             raise ConfigError(f"{source}: unknown key {key!r} (known keys: {known})")
         expected = BY_NAME[key].type
-        if not isinstance(value, expected) or isinstance(value, bool):
+        if not accepts(BY_NAME[key], value):
             shown = "" if BY_NAME[key].secret else f" {value!r}"
             raise ConfigError(
                 f"{source}: key {key!r} must be {_type_name(expected)}, "
                 f"got {_type_name(type(value))}{shown}"
             )
-        out[key] = (value, source)
+        out[key] = (tuple(value) if isinstance(value, list) else value, source)
     return out
 
 

@@ -24,6 +24,7 @@ class Key:
     legacy: str | None = None  # the original tool's camelCase JSON key
     secret: bool = False  # its value is never shown in a message
     example: Any = None  # shown, commented out, in the mtm init template
+    many: bool = False  # a list of values of ``type`` is accepted too
 
     @property
     def env(self) -> str:
@@ -124,10 +125,26 @@ KEYS: tuple[Key, ...] = (
         "file relative to the config file, or module:function (def seed(conn, tenant))",
         example="seeds/tenant.sql",
     ),
+    Key(
+        "models",
+        str,
+        None,
+        "the SQLAlchemy models mtm new --autogenerate compares with, as module:attribute "
+        "of a MetaData, or a list of them (docs/authoring.md)",
+        example="myapp.models:Base.metadata",
+        many=True,
+    ),
 )
 
 BY_NAME: dict[str, Key] = {k.name: k for k in KEYS}
 URL_PARTS = ("db_user", "db_password", "db_name", "db_host", "db_port")
+
+
+def accepts(key: Key, value: Any) -> bool:
+    """Whether ``value`` (from a config file) has the type of ``key``."""
+    if key.many and isinstance(value, list):
+        return all(accepts(Key(key.name, key.type, None, ""), v) for v in value)
+    return isinstance(value, key.type) and not isinstance(value, bool)
 
 
 def default(name: str) -> Any:

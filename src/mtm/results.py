@@ -331,3 +331,13 @@ class ImportResult:
     source_role: str | None = None  # the tenant's role in the source: not carried
     pg_restore: str = ""
     seconds: float = 0.0
+
+
+@dataclass
+class AutogenerateResult:
+    """What ``mtm new --autogenerate`` wrote (``path`` None: nothing to change, nothing
+    written) and the lines it must show: what it could not detect or do."""
+
+    namespace: Namespace
+    path: Path | None
+    warnings: list[str] = field(default_factory=list)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from ..errors import UsageError
 from ..exits import Exit
 from .shared import config_of, mask
 
@@ -23,12 +24,30 @@ def init(directory: str) -> None:
 @click.argument("namespace", type=click.Choice(["public", "tenant"]))
 @click.argument("message")
 @click.option("--sql", is_flag=True, help="Write an SQL migration instead of a Python one.")
+@click.option(
+    "--autogenerate",
+    is_flag=True,
+    help="Write what the models (config: models) add to the schema at head (docs/authoring.md).",
+)
 @click.pass_context
-def new(ctx: click.Context, namespace: str, message: str, sql: bool) -> None:
+def new(ctx: click.Context, namespace: str, message: str, sql: bool, autogenerate: bool) -> None:
     """Write a new migration file named with a UTC timestamp and a slug of MESSAGE."""
     from .. import commands
 
-    click.echo(str(commands.new(config_of(ctx), namespace, message, sql=sql)))
+    if not autogenerate:
+        click.echo(str(commands.new(config_of(ctx), namespace, message, sql=sql)))
+        return
+    if sql:
+        raise UsageError("--autogenerate writes a Python migration: leave out --sql")
+    from ..commands.autogenerate import new_from_models
+
+    result = new_from_models(config_of(ctx), namespace, message)
+    for line in result.warnings:
+        click.echo(f"warning: {line}", err=True)
+    if result.path is None:
+        click.echo(f"nothing to change: the {namespace} models match the migrations")
+    else:
+        click.echo(str(result.path))
 
 
 @click.group()

@@ -61,6 +61,17 @@ def new(
     config: Config, namespace: str, message: str, *, sql: bool = False, now: datetime | None = None
 ) -> Path:
     """Write a new migration file named with a UTC timestamp and a slug of the message."""
+    path = migration_path(config, namespace, message, ".sql" if sql else ".py", now)
+    template = SQL_TEMPLATE if sql else PY_TEMPLATE
+    path.write_text(template.format(message=message.replace('"""', "'''")), encoding="utf-8")
+    return path
+
+
+def migration_path(
+    config: Config, namespace: str, message: str, ext: str, now: datetime | None = None
+) -> Path:
+    """Where a new migration goes (its folder created): named with a UTC timestamp and a
+    slug of the message, in the layout the migrations folder already uses."""
     if namespace not in ("public", "tenant"):
         raise UsageError(f"namespace must be public or tenant, got {namespace!r}")
     slug = re.sub(r"[^a-z0-9]+", "_", message.lower()).strip("_")[:60]
@@ -70,7 +81,6 @@ def new(
     if not directory.is_dir():
         raise ConfigError(f"migrations directory {directory} does not exist (run 'mtm init')")
     moment = now or datetime.now(UTC)
-    ext = ".sql" if sql else ".py"
     flat = not (directory / namespace).is_dir() and any(
         p.name.startswith(("public:", "tenant:")) for p in directory.iterdir()
     )
@@ -82,8 +92,6 @@ def new(
         path = directory / namespace / f"{moment.strftime('%Y%m%d%H%M%S')}_{slug}{ext}"
     if path.exists():
         raise UsageError(f"{path} already exists")
-    template = SQL_TEMPLATE if sql else PY_TEMPLATE
-    path.write_text(template.format(message=message.replace('"""', "'''")), encoding="utf-8")
     return path
 
 

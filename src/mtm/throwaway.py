@@ -1,0 +1,98 @@
+"""A throwaway database on the configured server, removed however its user ends.
+
+``mtm new --autogenerate`` needs the schema every migration builds, public and
+tenant, without touching the real ones: a database of its own is the only place where
+the public migrations can run as written (they may name ``public.x``, and tenant
+migrations may refer to ``public.plans``) without a real public table changing. It is
+created from the server's default template, used through its own ``Config`` (so that
+mtm's normal ``migrate`` and ``create`` build it), and dropped with ``WITH (FORCE)``
+in a ``finally``: after success, a failed migration, an error or Ctrl-C. Only a
+process killed outright (SIGKILL, power loss) leaves one behind; its name starts with
+``mtm_autogen_`` and says so.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+
+import sqlalchemy as sa
+
+from .config import Config, sqlalchemy_url
+from .database import checkout, create_engine, resolve_url
+from .errors import InsufficientPrivilege, MtmError
+from .identifiers import quote_ident
+
+PREFIX = "mtm_autogen_"
+log = logging.getLogger("mtm.autogenerate")
+
+
+@contextmanager
+def database(config: Config) -> Iterator[Config]:
+    """A new empty database on ``config``'s server, as a Config pointing at it; dropped
+    when the block ends, however it ends."""
+    name = PREFIX + uuid.uuid4().hex[:16]
+    url = sqlalchemy_url(resolve_url(config))
+    engine = create_engine(config, pool_size=1, purpose="mtm autogenerate")
+    try:
+        try:
+            with checkout(engine) as conn:
+                _create(conn, name)
+            log.info(
+                "created throwaway database %s",
+                name,
+                extra={"event": "throwaway.create", "database": name},
+            )
+            yield replace(
+                config, database_url=url.set(database=name).render_as_string(hide_password=False)
+            )
+        finally:  # a fresh connection: an interrupt may have left the first one unusable
+            with checkout(engine) as conn:
+                drop(conn, name)
+    finally:
+        engine.dispose()
+
+
+def _create(conn: sa.Connection, name: str) -> None:
+    try:
+        conn.exec_driver_sql(f"CREATE DATABASE {quote_ident(name)}")
+    except sa.exc.ProgrammingError as exc:
+        if getattr(exc.orig, "sqlstate", None) == "42501":
+            user = conn.exec_driver_sql("SELECT current_user").scalar()
+            raise InsufficientPrivilege(
+                f"mtm new --autogenerate builds the migrations in a throwaway database and "
+                f"role {user} may not create one: ALTER ROLE {user} CREATEDB, or run it "
+                "against a development server"
+            ) from None
+        raise
+
+
+def drop(conn: sa.Connection, name: str) -> None:
+    """Drop the throwaway database, closing any session still in it."""
+    try:
+        conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {quote_ident(name)} WITH (FORCE)")
+    except sa.exc.DBAPIError as exc:
+        raise MtmError(
+            f"could not drop the throwaway database {name}: {exc.orig}; drop it by hand"
+        ) from None
+    log.info(
+        "dropped throwaway database %s", name, extra={"event": "throwaway.drop", "database": name}
+    )
+
+
+def engine(config: Config, *search_path: str) -> sa.Engine:
+    """An engine on the throwaway database whose sessions see ``search_path`` only, so
+    that SQLAlchemy's default schema, which Alembic compares, is its first schema."""
+    path = ",".join(quote_ident(s) for s in search_path)
+    url = sqlalchemy_url(resolve_url(config))
+    return sa.create_engine(
+        url,
+        poolclass=sa.NullPool,
+        connect_args={
+            "application_name": "mtm autogenerate",
+            "options": f"-c search_path={path} -c standard_conforming_strings=on",
+        },
+    )
