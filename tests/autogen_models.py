@@ -8,7 +8,7 @@ changed CHECK and a new enum value. Each is written to a module of its own name 
 test imports both in one process).
 """
 
-MODELS_V1 = '''
+MODELS_V1 = """
 import sqlalchemy as sa
 
 metadata = sa.MetaData()
@@ -146,21 +146,25 @@ sa.Table(
     sa.Column("key", sa.Text, primary_key=True),
     sa.Column("value", sa.Text),
 )
-'''
+"""
 
 # The six changes, applied to the text of MODELS_V1.
 CHANGES = {
     "new table": (
-        "\nsa.Table(\n    \"settings\",",
-        "\nsa.Table(\n    \"labels\",\n    metadata,\n"
-        "    sa.Column(\"id\", sa.Integer, primary_key=True),\n"
-        "    sa.Column(\"text\", sa.Text, nullable=False),\n)\nsa.Table(\n    \"settings\",",
+        '\nsa.Table(\n    "settings",',
+        '\nsa.Table(\n    "labels",\n    metadata,\n'
+        '    sa.Column("id", sa.Integer, primary_key=True),\n'
+        '    sa.Column("text", sa.Text, nullable=False),\n)\nsa.Table(\n    "settings",',
     ),
-    "new column": (
-        "    sa.Column(\"email\", sa.Text, nullable=False),\n",
-        "    sa.Column(\"email\", sa.Text, nullable=False),\n    sa.Column(\"nickname\", sa.Text),\n",
+    "new column": (  # last: ADD COLUMN appends, and the catalogs compare positions
+        '    sa.Column("country", sa.ForeignKey("public.countries.code")),\n',
+        '    sa.Column("country", sa.ForeignKey("public.countries.code")),\n'
+        '    sa.Column("nickname", sa.Text),\n',
     ),
-    "dropped index": ('sa.Index("ix_tasks_project_status", tasks.c.project_id, tasks.c.status)\n', ""),
+    "dropped index": (
+        'sa.Index("ix_tasks_project_status", tasks.c.project_id, tasks.c.status)\n',
+        "",
+    ),
     "changed server default": ('server_default="EUR"', 'server_default="USD"'),
     "changed check": ('"priority BETWEEN 1 AND 5"', '"priority BETWEEN 1 AND 10"'),
     "new enum value": (
