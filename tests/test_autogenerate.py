@@ -10,6 +10,7 @@ migration. The throwaway database is gone after success and after a failure.
 from __future__ import annotations
 
 import logging
+import signal
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -17,11 +18,13 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from _reliability import spawn, wait_until
 from autogen_models import CHANGES, MODELS_V1, models_v2
 from conftest import Project
 from mtm import autogenerate, catalog
 from mtm.commands.autogenerate import new_from_models
 from mtm.errors import ConfigError, MtmError, UsageError
+from mtm.exits import Exit
 
 LEDGER = "mtm_migrations"
 
@@ -373,3 +376,36 @@ def test_a_tenant_reference_to_a_public_table_not_yet_migrated_is_pointed_out(
         "refers to public.plans, which no public migration creates yet" in w
         for w in result.warnings
     )
+
+
+@pytest.mark.slow
+def test_ctrl_c_while_a_migration_runs_drops_the_throwaway_database(project: Project) -> None:
+    """A real process, interrupted while a migration runs in the throwaway database."""
+    marker = uuid.uuid4().hex
+    project.write("tenant", "0001_slow.sql", f"SELECT pg_sleep(600) /* {marker} */;")
+    use_models(project, MODELS_V1)
+    run = spawn(project, "new", "tenant", "initial", "--autogenerate")
+    found: list[str] = []
+
+    def sleeping() -> bool:
+        found[:] = [
+            r[0]
+            for r in project.query(
+                "SELECT datname FROM pg_stat_activity WHERE query LIKE %s",
+                (f"%pg_sleep(600) /* {marker} */%",),
+            )
+            if r[0] and r[0].startswith("mtm_autogen_")
+        ]
+        return bool(found)
+
+    try:
+        wait_until(sleeping, message="the migration running in the throwaway database")
+        run.send_signal(signal.SIGINT)
+        out, err = run.communicate(timeout=60)
+    finally:
+        if run.poll() is None:
+            run.kill()
+    assert run.returncode == Exit.INTERRUPTED, out + err
+    assert "Traceback" not in err
+    assert not database_exists(project, found[0])
+    assert list(project.migrations.rglob("*.py")) == []

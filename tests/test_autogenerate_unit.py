@@ -8,7 +8,7 @@ import pytest
 import sqlalchemy as sa
 
 from mtm import Config
-from mtm.autogenhooks import EnumColumn, add_value_statements, rebuild_statements
+from mtm.autogenhooks import EnumColumn, add_value_statements, model_enums, rebuild_statements
 from mtm.errors import ConfigError, UsageError
 from mtm.modelset import specs, split
 
@@ -78,3 +78,15 @@ def test_rebuilding_an_enum_moves_each_column_and_its_default() -> None:
         'ALTER TABLE "u" ALTER COLUMN "d" TYPE "s" USING "d"::text::"s"',
         'DROP TYPE "s_old"',
     ]
+
+
+def test_an_enum_belongs_to_the_namespace_that_creates_it() -> None:
+    metadata = sa.MetaData()
+    kind = sa.Enum("a", "b", name="kind")  # used by a public table: public
+    shared = sa.Enum("x", name="shared", schema="public")  # public, used by a tenant table
+    mood = sa.Enum("sad", "ok", name="mood")  # tenant
+    sa.Table("plans", metadata, sa.Column("k", kind), schema="public")
+    sa.Table("users", metadata, sa.Column("s", shared), sa.Column("m", mood))
+    tables = list(metadata.sorted_tables)
+    assert model_enums(tables, public=True) == {"kind": ["a", "b"], "shared": ["x"]}
+    assert model_enums(tables, public=False) == {"mood": ["sad", "ok"]}

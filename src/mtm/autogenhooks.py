@@ -190,7 +190,8 @@ def render_item(type_: str, obj: Any, autogen_context: AutogenContext) -> str | 
     if type_ == "type" and isinstance(obj, sa.Enum) and obj.native_enum and obj.name:
         autogen_context.imports.add("from sqlalchemy.dialects import postgresql")
         values = ", ".join(repr(v) for v in obj.enums)
-        return f"postgresql.ENUM({values}, name={obj.name!r}, create_type=False)"
+        schema = f", schema={obj.schema!r}" if obj.schema else ""
+        return f"postgresql.ENUM({values}, name={obj.name!r}{schema}, create_type=False)"
     return False
 
 
@@ -213,14 +214,18 @@ def model_tables(autogen_context: AutogenContext) -> list[sa.Table]:
     ]
 
 
-def model_enums(tables: list[sa.Table]) -> dict[str, list[str]]:
-    """Every native enum type the tables use: name -> values in order."""
+def model_enums(tables: list[sa.Table], public: bool) -> dict[str, list[str]]:
+    """The native enum types of one namespace (``public`` or not) that the tables use:
+    name -> values in order. A type is public if it says ``schema="public"`` (a tenant
+    table may use one) or has no schema and a public table uses it."""
     found: dict[str, list[str]] = {}
     for table in tables:
         for column in table.columns:
             t = column.type
             if isinstance(t, sa.Enum) and t.native_enum and t.name:
-                found.setdefault(t.name, list(t.enums))
+                in_public = t.schema == "public" or (t.schema is None and table.schema == "public")
+                if in_public == public:
+                    found.setdefault(t.name, list(t.enums))
     return found
 
 
@@ -232,7 +237,7 @@ def _compare_enums(
     inspector: Any = autogen_context.inspector  # PostgreSQL's, with get_enums
     schema = autogen_context.migration_context.opts[SCHEMA]
     database = {e["name"]: list(e["labels"]) for e in inspector.get_enums(schema=schema)}
-    models = model_enums(model_tables(autogen_context))
+    models = model_enums(list(autogen_context.sorted_tables), public=schema == "public")
     first: list[ops.MigrateOperation] = []
     for name, values in models.items():
         have = database.get(name)
