@@ -379,7 +379,10 @@ def test_a_tenant_reference_to_a_public_table_not_yet_migrated_is_pointed_out(
 
 
 @pytest.mark.slow
-def test_ctrl_c_while_a_migration_runs_drops_the_throwaway_database(project: Project) -> None:
+@pytest.mark.parametrize("sent", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_while_a_migration_runs_drops_the_throwaway_database(
+    project: Project, sent: signal.Signals
+) -> None:
     """A real process, interrupted while a migration runs in the throwaway database."""
     marker = uuid.uuid4().hex
     project.write("tenant", "0001_slow.sql", f"SELECT pg_sleep(600) /* {marker} */;")
@@ -400,7 +403,7 @@ def test_ctrl_c_while_a_migration_runs_drops_the_throwaway_database(project: Pro
 
     try:
         wait_until(sleeping, message="the migration running in the throwaway database")
-        run.send_signal(signal.SIGINT)
+        run.send_signal(sent)
         out, err = run.communicate(timeout=60)
     finally:
         if run.poll() is None:

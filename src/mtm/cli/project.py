@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import click
 
 from ..errors import UsageError
@@ -41,13 +45,29 @@ def new(ctx: click.Context, namespace: str, message: str, sql: bool, autogenerat
         raise UsageError("--autogenerate writes a Python migration: leave out --sql")
     from ..commands.autogenerate import new_from_models
 
-    result = new_from_models(config_of(ctx), namespace, message)
+    with _sigterm_as_interrupt():  # so that the throwaway database is dropped then too
+        result = new_from_models(config_of(ctx), namespace, message)
     for line in result.warnings:
         click.echo(f"warning: {line}", err=True)
     if result.path is None:
         click.echo(f"nothing to change: the {namespace} models match the migrations")
     else:
         click.echo(str(result.path))
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (a cancelled CI job, a stopped container) ends the block as Ctrl-C does,
+    through ``finally`` clauses, instead of ending the process where it stands."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @click.group()
