@@ -412,3 +412,45 @@ def test_ctrl_c_while_a_migration_runs_drops_the_throwaway_database(
     assert "Traceback" not in err
     assert not database_exists(project, found[0])
     assert list(project.migrations.rglob("*.py")) == []
+
+
+SHARED_MODELS = """
+import sqlalchemy as sa
+metadata = sa.MetaData()
+sa.Table("plans", metadata, sa.Column("id", sa.Integer, primary_key=True), schema="public")
+"""
+
+TENANT_MODELS = """
+import sqlalchemy as sa
+metadata = sa.MetaData()
+sa.Table(
+    "users",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("plan_id", sa.ForeignKey("public.plans.id")),
+)
+"""
+
+
+def test_several_metadata_objects_are_one_model_even_across_foreign_keys(
+    project: Project,
+) -> None:
+    shared, tenant = use_models(project, SHARED_MODELS), use_models(project, TENANT_MODELS)
+    (project.root / "mtm.toml").write_text(
+        f'database_url = "{project.url}"\nmodels = ["{shared}:metadata", "{tenant}:metadata"]\n'
+    )
+    public = new_from_models(project.config, "public", "plans", now=earlier(2))
+    assert public.path is not None and "op.create_table('plans'" in public.path.read_text()
+    users = new_from_models(project.config, "tenant", "users", now=earlier(1))
+    assert users.path is not None and users.warnings == []
+    assert "['public.plans.id']" in users.path.read_text()
+    (project.root / "mtm.toml").write_text(
+        f'database_url = "{project.url}"\nmodels = ["{shared}:metadata", "{shared}:metadata"]\n'
+    )
+    assert new_from_models(project.config, "public", "same", now=earlier(0)).path is None
+    twice = use_models(project, SHARED_MODELS)
+    (project.root / "mtm.toml").write_text(
+        f'database_url = "{project.url}"\nmodels = ["{shared}:metadata", "{twice}:metadata"]\n'
+    )
+    r = project.cli("new", "public", "twice", "--autogenerate")
+    assert r.exit_code == 2 and r.output.startswith("error: two models define table public.plans")
