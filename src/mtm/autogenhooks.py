@@ -205,15 +205,6 @@ def warn(autogen_context: AutogenContext, message: str) -> None:
         found.append(message)
 
 
-def model_tables(autogen_context: AutogenContext) -> list[sa.Table]:
-    """The model tables of the namespace being compared (filters applied)."""
-    return [
-        t
-        for t in autogen_context.sorted_tables
-        if autogen_context.run_object_filters(t, t.name, "table", False, None)
-    ]
-
-
 def model_enums(tables: list[sa.Table], public: bool) -> dict[str, list[str]]:
     """The native enum types of one namespace (``public`` or not) that the tables use:
     name -> values in order. A type is public if it says ``schema="public"`` (a tenant
