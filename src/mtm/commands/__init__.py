@@ -19,7 +19,8 @@ themselves: they compose the modules that own each table and idea (``registry``,
 * ``inspection``: ``status``, ``history``, ``validate``;
 * ``review``: ``sql``, ``plan_sql``, ``lint``;
 * ``transfer``: ``export_tenant``, ``import_tenant``;
-* ``drift``: ``diff`` (each tenant schema against a reference built at its step).
+* ``drift``: ``diff`` (each tenant schema against a reference built at its step);
+* ``autogenerate``: ``new_from_models`` (``mtm new --autogenerate``), imported on use.
 """
 
 from __future__ import annotations
