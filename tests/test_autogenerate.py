@@ -120,6 +120,8 @@ def test_models_to_head_back_to_empty_and_each_change_in_the_next_migration(
     for f in (public_file, tenant_file):
         assert "mtm_autogen" not in f.read_text()
     assert "schema='public'" in public_file.read_text()
+    for own in ("'tenants'", "'tenants_domains'", "'mtm_migrations"):  # mtm's tables: not models
+        assert own not in public_file.read_text() and own not in tenant_file.read_text()
     tenant_text = tenant_file.read_text()
     assert "['public.plans.id']" in tenant_text  # references to public stay qualified
     assert "lower(email)" in tenant_text  # the expression index

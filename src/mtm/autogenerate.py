@@ -14,6 +14,7 @@ the migration file.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,12 +73,14 @@ class Comparison:
         )
 
 
-def own_tables(config: Config, namespace: Namespace) -> set[str]:
-    """mtm's tables in a schema of ``namespace``: never compared."""
+def own_tables(config: Config, namespace: Namespace, found: Iterable[str] = ()) -> set[str]:
+    """mtm's tables in a schema of ``namespace`` (``found``: those its bootstrap made in
+    public), never compared."""
     ledger = config.migrations_table
     if namespace == "tenant":
         return {ledger}
     return {
+        *found,
         config.tenant_table,
         config.domain_table,
         ledger,
@@ -87,8 +90,11 @@ def own_tables(config: Config, namespace: Namespace) -> set[str]:
     }
 
 
-def compare(config: Config, namespace: Namespace, models: ModelSet) -> Comparison:
-    """Compare the throwaway database of ``config`` (built at head) with the models."""
+def compare(
+    config: Config, namespace: Namespace, models: ModelSet, mtm_tables: Iterable[str] = ()
+) -> Comparison:
+    """Compare the throwaway database of ``config`` (built at head) with the models;
+    ``mtm_tables`` are mtm's own public tables there."""
     schema = PUBLIC if namespace == "public" else TENANT_SCHEMA
     bodies = check_bodies(config, models.tables(namespace))
     # public: no default schema (Alembic would show it as None, the models say "public")
@@ -101,7 +107,7 @@ def compare(config: Config, namespace: Namespace, models: ModelSet) -> Compariso
                 opts={
                     "include_schemas": namespace == "public",
                     "include_name": _only_public if namespace == "public" else None,
-                    "include_object": _filter(own_tables(config, namespace), namespace),
+                    "include_object": _filter(own_tables(config, namespace, mtm_tables), namespace),
                     autogenhooks.SCHEMA: schema,
                     "compare_type": True,
                     "compare_server_default": True,

@@ -25,6 +25,7 @@ from .config import Config, sqlalchemy_url
 from .database import checkout, create_engine, resolve_url
 from .errors import InsufficientPrivilege, MtmError
 from .identifiers import quote_ident
+from .tables import ensure_bootstrap
 
 PREFIX = "mtm_autogen_"
 log = logging.getLogger("mtm.autogenerate")
@@ -81,6 +82,18 @@ def drop(conn: sa.Connection, name: str) -> None:
     log.info(
         "dropped throwaway database %s", name, extra={"event": "throwaway.drop", "database": name}
     )
+
+
+def mtm_tables(config: Config) -> set[str]:
+    """Create mtm's own tables in the throwaway database of ``config`` and name them: the
+    public tables that are mtm's, whatever this version of mtm has, and never compared."""
+    bootstrap_engine = create_engine(config, pool_size=1, purpose="mtm autogenerate")
+    try:
+        with checkout(bootstrap_engine) as conn:
+            ensure_bootstrap(conn, config)
+            return set(sa.inspect(conn).get_table_names(schema="public"))
+    finally:
+        bootstrap_engine.dispose()
 
 
 def engine(config: Config, *search_path: str) -> sa.Engine:

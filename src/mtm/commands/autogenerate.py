@@ -33,13 +33,14 @@ def new_from_models(
     migrations = discover(config.migrations_directory)
     migrations.load_all()
     with throwaway.database(config) as scratch:
+        ours = throwaway.mtm_tables(scratch)  # before any migration: mtm's alone
         try:
             create(scratch, autogenerate.TENANT_SCHEMA, migrations=migrations)
         except MtmError as exc:
             raise MtmError(
                 f"the migrations could not be applied in a throwaway database: {exc.message}"
             ) from None
-        comparison = autogenerate.compare(scratch, ns, models)
+        comparison = autogenerate.compare(scratch, ns, models, ours)
     if comparison.empty:
         return AutogenerateResult(ns, None, comparison.warnings)
     path.write_text(comparison.text(message), encoding="utf-8")
