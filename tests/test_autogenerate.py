@@ -153,7 +153,7 @@ def test_models_to_head_back_to_empty_and_each_change_in_the_next_migration(
     # Up again, then the six changes: each one in the next migration.
     assert project.cli("migrate").exit_code == 0
     use_models(project, models_v2())
-    r = project.run("new", "tenant", "six changes", "--autogenerate")
+    r = project.run("new", "tenant", "six changes", "--autogenerate", timeout=300)
     assert r.returncode == 0, r.stderr
     changed = Path(r.stdout.strip()).read_text()
     expected = {
@@ -404,9 +404,9 @@ def test_ctrl_c_while_a_migration_runs_drops_the_throwaway_database(
         return bool(found)
 
     try:
-        wait_until(sleeping, message="the migration running in the throwaway database")
+        wait_until(sleeping, timeout=240, message="the migration running in the throwaway database")
         run.send_signal(sent)
-        out, err = run.communicate(timeout=60)
+        out, err = run.communicate(timeout=240)
     finally:
         if run.poll() is None:
             run.kill()
