@@ -6,16 +6,12 @@ asks the database what is pending; ``plan_sql`` renders a ``migrate --dry-run`` 
 
 from __future__ import annotations
 
-import importlib
-import sys
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 
-from .. import planner, render, sqlscript
+from .. import modelset, planner, render, sqlscript
 from ..config import Config
-from ..errors import ConfigError, UsageError
+from ..errors import UsageError
 from ..identifiers import validate_schema_name
 from ..ledger import PUBLIC
 from ..lintrules import Finding, Subject, disabled_rules
@@ -128,8 +124,8 @@ def lint(
     elif pending:
         selected = _pending_anywhere(config, mset)
     subjects = [_subject(m) for m in mset]
-    spec = models if models is not None else getattr(config, "models", None)
-    referenced = _model_columns(config.root, spec) if spec else None
+    spec = models if models is not None else config.models
+    referenced = _model_columns(config, spec) if spec else None
     findings = lint_rules(subjects, selected, referenced)
     checked = len(subjects) if selected is None else len(selected)
     return LintResult(findings, checked)
@@ -194,46 +190,13 @@ def _subject(migration: Migration) -> Subject:
     )
 
 
-def _model_columns(root: Path, spec: str | Sequence[str]) -> set[tuple[str, str, str]]:
-    """(namespace, table, column) of every column of the models' MetaData: tables with
-    ``schema="public"`` are public, those with no schema tenant tables."""
-    out: set[tuple[str, str, str]] = set()
-    for one in [spec] if isinstance(spec, str) else list(spec):
-        metadata = _import(root, one)
-        for table in getattr(metadata, "tables", {}).values():
-            namespace = (
-                "public" if table.schema == "public" else "tenant" if table.schema is None else None
-            )
-            if namespace is not None:
-                out |= {(namespace, table.name, c.name) for c in table.columns}
-    return out
-
-
-def _import(root: Path, spec: str) -> object:
-    module_name, sep, attribute = spec.partition(":")
-    if not sep or not module_name or not attribute:
-        raise ConfigError(f"models = {spec!r}: write it as 'package.module:Base.metadata'")
-    with _on_path(root):
-        try:
-            found: object = importlib.import_module(module_name)
-        except Exception as exc:
-            raise ConfigError(f"models = {spec!r}: cannot import {module_name}: {exc}") from None
-    for part in attribute.split("."):
-        if not hasattr(found, part):
-            raise ConfigError(f"models = {spec!r}: {module_name} has no {attribute}")
-        found = getattr(found, part)
-    return found
-
-
-@contextmanager
-def _on_path(root: Path) -> Iterator[None]:
-    """The project folder importable while the models are imported."""
-    entry = str(root)
-    added = entry not in sys.path
-    if added:
-        sys.path.insert(0, entry)
-    try:
-        yield
-    finally:
-        if added:
-            sys.path.remove(entry)
+def _model_columns(config: Config, spec: str | Sequence[str]) -> set[tuple[str, str, str]]:
+    """(namespace, table, column) of every column of the models, read as autogenerate
+    reads them (``modelset``): ``schema="public"`` public, no schema tenant."""
+    models = modelset.load(replace(config, models=spec if isinstance(spec, str) else tuple(spec)))
+    return {
+        (namespace, table.name, column.name)
+        for namespace in NAMESPACES
+        for table in models.tables(namespace)
+        for column in table.columns
+    }
