@@ -1,5 +1,9 @@
 """How the tenant listings look: ``mtm tenants`` and ``mtm domains list``, as tables
-and as the plain data their ``--json`` prints."""
+and as the plain data their ``--json`` prints.
+
+A person cannot read 10,000 rows (and rendering them took seconds), so ``mtm tenants``
+shows the first ``PAGE`` and a line saying how many more there are and how to see them
+all (``--all``, or ``--json`` for machines)."""
 
 from __future__ import annotations
 
@@ -9,17 +13,21 @@ from rich.table import Table
 
 from .domains import Domain
 from .overview import TenantOverview
+from .words import plural
+
+PAGE = 50  # rows of `mtm tenants` without --all
 
 
 def _when(value: Any) -> str:
     return value.strftime("%Y-%m-%d %H:%M:%S") if value else "-"
 
 
-def tenants_table(items: list[TenantOverview]) -> Table:
+def tenants_table(items: list[TenantOverview], *, limit: int | None = None) -> Table:
+    """A row per tenant, the first ``limit`` of them when one is given."""
     table = Table()
     for col in ("schema", "name", "primary domain", "domains", "applied", "role", "created"):
         table.add_column(col, overflow="fold")
-    for item in items:
+    for item in items[:limit]:
         t = item.tenant
         step = f"{item.applied}: {item.last_migration}" if item.last_migration else "0"
         others = [d for d in t.domains if d != t.primary_domain]
@@ -33,6 +41,16 @@ def tenants_table(items: list[TenantOverview]) -> Table:
             _when(t.created_at),
         )
     return table
+
+
+def tenants_more(total: int, shown: int) -> str | None:
+    """The line under a cut listing: how many were left out and how to see them."""
+    if total <= shown:
+        return None
+    return (
+        f"... and {plural(total - shown, 'more tenant')} ({total:,} in all): "
+        "--all lists every one, --json prints them all as JSON"
+    )
 
 
 def tenants_data(items: list[TenantOverview]) -> list[dict[str, Any]]:

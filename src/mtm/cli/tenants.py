@@ -95,19 +95,26 @@ def _show_password(role: str | None, password: str | None, path: Any) -> None:
 
 @click.command("tenants")
 @click.option("--match", metavar="GLOB", help="Only tenants whose name matches this shell glob.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--all", "list_all", is_flag=True, help="One row per tenant, however many.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (every tenant).")
 @click.pass_context
-def tenants_cmd(ctx: click.Context, match: str | None, as_json: bool) -> None:
-    """List tenants: schema, name, primary domain, domains, applied step, role, created."""
+def tenants_cmd(ctx: click.Context, match: str | None, list_all: bool, as_json: bool) -> None:
+    """List tenants: schema, name, primary domain, domains, applied step, role, created.
+
+    Shows the first 50 and how many more there are; --all or --json shows every one.
+    """
     from .. import commands
     from ..report import dump_json
-    from ..tenantview import tenants_data, tenants_table
+    from ..tenantview import PAGE, tenants_data, tenants_more, tenants_table
 
     items = commands.tenant_overview(config_of(ctx), match)
     if as_json:
         dump_json(tenants_data(items))
-    else:
-        console().print(tenants_table(items))
+        return
+    limit = None if list_all else PAGE
+    console().print(tenants_table(items, limit=limit))
+    if more := tenants_more(len(items), len(items[:limit])):
+        click.echo(more)
 
 
 @click.command()
