@@ -540,3 +540,46 @@ def test_a_role_without_privileges_gets_one_line(
         "WHERE n.nspname NOT LIKE 'pg\\_%' AND n.nspname <> 'information_schema' ORDER BY 1, 2"
     )
     assert after == before  # nothing changed
+
+
+def test_mtm_commands_is_lazy_and_a_submodule_never_hides_its_command() -> None:
+    code = (
+        "import sys, types, mtm.commands as c\n"
+        "assert 'mtm.commands.adopt' not in sys.modules\n"
+        "assert set(c.__all__) == set(c._EXPORTS), set(c.__all__) ^ set(c._EXPORTS)\n"
+        "import mtm.commands.inspection, mtm.commands.migrate, mtm.commands.stamp\n"
+        "import mtm.commands.tenants, mtm.commands.repair, mtm.commands.clone\n"
+        "import mtm.commands.adopt\n"
+        "for name in c.__all__:\n"
+        "    assert not isinstance(getattr(c, name), types.ModuleType), name\n"
+        "assert c.migrate is sys.modules['mtm.commands.migrate'].migrate\n"
+        "assert c.tenants is sys.modules['mtm.commands.tenants'].tenants\n"
+        "from mtm.commands import lifecycle\n"
+        "assert isinstance(lifecycle, types.ModuleType)\n"
+        "try:\n"
+        "    c.nope\n"
+        "except AttributeError:\n"
+        "    print('ok')\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.stdout.strip() == "ok", r.stderr
+
+
+def test_status_loads_no_command_it_does_not_run(project: Project) -> None:
+    project.write("tenant", "0001_customers.sql", "CREATE TABLE customers (id int);")
+    assert project.cli("migrate").exit_code == 0
+    code = (
+        "import sys\n"
+        "from mtm.cli import cli\n"
+        "try:\n"
+        "    cli(['status'], prog_name='mtm')\n"
+        "except SystemExit as exc:\n"
+        "    assert not exc.code, exc.code\n"
+        "unused = ('adopt', 'clone', 'review', 'transfer', 'drift', 'existing', 'repair')\n"
+        "print(sorted(m for m in unused if 'mtm.commands.' + m in sys.modules))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "MTM_DATABASE_URL"}
+    r = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=project.root, env=env
+    )
+    assert r.stdout.strip().splitlines()[-1] == "[]", r.stdout + r.stderr
