@@ -123,11 +123,13 @@ def read_history(conn: Connection, config: Config, schema: str) -> list[AppliedM
 
 
 def read_ledgers(
-    conn: Connection, config: Config, schemas: Sequence[str], *, batch: int = 500
+    conn: Connection, config: Config, schemas: Sequence[str], *, batch: int = 100
 ) -> dict[str, list[LedgerRow]]:
     """Many schemas' ledgers in a few queries (UNION ALL in batches), not one per schema.
 
-    Schemas without a ledger table are returned with an empty list.
+    Schemas without a ledger table are returned with an empty list. Batches of 100:
+    the server plans a UNION ALL in time that grows faster than its length (10,000
+    ledgers read in 2.0-2.3 s in batches of 500, 1.3-1.5 s in batches of 100).
     """
     out: dict[str, list[LedgerRow]] = defaultdict(list)
     existing = existing_ledgers(conn, config, schemas)
