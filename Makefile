@@ -38,6 +38,7 @@ quick: lint
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/fleet.py
+	$(BIN)/python benchmarks/startup.py
 
 clean:
 	-$(BIN)/python examples/demo.py --stop 2>/dev/null
