@@ -39,6 +39,13 @@ MAPPER_COLUMNS = ("domain", "schema")
 LEDGER_COLUMNS = ("filename",)
 
 
+def retired_ledger(config: Config) -> str:
+    """The name an adopted schema's ledger of the original tool keeps beside mtm's: its
+    history, not part of its structure (diff and clone leave it out; a schema created
+    later never has it)."""
+    return f"{config.migrations_table}{RETIRED}"
+
+
 @dataclass(frozen=True)
 class LegacyTenant:
     """One row of the original tool's mapper table."""

@@ -30,17 +30,21 @@ from typing import Any
 
 from sqlalchemy.engine import Connection
 
+from .adoption import retired_ledger
 from .config import Config
 from .database import driver
 from .errors import TenantError
 from .identifiers import quote_ident, quote_literal
 from .ledger import AppliedMigration
 from .migrations import Migration, MigrationSet
+from .plan import legacy_problems
 
 
 def replay(source: str, ledger: Sequence[AppliedMigration], mset: MigrationSet) -> list[Migration]:
     """The migrations that rebuild ``source``'s step, in the order it applied them;
-    refused if one's file is missing or has changed since (the clone would differ)."""
+    refused if one's file is missing or has changed since (the clone would differ).
+    An adopted row of a ``.js`` file reads back with the checksum "" its file has: it is
+    recorded as superseded again and the baseline after it runs, as in a create."""
     out: list[Migration] = []
     for row in ledger:
         m = mset.find("tenant", row.name)
@@ -49,7 +53,7 @@ def replay(source: str, ledger: Sequence[AppliedMigration], mset: MigrationSet) 
                 f"tenant {source!r} cannot be cloned: its migration {row.name} has no file "
                 "any more, so its step cannot be rebuilt (restore the file)"
             )
-        if row.checksum is None:
+        if not row.checksum and not m.legacy:  # a ledger reads NULL back as ""
             raise TenantError(
                 f"tenant {source!r} cannot be cloned: its migration {row.name} was recorded "
                 "without a checksum, so nothing says its file built it"
@@ -61,6 +65,8 @@ def replay(source: str, ledger: Sequence[AppliedMigration], mset: MigrationSet) 
                 "was, or 'mtm validate' to see every such file"
             )
         out.append(m)
+    for problem in legacy_problems(source, out):  # create would refuse the same list
+        raise TenantError(f"tenant {source!r} cannot be cloned: {problem}")
     return out
 
 
@@ -92,7 +98,7 @@ def _rows(conn: Connection, sql: str, params: Sequence[Any]) -> list[tuple[Any, 
 _TABLES = (
     "SELECT c.relname, c.relkind FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
     "WHERE n.nspname = %s AND c.relkind IN ('r', 'p') AND NOT c.relispartition "
-    "AND c.relname <> %s ORDER BY c.relname"
+    "AND c.relname NOT IN (%s, %s) ORDER BY c.relname"
 )
 _COLUMNS = (
     "SELECT c.relname, a.attname, format_type(a.atttypid, a.atttypmod), a.attidentity, "
@@ -146,7 +152,7 @@ def copy_rows(conn: Connection, config: Config, source: str, target: str) -> dic
     caller's transaction (search_path: ``target``); the rows copied per table. Its
     phases, in order: cycles deferred, triggers off, rows, keys checked and set back,
     triggers on, sequences, materialized views."""
-    kinds = dict(_rows(conn, _TABLES, [source, config.migrations_table]))
+    kinds = dict(_rows(conn, _TABLES, [source, config.migrations_table, retired_ledger(config)]))
     tables = list(kinds)
     theirs, ours = _columns(conn, source), _columns(conn, target)
     keys = [_Key(*r) for r in _rows(conn, _KEYS, [target, target])]

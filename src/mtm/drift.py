@@ -33,6 +33,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from . import catalog, planner
+from .adoption import retired_ledger
 from .config import Config
 from .database import checkout, rollback_quietly, run_script
 from .errors import MtmError
@@ -129,7 +130,7 @@ def _read(
     """One consistent read of every tenant and reference: steps, fingerprints and the
     descriptions of drifted groups. (None, steps) when a tenant is at a step with no
     reference yet."""
-    exclude = [config.migrations_table]
+    exclude = [config.migrations_table, retired_ledger(config)]
     with _snapshot(conn):
         rows = planner.tenant_rows(conn, config, tables, only)
         plans = planner.plans(conn, config, list(migrations), "tenant", rows)
