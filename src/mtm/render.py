@@ -10,7 +10,8 @@ that raises, so the script cannot be replayed as if it were complete.
 
 Each migration comes in the frame mtm runs it in, without mtm's own bookkeeping (lock,
 ledger and state rows): ``BEGIN``, the ``SET LOCAL`` settings, the body, ``COMMIT``;
-a no-transaction migration with session settings and no frame. Rendered for no tenant
+a no-transaction migration with session settings and no frame; a ``.js`` file of the
+original tool (never run) as a comment saying it is not rendered. Rendered for no tenant
 in particular, the search path is the psql variable ``:"schema"`` (``psql -v
 schema=acme``), which psql quotes as an identifier; a Python migration then sees
 ``':"schema"'`` as its schema and tenant.
@@ -77,6 +78,9 @@ def script(config: Config, rendered: Rendered) -> str:
     # On one line whatever the file is called: a newline in a name would end the comment.
     title = " ".join(f"{m.namespace} migration {m.name} ({m.path.name}) for {where}".split())
     lines = [f"-- {title}"]
+    if m.legacy:  # nothing to show: recorded as superseded by the baseline, never run
+        lines.append(f"{MARKER} legacy, not rendered: a file of the original tool is never run")
+        return "\n".join(lines) + "\n"
     lines += [f"{MARKER} {note}" for note in rendered.notes]
     timeouts = Timeouts(config.lock_timeout, config.statement_timeout)
     target = rendered.schema or "public"

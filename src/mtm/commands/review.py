@@ -110,7 +110,8 @@ def lint(
     pending: bool = False,
     models: str | Sequence[str] | None = None,
 ) -> LintResult:
-    """Check migrations (``names``, those pending anywhere, or all) against the rules.
+    """Check migrations (``names``, those pending anywhere, or all) against the rules;
+    the original tool's ``.js`` files are skipped (never run, nothing to check).
 
     ``models`` ("module:attribute", one or several) names the SQLAlchemy MetaData the
     application uses; by default the config's ``models`` key, when it has one.
@@ -123,7 +124,11 @@ def lint(
         selected = {_resolve(mset, n) for n in names}
     elif pending:
         selected = _pending_anywhere(config, mset)
-    subjects = [_subject(m) for m in mset]
+    # The original tool's .js files are history, never run: nothing of them to check.
+    legacy = {(m.namespace, m.name) for m in mset if m.legacy}
+    if selected is not None:
+        selected -= legacy
+    subjects = [_subject(m) for m in mset if not m.legacy]
     spec = models if models is not None else config.models
     referenced = _model_columns(config, spec) if spec else None
     findings = lint_rules(subjects, selected, referenced)
