@@ -17,9 +17,10 @@ How the binding is made, and why:
   is reset to what a fresh connection would be (``DISCARD ALL``, sent as its parts in
   one round trip: temp tables and other temp objects, settings, role, prepared
   statements, ``WITH HOLD`` cursors, ``LISTEN``, session advisory locks, sequence state;
-  the rollback in the same round trip) before the connection goes back to the pool. If that reset cannot be done, the
-  connection is invalidated (closed and dropped from the pool) rather than returned:
-  the next user of a pooled connection never inherits anything from a tenant.
+  the rollback in the same round trip) before the connection goes back to the pool.
+  If that reset cannot be done, the connection is invalidated (closed and dropped
+  from the pool) rather than returned: the next user of a pooled connection never
+  inherits anything from a tenant.
 * ``affine=True`` skips the reset between blocks of the same tenant; see
   ``tenant_connection`` and docs/applications.md ("Tenant affinity").
 * During the block ``pg_temp`` comes last in ``search_path`` (``"acme", public,
