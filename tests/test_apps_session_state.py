@@ -10,6 +10,7 @@ tenant role.
 from __future__ import annotations
 
 import asyncio
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -62,23 +63,25 @@ def fleet(server_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
 Block = Callable[[str, Callable[[sa.Connection], Any]], Any]
 
 
-@pytest.fixture(params=["sync", "async"])
+@pytest.fixture(params=["sync", "async", "sync-affine", "async-affine"])
 def block_factory(
     request: pytest.FixtureRequest, fleet: Fleet
 ) -> Iterator[Callable[[bool], Block]]:
     """``block_factory(role)`` gives ``block(schema, fn)``: runs ``fn(conn)`` inside
     ``tenant_connection`` (or ``async_tenant_connection``, through ``run_sync``) on an
-    engine with a pool of one connection, and returns what ``fn`` returned."""
+    engine with a pool of one connection, and returns what ``fn`` returned. The
+    ``-affine`` forms pass ``affine=True``: the guarantees across tenants are the same."""
     loop = asyncio.new_event_loop()
+    affine = request.param.endswith("-affine")
     disposers: list[Callable[[], None]] = []
 
     def factory(role: bool) -> Block:
-        if request.param == "sync":
+        if request.param.startswith("sync"):
             engine = mtm.create_app_engine(fleet.url, pool_size=1, max_overflow=0)
             disposers.append(engine.dispose)
 
             def block(schema: str, fn: Callable[[sa.Connection], Any]) -> Any:
-                with mtm.tenant_connection(engine, schema, role=role) as conn:
+                with mtm.tenant_connection(engine, schema, role=role, affine=affine) as conn:
                     return fn(conn)
 
             return block
@@ -87,7 +90,9 @@ def block_factory(
 
         def ablock(schema: str, fn: Callable[[sa.Connection], Any]) -> Any:
             async def run() -> Any:
-                async with mtm.async_tenant_connection(aengine, schema, role=role) as conn:
+                async with mtm.async_tenant_connection(
+                    aengine, schema, role=role, affine=affine
+                ) as conn:
                     return await conn.run_sync(fn)
 
             return loop.run_until_complete(run())
@@ -298,3 +303,180 @@ def test_statements_psycopg_prepared_still_work_after_the_reset(
         return names
 
     assert block(fleet.acme, run_once) == [f"{fleet.acme} customer"]
+
+
+# Tenant affinity (``affine=True``): what persists between blocks of the same tenant, and
+# that nothing leaves the tenant by any other way out of the pool.
+
+MARK = [
+    "CREATE TEMP TABLE mark AS SELECT current_schemas(false) AS path",
+    "SET app.tenant = 'marked'",
+    "PREPARE q AS SELECT 1",
+    "LISTEN marked",
+    "SELECT pg_advisory_lock(4713)",
+]
+
+
+def _marks(conn: sa.Connection) -> tuple[Any, ...]:
+    """Which of MARK's session state a block sees (all but the first need no table)."""
+    row = conn.execute(
+        sa.text(
+            "SELECT to_regclass('pg_temp.mark') IS NOT NULL,"
+            " coalesce(current_setting('app.tenant', true), ''),"
+            " (SELECT count(*) FROM pg_prepared_statements WHERE from_sql),"
+            " (SELECT count(*) FROM pg_listening_channels()),"
+            " (SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
+            "  AND pid = pg_backend_pid()),"
+            " current_setting('search_path'), pg_backend_pid()"
+        )
+    ).one()
+    conn.rollback()
+    return tuple(row)
+
+
+def _mark(conn: sa.Connection) -> int:
+    for sql in MARK:
+        conn.execute(sa.text(sql))
+    conn.commit()
+    conn.execute(sa.text("CREATE TEMP TABLE uncommitted (a int)"))  # rolled back at the end
+    return _pid(conn)
+
+
+@pytest.fixture
+def affine_engine(fleet: Fleet) -> Iterator[sa.Engine]:
+    engine = mtm.create_app_engine(fleet.url, pool_size=1, max_overflow=0)
+    yield engine
+    engine.dispose()
+
+
+@pytest.mark.parametrize("role", [True, False], ids=["role", "no role"])
+def test_affine_state_persists_for_the_same_tenant_only(
+    fleet: Fleet, affine_engine: sa.Engine, role: bool
+) -> None:
+    """The contract: committed session state stays for the next affine block of the SAME
+    tenant (on the same connection); an open transaction never does; the next block of
+    another tenant finds a fresh session."""
+
+    def block(schema: str, fn: Callable[[sa.Connection], Any]) -> Any:
+        with mtm.tenant_connection(affine_engine, schema, role=role, affine=True) as conn:
+            return fn(conn)
+
+    pid = block(fleet.acme, _mark)
+    path = f'"{fleet.acme}", public, pg_temp'
+    assert block(fleet.acme, _marks) == (True, "marked", 1, 1, 1, path, pid)
+    assert (
+        block(
+            fleet.acme,
+            lambda c: c.execute(sa.text("SELECT to_regclass('pg_temp.uncommitted')")).scalar(),
+        )
+        is None
+    )
+    globex_path = f'"{fleet.globex}", public, pg_temp'
+    assert block(fleet.globex, _marks) == (False, "", 0, 0, 0, globex_path, pid)
+    assert block(fleet.acme, _marks) == (False, "", 0, 0, 0, path, pid)  # gone for good
+
+
+def test_a_plain_checkout_resets_an_affine_connection(
+    fleet: Fleet, affine_engine: sa.Engine
+) -> None:
+    """engine.connect(), engine.begin() and non-affine blocks never see a tenant's
+    binding or state: the pool resets the connection on their checkout."""
+    with mtm.tenant_connection(affine_engine, fleet.acme, role=True, affine=True) as conn:
+        pid = _mark(conn)
+    with affine_engine.connect() as conn:
+        plain = _marks(conn)
+        user = conn.execute(sa.text("SELECT current_user = session_user")).scalar()
+    assert plain[:5] == (False, "", 0, 0, 0) and plain[6] == pid and user is True
+    assert fleet.acme not in plain[5]
+    with mtm.tenant_connection(affine_engine, fleet.acme, affine=True) as conn:
+        _mark(conn)
+    with mtm.tenant_connection(affine_engine, fleet.acme) as conn:  # not affine
+        assert _marks(conn)[:5] == (False, "", 0, 0, 0)
+    with mtm.tenant_connection(affine_engine, fleet.acme, affine=True) as conn:
+        assert _marks(conn)[:5] == (False, "", 0, 0, 0)  # the non-affine block reset it
+
+
+def _own_state_only(schema: str) -> Callable[[sa.Connection], list[str]]:
+    """A block that checks it sees only its own tenant's state (or none), then leaves
+    its own marks: a session setting, a temp table, a LISTEN."""
+
+    def fn(conn: sa.Connection) -> list[str]:
+        seen = conn.execute(
+            sa.text(
+                "SELECT coalesce(current_setting('app.tenant', true), ''),"
+                " current_setting('search_path'),"
+                " (SELECT array_agg(c) FROM pg_listening_channels() c)"
+            )
+        ).one()
+        temp = conn.execute(sa.text("SELECT to_regclass('pg_temp.owner')")).scalar()
+        owner = None
+        if temp is not None:
+            owner = conn.execute(sa.text("SELECT name FROM pg_temp.owner")).scalar()
+        else:
+            conn.execute(sa.text("CREATE TEMP TABLE owner AS SELECT :s AS name"), {"s": schema})
+        conn.execute(sa.text("SELECT set_config('app.tenant', :s, false)"), {"s": schema})
+        conn.execute(sa.text(f"LISTEN {schema}"))
+        conn.commit()
+        wrong = []
+        if seen[0] not in ("", schema):
+            wrong.append(f"setting {seen[0]}")
+        if seen[1] != f'"{schema}", public, pg_temp':
+            wrong.append(f"search_path {seen[1]}")
+        if any(c != schema for c in seen[2] or []):
+            wrong.append(f"listening {seen[2]}")
+        if owner not in (None, schema):
+            wrong.append(f"temp table of {owner}")
+        if _names(conn) != [f"{schema} customer"]:
+            wrong.append("customers")
+        return wrong
+
+    return fn
+
+
+def test_affine_blocks_in_threads_never_see_another_tenant(fleet: Fleet) -> None:
+    """Six threads, two tenants, a pool of two connections: every block sees only its own
+    tenant's state, or a fresh session."""
+    engine = mtm.create_app_engine(fleet.url, pool_size=2, max_overflow=0)
+    tenants = [fleet.acme, fleet.globex]
+    problems: list[str] = []
+    pids: set[int] = set()
+
+    def worker(n: int) -> None:
+        for i in range(40):
+            schema = tenants[(n + i // (n + 1)) % 2]
+            with mtm.tenant_connection(engine, schema, affine=True) as conn:
+                problems.extend(_own_state_only(schema)(conn))
+                pids.add(_pid(conn))
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(6)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        engine.dispose()
+    assert problems == [] and len(pids) <= 2
+
+
+def test_affine_blocks_in_asyncio_never_see_another_tenant(fleet: Fleet) -> None:
+    tenants = [fleet.acme, fleet.globex]
+
+    async def main() -> list[str]:
+        engine = mtm.create_async_app_engine(fleet.url, pool_size=2, max_overflow=0)
+        problems: list[str] = []
+
+        async def worker(n: int) -> None:
+            for i in range(40):
+                schema = tenants[(n + i // (n + 1)) % 2]
+                async with mtm.async_tenant_connection(engine, schema, affine=True) as conn:
+                    problems.extend(await conn.run_sync(_own_state_only(schema)))
+                    await asyncio.sleep(0)  # let the other workers interleave
+
+        try:
+            await asyncio.gather(*(worker(n) for n in range(6)))
+        finally:
+            await engine.dispose()
+        return problems
+
+    assert asyncio.run(main()) == []

@@ -1,0 +1,172 @@
+#!/usr/bin/env python3
+"""A one-query request through ``tenant_connection`` against the same request on a plain
+pooled connection of the same engine kind.
+
+    python benchmarks/requests.py [--dsn URL] [--requests 300] [--rounds 7] [--out FILE]
+
+Without ``--dsn`` it starts an embedded PostgreSQL in a temporary folder. It makes one
+database with tenants ``acme`` and ``globex`` (a ``customers`` table each) and times,
+in rounds whose sides take turns (the side that goes first rotates), ``--requests``
+requests of each kind, sync (``create_app_engine``) and asyncio
+(``create_async_app_engine``), each engine with a pool of 5:
+
+* plain: ``engine.connect()``, ``SELECT count(*) FROM acme.customers``;
+* tenant: ``tenant_connection(engine, "acme")``, ``SELECT count(*) FROM customers``;
+* affine: the same with ``affine=True``;
+* affine-mixed: ``affine=True`` alternating acme and globex (every request changes
+  tenant: the worst case of affinity, a reset and re-bind in one round trip).
+
+It prints the median per request of each side and its ratio to plain (target <= 1.15x,
+met / not met) and writes the rounds as JSON (``benchmarks/results/requests.json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import platform
+import statistics
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+
+import mtm
+from mtm.embedded import EmbeddedServer
+
+ROOT = Path(__file__).resolve().parent.parent
+TARGET = 1.15
+SIDES = ("plain", "tenant", "affine", "affine-mixed")
+QUERY = sa.text("SELECT count(*) FROM customers")
+PLAIN = sa.text("SELECT count(*) FROM acme.customers")
+
+
+def sync_sides(engine: sa.Engine, n: int) -> dict[str, Callable[[], None]]:
+    def plain() -> None:
+        for _ in range(n):
+            with engine.connect() as conn:
+                conn.execute(PLAIN).scalar()
+
+    def tenant() -> None:
+        for _ in range(n):
+            with mtm.tenant_connection(engine, "acme") as conn:
+                conn.execute(QUERY).scalar()
+
+    def affine() -> None:
+        for _ in range(n):
+            with mtm.tenant_connection(engine, "acme", affine=True) as conn:
+                conn.execute(QUERY).scalar()
+
+    def mixed() -> None:
+        for i in range(n):
+            with mtm.tenant_connection(engine, ("acme", "globex")[i % 2], affine=True) as conn:
+                conn.execute(QUERY).scalar()
+
+    return dict(zip(SIDES, (plain, tenant, affine, mixed), strict=True))
+
+
+def async_sides(engine: Any, n: int, loop: asyncio.AbstractEventLoop) -> dict[str, Any]:
+    async def plain() -> None:
+        for _ in range(n):
+            async with engine.connect() as conn:
+                (await conn.execute(PLAIN)).scalar()
+
+    async def tenant() -> None:
+        for _ in range(n):
+            async with mtm.async_tenant_connection(engine, "acme") as conn:
+                (await conn.execute(QUERY)).scalar()
+
+    async def affine() -> None:
+        for _ in range(n):
+            async with mtm.async_tenant_connection(engine, "acme", affine=True) as conn:
+                (await conn.execute(QUERY)).scalar()
+
+    async def mixed() -> None:
+        for i in range(n):
+            schema = ("acme", "globex")[i % 2]
+            async with mtm.async_tenant_connection(engine, schema, affine=True) as conn:
+                (await conn.execute(QUERY)).scalar()
+
+    fns = (plain, tenant, affine, mixed)
+    return {s: (lambda f=f: loop.run_until_complete(f())) for s, f in zip(SIDES, fns, strict=True)}
+
+
+def measure(sides: dict[str, Callable[[], None]], n: int, rounds: int) -> dict[str, Any]:
+    times: dict[str, list[float]] = {s: [] for s in SIDES}
+    for fn in sides.values():
+        fn()  # warm every side once, untimed
+    for r in range(rounds):
+        order = SIDES[r % len(SIDES) :] + SIDES[: r % len(SIDES)]
+        for side in order:
+            start = time.perf_counter()
+            sides[side]()
+            times[side].append((time.perf_counter() - start) / n)
+    medians = {s: statistics.median(t) for s, t in times.items()}
+    return {"per_request_s": times, "median_s": medians}
+
+
+def report(label: str, result: dict[str, Any]) -> None:
+    med = result["median_s"]
+    parts = [f"plain {med['plain'] * 1e3:.3f}ms"]
+    for side in SIDES[1:]:
+        ratio = med[side] / med["plain"]
+        result.setdefault("ratio", {})[side] = ratio
+        met = "met" if ratio <= TARGET else "not met"
+        parts.append(f"{side} {med[side] * 1e3:.3f}ms {ratio:.2f}x ({met})")
+    print(f"{label}: " + ", ".join(parts) + f"; target <= {TARGET:g}x", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--dsn", default=None)
+    parser.add_argument("--requests", type=int, default=300)
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/requests.json")
+    args = parser.parse_args()
+    server = None
+    url = args.dsn
+    if url is None:
+        server = EmbeddedServer(Path(tempfile.mkdtemp(prefix="mtm-bench-req-")) / "pgdata")
+        url = server.start()
+    admin = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+    name = f"mtm_bench_req_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    db_url = make_url(url).set(database=name).render_as_string(hide_password=False)
+    libpq = make_url(db_url).set(drivername="postgresql").render_as_string(hide_password=False)
+    results: dict[str, Any] = {}
+    try:
+        with psycopg.connect(libpq, autocommit=True) as conn:
+            for schema in ("acme", "globex"):
+                conn.execute(f"CREATE SCHEMA {schema}")
+                conn.execute(f"CREATE TABLE {schema}.customers (id int)")
+        engine = mtm.create_app_engine(db_url, pool_size=5)
+        results["sync"] = measure(sync_sides(engine, args.requests), args.requests, args.rounds)
+        engine.dispose()
+        report("sync", results["sync"])
+        loop = asyncio.new_event_loop()
+        aengine = mtm.create_async_app_engine(db_url, pool_size=5)
+        sides = async_sides(aengine, args.requests, loop)
+        results["async"] = measure(sides, args.requests, args.rounds)
+        loop.run_until_complete(aengine.dispose())
+        loop.close()
+        report("async", results["async"])
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        if server is not None:
+            server.stop()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    info = {"python": platform.python_version(), "requests": args.requests, "results": results}
+    args.out.write_text(json.dumps(info, indent=2), encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
