@@ -111,7 +111,8 @@ def lint(
     models: str | Sequence[str] | None = None,
 ) -> LintResult:
     """Check migrations (``names``, those pending anywhere, or all) against the rules;
-    the original tool's ``.js`` files are skipped (never run, nothing to check).
+    the original tool's ``.js`` files are skipped (never run, nothing to check), and
+    naming one is refused.
 
     ``models`` ("module:attribute", one or several) names the SQLAlchemy MetaData the
     application uses; by default the config's ``models`` key, when it has one.
@@ -126,6 +127,12 @@ def lint(
         selected = _pending_anywhere(config, mset)
     # The original tool's .js files are history, never run: nothing of them to check.
     legacy = {(m.namespace, m.name) for m in mset if m.legacy}
+    if names and selected is not None and selected & legacy:
+        named = ", ".join(sorted(f"{ns}:{n}" for ns, n in selected & legacy))
+        raise UsageError(
+            f"{named}: a file of the original tool (.js), history that is never run: "
+            "nothing to lint (lint the baseline that stands in for it)"
+        )
     if selected is not None:
         selected -= legacy
     subjects = [_subject(m) for m in mset if not m.legacy]
