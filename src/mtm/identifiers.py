@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Iterable
 
 import idna
 
@@ -136,6 +137,12 @@ def legacy_idna_form(domain: str) -> str | None:
     except (idna.IDNAError, UnicodeError):
         return None
     return legacy if legacy != domain else None
+
+
+def validate_domains(domains: Iterable[object]) -> list[str]:
+    """Each domain validated and normalised (``validate_domain``), in the order given,
+    a host named twice kept once."""
+    return list(dict.fromkeys(validate_domain(d) for d in domains))
 
 
 def validate_domain(domain: object) -> str:

@@ -16,7 +16,7 @@ from ..config import Config
 from ..creation import Finish, FinishError, create_tenant
 from ..errors import LockHeld, MtmError, TenantError, UsageError
 from ..failures import StepError, step_error
-from ..identifiers import validate_domain, validate_schema_name
+from ..identifiers import validate_domains, validate_schema_name
 from ..ledger import read_history
 from ..locks import describe_holder, lock_holder, schema_lock_sql
 from ..migrations import Migration, MigrationSet, discover
@@ -52,11 +52,7 @@ def clone(
     schema = validate_schema_name(schema)
     if not isinstance(source, str) or not source:
         raise UsageError("name the tenant to clone")
-    clean: list[str] = []
-    for d in domains:
-        host = validate_domain(d)
-        if host not in clean:
-            clean.append(host)
+    clean = validate_domains(domains)
     mset = migrations or discover(config.migrations_directory)
     runner = Runner(config)
     started = time.perf_counter()

@@ -11,7 +11,7 @@ from sqlalchemy.engine import Connection
 from .. import domains
 from ..config import Config
 from ..errors import TenantError, UsageError
-from ..identifiers import validate_domain
+from ..identifiers import validate_domains
 from ..results import DomainsResult
 from ..tables import existing
 from .base import session
@@ -26,12 +26,7 @@ def _hosts(hosts: Sequence[str]) -> list[str]:
         hosts = [hosts]
     if not hosts:
         raise UsageError("name at least one domain")
-    clean: list[str] = []
-    for h in hosts:
-        host = validate_domain(h)
-        if host not in clean:
-            clean.append(host)
-    return clean
+    return validate_domains(hosts)
 
 
 def _refuse_taken(conn: Connection, config: Config, schema: str, hosts: list[str]) -> None:

@@ -29,7 +29,7 @@ from ..existing import (
     register_sql,
     up_to,
 )
-from ..identifiers import validate_domain, validate_schema_name
+from ..identifiers import validate_domains, validate_schema_name
 from ..ledger import existing_ledgers
 from ..migrations import Migration, discover
 from ..progress import NoProgress, Progress
@@ -62,11 +62,7 @@ def create_existing(
     Refused (``TenantError``) if the schema does not exist, is registered or has a
     ledger already.
     """
-    clean: list[str] = []
-    for d in domains:
-        host = validate_domain(d)
-        if host not in clean:
-            clean.append(host)
+    clean = validate_domains(domains)
     item = ExistingSchema(validate_schema_name(schema), tuple(clean), name)
     result = _register(config, [item], baseline, from_list=False, yes=True)
     if result.failed:

@@ -16,7 +16,7 @@ from ..creation import Finish, FinishError, create_tenant
 from ..database import Database, rollback_quietly, run_script
 from ..errors import MtmError, PublicMigrationsLocked, TenantError, UsageError, ValidationFailed
 from ..failures import StepError, step_error
-from ..identifiers import validate_domain, validate_schema_name
+from ..identifiers import validate_domains, validate_schema_name
 from ..ledger import PUBLIC, state_fingerprint
 from ..locks import describe_holder, release_run_lock, try_run_lock
 from ..migrations import MigrationSet, discover
@@ -102,11 +102,7 @@ def create_in(
     if password_file is not None and not login:
         raise UsageError("--password-file is where the login role's password goes: add --login")
     target = roles.check_password_file(password_file) if password_file is not None else None
-    clean: list[str] = []
-    for d in domains:
-        host = validate_domain(d)
-        if host not in clean:
-            clean.append(host)
+    clean = validate_domains(domains)
     mset = migrations or discover(config.migrations_directory)
     pending = list(mset.tenant) if migrate else []
     for problem in legacy_problems(schema, pending):

@@ -25,7 +25,7 @@ from .. import pgclient, roles, tenantfile, transfer
 from ..config import Config
 from ..database import resolve_url
 from ..errors import MtmError, UsageError, ValidationFailed, insufficient_privilege
-from ..identifiers import validate_domain, validate_schema_name
+from ..identifiers import validate_domains, validate_schema_name
 from ..ledger import read_ledgers
 from ..locks import hold_schema, release_schema
 from ..migrations import discover
@@ -147,12 +147,12 @@ def import_tenant(
     """
     started = time.perf_counter()
     path = Path(file)
-    given = _clean_domains(domains) if domains is not None else None
+    given = validate_domains(domains) if domains is not None else None
     new = validate_schema_name(as_name) if as_name is not None else None
     with tempfile.TemporaryDirectory(prefix="mtm-import-") as tmp:
         manifest, dump_file = tenantfile.read(path, Path(tmp))
         schema = new if new is not None else validate_schema_name(manifest.schema)
-        hosts = given if given is not None else _clean_domains(manifest.domains)
+        hosts = given if given is not None else validate_domains(manifest.domains)
         pending = _plan(config, manifest, path, schema)
         with session(config, purpose="mtm import") as (_, conn):
             ensure_bootstrap(conn, config)
@@ -184,15 +184,6 @@ def import_tenant(
         result.migrated = pending
     result.seconds = time.perf_counter() - started
     return result
-
-
-def _clean_domains(domains: Sequence[str]) -> list[str]:
-    clean: list[str] = []
-    for d in domains:
-        host = validate_domain(d)
-        if host not in clean:
-            clean.append(host)
-    return clean
 
 
 def _plan(config: Config, manifest: tenantfile.Manifest, path: Path, schema: str) -> list[str]:
