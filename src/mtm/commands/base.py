@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
 from sqlalchemy.engine import Connection, Engine
 
+from .. import planner
 from ..config import Config
 from ..database import checkout, create_engine
+from ..errors import UsageError
+from ..identifiers import validate_schema_name
+from ..ledger import PUBLIC
+from ..migrations import Namespace
 from ..runner import Settings
 from ..tables import check
 
@@ -46,3 +51,26 @@ def settings(
         retries=retries if retries is not None else config.retries,
     )  # built only to validate the overrides the same way as the config file
     return Settings(merged.lock_timeout, merged.statement_timeout, merged.retries)
+
+
+def chosen_namespace(tenants: Sequence[str] | None, all_tenants: bool, public: bool) -> Namespace:
+    """The namespace of ``down``'s selectors (``--tenant ...``, ``--all-tenants``,
+    ``--public``, shared by ``stamp`` and ``repair``), exactly one of them given."""
+    if sum([bool(tenants), all_tenants, public]) != 1:
+        raise UsageError("choose exactly one of --tenant SCHEMA, --all-tenants or --public")
+    return "public" if public else "tenant"
+
+
+def chosen_schemas(
+    conn: Connection,
+    config: Config,
+    tables: Mapping[str, bool],
+    tenants: Sequence[str] | None,
+    public: bool,
+) -> list[str]:
+    """The schemas those selectors name: public, the named tenants (each checked to be
+    registered), or every tenant."""
+    if public:
+        return [PUBLIC]
+    only = [validate_schema_name(t) for t in tenants] if tenants else None
+    return [s for s, _ in planner.tenant_rows(conn, config, tables, only)]

@@ -16,7 +16,6 @@ from ..config import Config
 from ..database import run_script
 from ..errors import UsageError, ValidationFailed
 from ..identifiers import validate_schema_name
-from ..ledger import PUBLIC
 from ..locks import acquire_run_lock, check_lock_wait, release_run_lock
 from ..migrations import MigrationSet, Namespace, discover
 from ..plan import SchemaPlan, fingerprint, past, stop_at
@@ -28,7 +27,7 @@ from ..runner import Runner
 from ..tables import bring_up_to_date, refuse_foreign_ledgers
 from ..tables import existing as _existing
 from ..words import plural
-from .base import session, settings
+from .base import chosen_namespace, chosen_schemas, session, settings
 
 log = logging.getLogger("mtm.run")
 
@@ -346,22 +345,15 @@ def down(
     Everything is checked before anything changes: each migration in the range must
     still have its file, unedited, with a down.
     """
-    chosen = sum([bool(tenants), all_tenants, public])
-    if chosen != 1:
-        raise UsageError("choose exactly one of --tenant SCHEMA, --all-tenants or --public")
+    namespace = chosen_namespace(tenants, all_tenants, public)
     if steps is not None and to is not None:
         raise UsageError("give --steps or --to, not both")
     if steps is not None and steps < 1:
         raise UsageError("--steps must be at least 1")
     mset = discover(config.migrations_directory)
     with session(config, purpose="mtm down") as (_, conn):
-        targets: list[tuple[str, Namespace]]
-        if public:
-            targets = [(PUBLIC, "public")]
-        else:
-            only = [validate_schema_name(t) for t in tenants] if tenants else None
-            rows = planner.tenant_rows(conn, config, _existing(conn, config), only)
-            targets = [(s, "tenant") for s, _ in rows]
+        schemas = chosen_schemas(conn, config, _existing(conn, config), tenants, public)
+        targets = [(s, namespace) for s in schemas]
         work, problems = planner.reverts(conn, config, mset, targets, steps=steps, to=to)
         if problems:
             raise ValidationFailed("refusing to revert anything:\n  " + "\n  ".join(problems[:20]))

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import psycopg
 from sqlalchemy.engine import Connection
 
-from .. import planner, steps
+from .. import steps
 from ..checksum_repair import (
     RepairChange,
     RepairRow,
@@ -32,7 +32,7 @@ from ..ledger import PUBLIC, read_ledgers
 from ..migrations import Migration, Namespace, discover
 from ..tables import existing as _existing
 from ..words import plural
-from .base import session
+from .base import chosen_namespace, chosen_schemas, session
 
 log = logging.getLogger("mtm.repair")
 
@@ -67,18 +67,10 @@ def repair(
     (exit 2, nothing changed) for an unknown name, an unregistered tenant, or when no
     chosen schema needs it; more than one schema needs ``yes``.
     """
-    if sum([bool(tenants), all_tenants, public]) != 1:
-        raise UsageError("choose exactly one of --tenant SCHEMA, --all-tenants or --public")
-    namespace: Namespace = "public" if public else "tenant"
+    namespace = chosen_namespace(tenants, all_tenants, public)
     migration = _file(discover(config.migrations_directory).of(namespace), namespace, name)
     with session(config, purpose="mtm repair") as (_, conn):
-        if public:
-            schemas = [PUBLIC]
-        else:
-            only = [validate_schema_name(t) for t in tenants] if tenants else None
-            schemas = [
-                s for s, _ in planner.tenant_rows(conn, config, _existing(conn, config), only)
-            ]
+        schemas = chosen_schemas(conn, config, _existing(conn, config), tenants, public)
         changes = _plan(conn, config, schemas, namespace, migration)
         if not changes:
             raise UsageError(

@@ -13,19 +13,18 @@ from collections.abc import Callable, Sequence
 import psycopg
 from sqlalchemy.engine import Connection
 
-from .. import planner, steps
+from .. import steps
 from ..config import Config
 from ..database import run_script
 from ..errors import MtmError, UsageError, ValidationFailed
-from ..identifiers import validate_schema_name
-from ..ledger import PUBLIC, existing_ledgers, read_ledgers
+from ..ledger import existing_ledgers, read_ledgers
 from ..migrations import Migration, Namespace, discover
 from ..plan import StampChange, stamp_change
 from ..results import StampResult
 from ..tables import ensure_bootstrap
 from ..tables import existing as _existing
 from ..words import plural
-from .base import session
+from .base import chosen_namespace, chosen_schemas, session
 
 log = logging.getLogger("mtm.stamp")
 
@@ -49,18 +48,12 @@ def stamp(
     ``delete``, remove the records of ``name`` and everything after it. No migration
     code runs. Everything is checked first; more than one schema needs ``yes``.
     """
-    if sum([bool(tenants), all_tenants, public]) != 1:
-        raise UsageError("choose exactly one of --tenant SCHEMA, --all-tenants or --public")
-    namespace: Namespace = "public" if public else "tenant"
+    namespace = chosen_namespace(tenants, all_tenants, public)
     migrations = discover(config.migrations_directory).of(namespace)
     target = _resolve(migrations, namespace, name)
     with session(config, purpose="mtm stamp") as (_, conn):
         tables = _existing(conn, config)
-        if public:
-            schemas = [PUBLIC]
-        else:
-            only = [validate_schema_name(t) for t in tenants] if tenants else None
-            schemas = [s for s, _ in planner.tenant_rows(conn, config, tables, only)]
+        schemas = chosen_schemas(conn, config, tables, tenants, public)
         changes = _plan(conn, config, schemas, namespace, migrations, target, delete)
         if show is not None:
             show(changes)
