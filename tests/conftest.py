@@ -30,6 +30,7 @@ from click.testing import CliRunner, Result
 from hypothesis import settings
 from sqlalchemy.engine import make_url
 
+from _citus import CitusCluster, unavailable
 from mtm import Config
 from mtm.cli import cli
 from mtm.embedded import EmbeddedServer
@@ -43,6 +44,15 @@ settings.load_profile("mtm")
 
 _RUN_DIR = pytest.StashKey[Path]()
 _FAILED = pytest.StashKey[bool]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--citus",
+        action="store_true",
+        help="run against a Citus cluster (a coordinator and two workers this run starts): "
+        "the Citus tests, and every database of the other tests made on the cluster",
+    )
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -98,9 +108,40 @@ def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         server.stop()
 
 
+@pytest.fixture(scope="session")
+def citus_cluster(request: pytest.FixtureRequest) -> Iterator[CitusCluster]:
+    """The run's Citus cluster; the test skips, with the reason, when there is none."""
+    if not request.config.getoption("--citus"):
+        pytest.skip("Citus tests run with pytest --citus (.ci/run runs them)")
+    reason = unavailable()
+    if reason:
+        pytest.skip(reason)
+    cluster = CitusCluster()
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
 @pytest.fixture
-def database_url(server_url: str) -> Iterator[str]:
-    """A fresh, empty database for one test, dropped afterwards."""
+def citus_url(citus_cluster: CitusCluster) -> Iterator[str]:
+    """A fresh database on every node of the cluster; the coordinator's URL."""
+    url = citus_cluster.create_database()
+    try:
+        yield url
+    finally:
+        citus_cluster.drop_database(make_url(url).database or "")
+
+
+@pytest.fixture
+def database_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh, empty database for one test, dropped afterwards (with --citus, on the
+    Citus cluster)."""
+    if request.config.getoption("--citus"):
+        yield request.getfixturevalue("citus_url")
+        return
+    server_url: str = request.getfixturevalue("server_url")
     name = f"mtm_test_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(_libpq(server_url), autocommit=True) as admin:
         admin.execute(f'CREATE DATABASE "{name}"')
@@ -176,7 +217,9 @@ class Project:
             r[0]
             for r in self.query(
                 "SELECT nspname FROM pg_namespace WHERE nspname NOT LIKE 'pg\\_%' "
-                "AND nspname NOT IN ('information_schema', 'public')"
+                "AND nspname NOT IN ('information_schema', 'public') "
+                # Citus's own schemas, on a cluster (pytest --citus).
+                "AND nspname NOT IN ('citus', 'citus_internal', 'columnar', 'columnar_internal')"
             )
         }
 
