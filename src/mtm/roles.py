@@ -131,12 +131,16 @@ def drop_role_sql(role: str) -> list[str]:
     hold over the roles it made (PostgreSQL 15: no membership; 16+: ADMIN without
     INHERIT). Then anything the role came to own in this database goes to the user
     running mtm, its remaining privileges here are revoked, and the role goes (with
-    the membership).
+    the membership). REASSIGN names that user rather than saying ``CURRENT_USER``:
+    Citus 13.2 crashes the backend on a keyword target role (citusdata/citus#8745).
     """
     r = quote_ident(role)
     return [
         f"GRANT {r} TO CURRENT_USER",
-        f"REASSIGN OWNED BY {r} TO CURRENT_USER",
+        do_block(
+            "BEGIN EXECUTE format('REASSIGN OWNED BY %I TO %I', "
+            f"{quote_literal(role)}, current_user); END"
+        ),
         f"DROP OWNED BY {r}",
         f"DROP ROLE {r}",
     ]
