@@ -32,7 +32,7 @@ import psycopg
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from . import catalog, planner
+from . import catalog, clustercheck, planner
 from .adoption import retired_ledger
 from .config import Config
 from .database import checkout, rollback_quietly, run_script
@@ -214,7 +214,9 @@ class References:
             run_script(fresh, drop(self.config, schema))
 
     def build(self, steps: Iterable[int]) -> None:
-        """A reference at each step of ``steps`` that has none yet."""
+        """A reference at each step of ``steps`` that has none yet (on a Citus
+        coordinator, a local schema: see ``clustercheck.keep_local``)."""
+        clustercheck.keep_local(self.conn)
         for step in sorted(set(steps) - self.schemas.keys()):
             started = time.perf_counter()
             schema = REFERENCE_PREFIX + secrets.token_hex(6)
@@ -245,7 +247,7 @@ def _build(runner: Runner, conn: Connection, schema: str, migrations: Sequence[M
     if all(m.kind == "sql" and m.transactional for m in migrations):
         body = [s for m in migrations for s in create_body(config, schema, m)]
         try:
-            run_script(conn, created.around(body))
+            clustercheck.run_each(conn, created.around(body))
             return
         except (psycopg.Error, sa.exc.DBAPIError):
             rollback_quietly(conn)

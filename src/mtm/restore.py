@@ -28,7 +28,8 @@ from sqlalchemy.engine import Connection
 
 from . import pgclient
 from .baseline import neutralize
-from .database import driver, run_script
+from .clustercheck import run_each
+from .database import driver
 from .errors import MtmError
 
 SECTIONS = ("pre-data", "data", "post-data")
@@ -53,10 +54,11 @@ def section_sql(pg_restore: str, dump: Path, section: str) -> str:
 
 def restore_ddl(conn: Connection, sql: str, schema: str) -> list[str]:
     """Run a DDL section of a dump of ``schema`` in the current transaction (whose
-    search_path is the new schema); the neutralizer's warnings."""
+    search_path is the new schema); the neutralizer's warnings. One round trip, or one
+    per statement on a Citus coordinator (``clustercheck.run_each``)."""
     neutral, warnings = neutralize(sql, schema)
     if neutral.strip():
-        run_script(conn, neutral)
+        run_each(conn, neutral)
     return warnings
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import psycopg
 from sqlalchemy.engine import Connection
 
-from .. import roles
+from .. import clustercheck, roles
 from ..config import Config
 from ..database import rollback_quietly, run_script
 from ..errors import LockHeld, MtmError, TenantError, UsageError, insufficient_privilege
@@ -129,6 +129,8 @@ def role_add(
         role = roles.role_for(config, schema)
         if roles.owned_role(conn, config, schema) is not None:
             raise TenantError(f"tenant {schema!r} already has its role {role!r}")
+        if not login:
+            clustercheck.refuse_nologin_role(conn, schema, role)
         if roles.role_exists(conn, role):
             raise TenantError(
                 f"role {role!r} already exists and is not tenant {schema!r}'s (roles are "
