@@ -14,6 +14,8 @@ anything changes:
   (``ALTER TABLE ... ADD FOREIGN KEY`` to a reference table, as every ``pg_dump`` of
   such a table writes it: "cannot insert multiple commands into a prepared
   statement"), so ``import`` restores and ``diff`` builds its references this way;
+* ``add_citus``: the extension in ``new --autogenerate``'s throwaway database, so that
+  public migrations calling Citus's functions run there too;
 * ``keep_local``: schemas this session makes stay on the coordinator, whatever the
   database's ``citus.enable_schema_based_sharding`` says: ``diff``'s throwaway
   references are built, read and dropped within one command, and a local schema has
@@ -31,7 +33,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from . import sqlscript
-from .database import driver, run_script
+from .config import Config
+from .database import checkout, create_engine, driver, run_script
 from .errors import MtmError
 from .exits import Exit
 
@@ -78,6 +81,19 @@ def run_each(conn: Connection, script: str | Sequence[str]) -> None:
     for part in [script] if isinstance(script, str) else script:
         for statement in sqlscript.split(part):
             driver(conn).execute(statement.text.encode("utf-8"), prepare=False)
+
+
+def add_citus(config: Config) -> None:
+    """The Citus extension in ``config``'s database (``new --autogenerate``'s throwaway
+    one, made on a coordinator: its public migrations may call ``create_reference_table``,
+    which works on a single node)."""
+    engine = create_engine(config, pool_size=1, purpose="mtm autogenerate")
+    try:
+        with checkout(engine) as conn:
+            conn.exec_driver_sql("SET client_min_messages TO warning")
+            conn.exec_driver_sql("CREATE EXTENSION IF NOT EXISTS citus")
+    finally:
+        engine.dispose()
 
 
 def keep_local(conn: Connection) -> None:

@@ -8,7 +8,9 @@ created from the server's default template, used through its own ``Config`` (so 
 mtm's normal ``migrate`` and ``create`` build it), and dropped with ``WITH (FORCE)``
 in a ``finally``: after success, a failed migration, an error or Ctrl-C. Only a
 process killed outright (SIGKILL, power loss) leaves one behind; its name starts with
-``mtm_autogen_`` and says so.
+``mtm_autogen_`` and says so. On a Citus coordinator it gets the Citus extension
+too (a single node: Citus's functions, no workers), for the public migrations that
+call them.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from dataclasses import replace
 
 import sqlalchemy as sa
 
+from . import clustercheck
 from .config import Config, sqlalchemy_url
 from .database import checkout, create_engine, resolve_url
 from .errors import InsufficientPrivilege, MtmError
@@ -41,15 +44,19 @@ def database(config: Config) -> Iterator[Config]:
     try:
         try:
             with checkout(engine) as conn:
+                citus = clustercheck.is_citus(conn)
                 _create(conn, name)
+            made = replace(
+                config, database_url=url.set(database=name).render_as_string(hide_password=False)
+            )
+            if citus:  # public migrations may call create_reference_table
+                clustercheck.add_citus(made)
             log.info(
                 "created throwaway database %s",
                 name,
                 extra={"event": "throwaway.create", "database": name},
             )
-            yield replace(
-                config, database_url=url.set(database=name).render_as_string(hide_password=False)
-            )
+            yield made
         finally:  # a fresh connection: an interrupt may have left the first one unusable
             with checkout(engine) as conn:
                 drop(conn, name)
