@@ -1,49 +1,84 @@
 """``validate``'s checks: applied migrations against the files, the registry against
-the schemas, and the state summary against the ledgers."""
+the schemas, and the state summary against the ledgers.
+
+Every ledger is read, but most only as the server's fingerprint of it (``ledgerscan``):
+a ledger whose fingerprint and row count are those of a prefix of the files holds
+exactly those rows, so it is planned from that prefix; the others are read row by row.
+"""
 
 from __future__ import annotations
 
-from sqlalchemy.engine import Connection
+from collections.abc import Mapping, Sequence
+
+from sqlalchemy.engine import Connection, Engine
 
 from .config import Config
-from .ledger import PUBLIC, orphan_ledgers, read_ledgers, read_states
+from .ledger import PUBLIC, read_ledgers, read_states
+from .ledgerscan import NO_LEDGER, LedgerSum, ledger_sums, ledger_tables
 from .migrations import MigrationSet, Namespace
-from .plan import fingerprint, plan_from_ledger
+from .plan import plan_from_ledger, plan_from_prefix, prefix_fingerprints
 from .planner import Tables, tenant_rows
 from .results import ValidateResult
 from .schemas import existing_schemas
 
 
-def audit(conn: Connection, config: Config, mset: MigrationSet, tables: Tables) -> ValidateResult:
-    """Every problem found, one line each, prefixed with its schema."""
+def audit(
+    conn: Connection, config: Config, mset: MigrationSet, tables: Tables, *, engine: Engine
+) -> ValidateResult:
+    """Every problem found, one line each, prefixed with its schema (``engine`` gives a
+    second connection to read ledgers on)."""
     result = ValidateResult(adopted=[m.path.name for m in mset if m.legacy])
     registered = [s for s, _ in tenant_rows(conn, config, tables, None)]
     schemas = [PUBLIC, *registered]
-    ledgers = read_ledgers(conn, config, schemas)
+    found = ledger_tables(conn, config, schemas)
+    sums = ledger_sums(engine, conn, config, [s for s in schemas if s in found.ledgers])
     result.schemas_checked = len(schemas)
-    for schema in schemas:
-        ns: Namespace = "public" if schema == PUBLIC else "tenant"
-        result.problems += plan_from_ledger(schema, ns, mset.of(ns), ledgers[schema]).problems
+    result.problems += _ledger_problems(conn, config, mset, schemas, sums)
     present = existing_schemas(conn)
     for schema in registered:
         if schema not in present:
             result.problems.append(f"{schema}: registered tenant has no schema")
-    orphans = orphan_ledgers(conn, config, registered)
+    orphans = sorted(found.named - {PUBLIC} - set(registered))
     for schema in orphans:
         result.problems.append(f"{schema}: schema has a ledger but no registry row")
     if not tables["state"]:
         return result
     states = read_states(conn, config)
     for schema in schemas:
-        rows = ledgers[schema]
-        actual = fingerprint((r.name, r.checksum) for r in rows)
-        if schema in states and states[schema] != actual:
+        actual = sums.get(schema, NO_LEDGER)
+        if schema in states and states[schema] != actual.fingerprint:
             result.problems.append(
                 f"{schema}: state summary disagrees with the ledger (run 'mtm migrate' "
                 "to rewrite it)"
             )
-        elif schema not in states and rows:
+        elif schema not in states and actual.rows:
             result.problems.append(f"{schema}: ledger has no state summary")
     for schema in sorted(set(states) - set(schemas) - set(orphans)):
         result.problems.append(f"{schema}: state summary of a schema that is not registered")
     return result
+
+
+def _ledger_problems(
+    conn: Connection,
+    config: Config,
+    mset: MigrationSet,
+    schemas: Sequence[str],
+    sums: Mapping[str, LedgerSum],
+) -> list[str]:
+    """Each schema's disagreements with the files, in the order of ``schemas``."""
+    prefixes = {ns: prefix_fingerprints(mset.of(ns)) for ns in ("public", "tenant")}
+    found: dict[str, list[str]] = {}
+    slow: list[str] = []
+    for schema in schemas:
+        ns: Namespace = "public" if schema == PUBLIC else "tenant"
+        summed = sums.get(schema, NO_LEDGER)
+        k = prefixes[ns].get(summed.fingerprint)
+        if k is None or k != summed.rows or summed.ambiguous:
+            slow.append(schema)
+        else:
+            found[schema] = plan_from_prefix(schema, ns, mset.of(ns), k).problems
+    ledgers = read_ledgers(conn, config, slow) if slow else {}
+    for schema in slow:
+        ns = "public" if schema == PUBLIC else "tenant"
+        found[schema] = plan_from_ledger(schema, ns, mset.of(ns), ledgers[schema]).problems
+    return [p for schema in schemas for p in found[schema]]

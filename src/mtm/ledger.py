@@ -56,6 +56,10 @@ def ledger_ddl(config: Config, schema: str) -> str:
 # One ledger row in a fingerprint (``plan.fingerprint``): an adopted row has no checksum,
 # and counts as "name:" rather than vanishing from the fingerprint.
 FINGERPRINT_ITEM = "name || ':' || coalesce(checksum, '')"
+# A ledger's fingerprint, computed by the server over its rows (``plan.fingerprint``).
+FINGERPRINT_SQL = (
+    f"md5(coalesce(string_agg({FINGERPRINT_ITEM}, ',' ORDER BY name COLLATE \"C\"), ''))"
+)
 
 
 def state_ref(config: Config) -> str:
@@ -98,8 +102,7 @@ def state_upsert_sql(config: Config, schema: str, namespace: Namespace) -> str:
         "(schema_name, namespace, applied, last_migration, fingerprint, updated_at) "
         f"SELECT {quote_literal(schema)}, {quote_literal(namespace)}, count(*), "
         'max(name COLLATE "C"), '
-        f"md5(coalesce(string_agg({FINGERPRINT_ITEM}, ',' ORDER BY name COLLATE \"C\"), '')), "
-        f"now() FROM {ledger_ref(config, schema)} "
+        f"{FINGERPRINT_SQL}, now() FROM {ledger_ref(config, schema)} "
         "ON CONFLICT (schema_name) DO UPDATE SET namespace = excluded.namespace, "
         "applied = excluded.applied, last_migration = excluded.last_migration, "
         "fingerprint = excluded.fingerprint, updated_at = excluded.updated_at"
@@ -141,7 +144,7 @@ def read_ledgers(
             f"FROM {ledger_ref(config, s)}"
             for s in chunk
         )
-        for schema, name, checksum in conn.execute(sa.text(sql)):
+        for schema, name, checksum in conn.execute(sa.text(sql)).all():
             out[schema].append(LedgerRow(name, checksum))
     return {s: out.get(s, []) for s in schemas}
 
@@ -200,20 +203,6 @@ def read_states(conn: Connection, config: Config) -> dict[str, str]:
     """Every schema's fingerprint in the state summary."""
     rows = conn.execute(sa.text(f"SELECT schema_name, fingerprint FROM {state_ref(config)}"))
     return {r[0]: r[1] for r in rows}
-
-
-def orphan_ledgers(conn: Connection, config: Config, registered: Sequence[str]) -> list[str]:
-    """Schemas other than public with a ledger table but no registry row."""
-    return list(
-        conn.execute(
-            sa.text(
-                "SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = "
-                "c.relnamespace WHERE c.relname = :t AND n.nspname <> 'public' "
-                "AND NOT n.nspname = ANY(:r) ORDER BY 1"
-            ),
-            {"t": config.migrations_table, "r": list(registered)},
-        ).scalars()
-    )
 
 
 def state_fingerprint(conn: Connection, config: Config, schema: str) -> str | None:

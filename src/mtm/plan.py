@@ -11,7 +11,7 @@ ledger and planned in full.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
 from .migrations import Migration, Namespace
@@ -75,16 +75,33 @@ def plan_from_prefix(
     schema: str, namespace: Namespace, migrations: Sequence[Migration], k: int
 ) -> SchemaPlan:
     """Plan for a schema known (by fingerprint) to have applied exactly the first k."""
-    return SchemaPlan(
-        schema=schema,
-        namespace=namespace,
-        total=len(migrations),
-        applied=k,
-        last_applied=migrations[k - 1].name if k else None,
-        pending=list(migrations[k:]),
-        problems=legacy_problems(schema, migrations[k:]),
-        applied_pairs=tuple((m.name, m.checksum) for m in migrations[:k]),
-    )
+    return prefix_planner(namespace, migrations)(schema, k)
+
+
+def prefix_planner(
+    namespace: Namespace, migrations: Sequence[Migration]
+) -> Callable[[str, int], SchemaPlan]:
+    """``plan_from_prefix`` for many schemas: what depends on k alone is worked out once
+    per k, so 10,000 tenants at one step cost one plan's work and 10,000 small objects."""
+    known: dict[int, tuple[str | None, tuple[Migration, ...], tuple[tuple[str, str], ...]]] = {}
+
+    def plan(schema: str, k: int) -> SchemaPlan:
+        if k not in known:
+            pairs = tuple((m.name, m.checksum) for m in migrations[:k])
+            known[k] = (migrations[k - 1].name if k else None, tuple(migrations[k:]), pairs)
+        last, pending, pairs = known[k]
+        return SchemaPlan(
+            schema,
+            namespace,
+            len(migrations),
+            k,
+            last,
+            list(pending),
+            legacy_problems(schema, pending),
+            pairs,
+        )
+
+    return plan
 
 
 def plan_from_ledger(

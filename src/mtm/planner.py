@@ -25,8 +25,8 @@ from .migrations import Migration, MigrationSet, Namespace
 from .plan import (
     SchemaPlan,
     plan_from_ledger,
-    plan_from_prefix,
     prefix_fingerprints,
+    prefix_planner,
     revert_range,
     stop_at,
 )
@@ -69,6 +69,7 @@ def plans(
 ) -> list[SchemaPlan]:
     """Plans from fingerprints where they match a prefix of the files, else from ledgers."""
     prefixes = prefix_fingerprints(migrations)
+    from_prefix = prefix_planner(namespace, migrations)
     out: dict[str, SchemaPlan] = {}
     slow: list[str] = []
     for schema, fp in rows:
@@ -76,7 +77,7 @@ def plans(
         if k is None:
             slow.append(schema)
         else:
-            out[schema] = plan_from_prefix(schema, namespace, migrations, k)
+            out[schema] = from_prefix(schema, k)
     if slow:
         ledgers = read_ledgers(conn, config, slow)
         for schema in slow:

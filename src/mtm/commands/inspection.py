@@ -62,5 +62,5 @@ def validate(config: Config) -> ValidateResult:
     """Check applied migrations against the files, the registry against the schemas, and
     the state summary against the ledgers."""
     mset = discover(config.migrations_directory)
-    with session(config) as (_, conn):
-        return audit(conn, config, mset, _existing(conn, config))
+    with session(config, pool_size=2) as (engine, conn):
+        return audit(conn, config, mset, _existing(conn, config), engine=engine)
