@@ -16,7 +16,7 @@ from .config import Config
 from .ledger import PUBLIC, read_ledgers, read_states
 from .ledgerscan import NO_LEDGER, LedgerSum, ledger_sums, ledger_tables
 from .migrations import MigrationSet, Namespace
-from .plan import plan_from_ledger, plan_from_prefix, prefix_fingerprints
+from .plan import plan_from_ledger, prefix_fingerprints, prefix_planner
 from .planner import Tables, tenant_rows
 from .results import ValidateResult
 from .schemas import existing_schemas
@@ -67,6 +67,7 @@ def _ledger_problems(
 ) -> list[str]:
     """Each schema's disagreements with the files, in the order of ``schemas``."""
     prefixes = {ns: prefix_fingerprints(mset.of(ns)) for ns in ("public", "tenant")}
+    planners = {ns: prefix_planner(ns, mset.of(ns)) for ns in ("public", "tenant")}
     found: dict[str, list[str]] = {}
     slow: list[str] = []
     for schema in schemas:
@@ -76,7 +77,7 @@ def _ledger_problems(
         if k is None or k != summed.rows or summed.ambiguous:
             slow.append(schema)
         else:
-            found[schema] = plan_from_prefix(schema, ns, mset.of(ns), k).problems
+            found[schema] = planners[ns](schema, k).problems
     ledgers = read_ledgers(conn, config, slow) if slow else {}
     for schema in slow:
         ns = "public" if schema == PUBLIC else "tenant"

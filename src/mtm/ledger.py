@@ -196,7 +196,7 @@ def tenant_fingerprints(
         + ("WHERE " + " AND ".join(where) if where else "")
         + " ORDER BY t.schema_name"
     )
-    return [(r[0], r[1]) for r in conn.execute(sa.text(sql), params)]
+    return [(r[0], r[1]) for r in conn.execute(sa.text(sql), params).all()]
 
 
 def read_states(conn: Connection, config: Config) -> dict[str, str]:
