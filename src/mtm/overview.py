@@ -50,7 +50,7 @@ def overview(conn: Connection, config: Config, match: str | None = None) -> list
                 "WHERE schema_name = ANY(:s)"
             ),
             {"s": [t.schema for t in tenants]},
-        )
+        ).all()
     }
     names = {t.schema: role_for(config, t.schema) for t in tenants}
     comments: dict[str, str | None] = {
@@ -61,7 +61,7 @@ def overview(conn: Connection, config: Config, match: str | None = None) -> list
                 "WHERE rolname = ANY(:r)"
             ),
             {"r": list(names.values())},
-        )
+        ).all()
     }
     database = current_database(conn)
     out = []

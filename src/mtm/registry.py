@@ -114,9 +114,9 @@ def list_tenants(
 ) -> list[Tenant]:
     """Registered tenants with their domains (``only`` those), by schema name."""
     if only is None:
-        return [tenant_from_row(r) for r in conn.execute(_tenant_query(config))]
+        return [tenant_from_row(r) for r in conn.execute(_tenant_query(config)).all()]
     query = _tenant_query(config, "WHERE t.schema_name = ANY(:only)")
-    return [tenant_from_row(r) for r in conn.execute(query, {"only": list(only)})]
+    return [tenant_from_row(r) for r in conn.execute(query, {"only": list(only)}).all()]
 
 
 def get_tenant(conn: Connection, config: Config, schema: str) -> Tenant | None:

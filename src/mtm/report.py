@@ -12,12 +12,7 @@ import sys
 import threading
 import time
 from collections.abc import Collection
-from typing import IO, Any
-
-from rich.console import Console, Group
-from rich.live import Live
-from rich.table import Table
-from rich.text import Text
+from typing import IO, TYPE_CHECKING, Any
 
 from .ledger import AppliedMigration
 from .plan import StampChange
@@ -30,6 +25,11 @@ from .results import (
     TablesUpgrade,
 )
 from .words import plural
+
+if TYPE_CHECKING:  # rich is imported where it draws: JSON output needs none of it
+    from rich.console import Console, Group
+    from rich.live import Live
+    from rich.table import Table
 
 LIST_LIMIT = 50  # above this many tenants, status and plain progress summarise
 
@@ -76,6 +76,8 @@ class LiveProgress:
         return self.display_name if schema == "public" else schema
 
     def begin(self, schemas: int, steps: int) -> None:
+        from rich.live import Live
+
         self.c = _Counts()
         self.c.total, self.c.steps_total = schemas, steps
         self.live = Live(
@@ -102,6 +104,9 @@ class LiveProgress:
             self.live = None
 
     def _render(self) -> Group:
+        from rich.console import Group
+        from rich.text import Text
+
         c = self.c
         elapsed = time.perf_counter() - c.started
         width = 20
@@ -369,6 +374,9 @@ def status_table(
 ) -> list[Any]:
     """Renderables: a row per schema for small fleets (or on request), else groups;
     tenants ``ahead`` of the rest (``rollout.ahead``) marked."""
+    from rich.table import Table
+    from rich.text import Text
+
     out: list[Any] = []
     listing = list_all or len(result.tenants) <= LIST_LIMIT
     table = Table(title=None, show_lines=False)
@@ -423,6 +431,8 @@ def status_table(
 
 
 def history_table(rows: list[AppliedMigration]) -> Table:
+    from rich.table import Table
+
     table = Table()
     for col in ("migration", "applied at", "ms", "checksum"):
         table.add_column(col, justify="right" if col == "ms" else "left", overflow="fold")

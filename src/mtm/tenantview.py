@@ -7,13 +7,14 @@ all (``--all``, or ``--json`` for machines)."""
 
 from __future__ import annotations
 
-from typing import Any
-
-from rich.table import Table
+from typing import TYPE_CHECKING, Any
 
 from .domains import Domain
 from .overview import TenantOverview
 from .words import plural
+
+if TYPE_CHECKING:  # rich is imported where a table is drawn; --json needs none of it
+    from rich.table import Table
 
 PAGE = 50  # rows of `mtm tenants` without --all
 
@@ -24,6 +25,8 @@ def _when(value: Any) -> str:
 
 def tenants_table(items: list[TenantOverview], *, limit: int | None = None) -> Table:
     """A row per tenant, the first ``limit`` of them when one is given."""
+    from rich.table import Table
+
     table = Table()
     for col in ("schema", "name", "primary domain", "domains", "applied", "role", "created"):
         table.add_column(col, overflow="fold")
@@ -70,6 +73,8 @@ def tenants_data(items: list[TenantOverview]) -> list[dict[str, Any]]:
 
 
 def domains_table(items: list[Domain]) -> Table:
+    from rich.table import Table
+
     table = Table()
     for col in ("domain", "tenant", "primary", "added"):
         table.add_column(col, overflow="fold")

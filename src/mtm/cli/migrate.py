@@ -203,7 +203,8 @@ def status(
 ) -> None:
     """Where every schema stands: applied/total, last applied, pending."""
     from .. import commands
-    from ..report import dump_json, status_json, status_table
+    from ..jsonout import dump_json
+    from ..report import status_json, status_table
     from ..rollout import ahead
     from ..rolloutreport import ahead_json, ahead_line
 
@@ -293,7 +294,7 @@ def validate(ctx: click.Context, as_json: bool) -> None:
     schema's tables, columns, indexes... with a schema built at the same step.
     """
     from .. import commands
-    from ..report import dump_json
+    from ..jsonout import dump_json
 
     result = commands.validate(config_of(ctx))
     if as_json:

@@ -104,7 +104,7 @@ def tenants_cmd(ctx: click.Context, match: str | None, list_all: bool, as_json: 
     Shows the first 50 and how many more there are; --all or --json shows every one.
     """
     from .. import commands
-    from ..report import dump_json
+    from ..jsonout import dump_json
     from ..tenantview import PAGE, tenants_data, tenants_more, tenants_table
 
     items = commands.tenant_overview(config_of(ctx), match)
