@@ -13,6 +13,7 @@ import pytest
 
 from conftest import Project
 from mtm.jsonout import dump_json
+from test_apps_roles import rproject  # noqa: F401  (a fixture)
 
 
 def test_dump_json_is_one_document_with_an_item_a_line() -> None:
@@ -70,3 +71,30 @@ def test_json_forms_import_no_drawing_library(project: Project, argv: list[str])
         [sys.executable, "-c", code], cwd=project.root, capture_output=True, text=True, check=True
     )
     assert r.stdout.strip().splitlines()[-1] == "[]", r.stdout
+
+
+def test_tenants_shows_only_the_roles_mtm_marked_for_them(rproject: Project) -> None:  # noqa: F811
+    """Found by their marks: a role named like a tenant's but unmarked, one marked for
+    another database, and a marked role of another name are not the tenant's role."""
+    p = rproject
+    prefix = p.config.tenant_role_prefix
+    for schema in ("acme", "globex", "initech", "hooli"):
+        assert p.cli("create", schema).exit_code == 0
+    assert p.cli("role", "add", "acme").exit_code == 0
+    p.query(f"CREATE ROLE {prefix}globex")  # by hand, no mark
+    p.query(f"CREATE ROLE {prefix}initech")
+    p.query(
+        f"COMMENT ON ROLE {prefix}initech IS 'mtm tenant role: database elsewhere schema initech'"
+    )
+    database = p.scalar("SELECT current_database()")
+    p.query(f"CREATE ROLE {prefix}other")
+    p.query(f"COMMENT ON ROLE {prefix}other IS 'mtm tenant role: database {database} schema hooli'")
+    rows = json.loads(p.cli("tenants", "--json").output)
+    assert {r["schema"]: r["role"] for r in rows} == {
+        "acme": f"{prefix}acme",
+        "globex": None,
+        "hooli": None,
+        "initech": None,
+    }
+    rows = json.loads(p.cli("tenants", "--json", "--match", "a*").output)
+    assert [(r["schema"], r["role"], r["applied"]) for r in rows] == [("acme", f"{prefix}acme", 1)]

@@ -2,7 +2,7 @@
 where its ledger stands (from the state summary) and the role mtm made for it.
 
 Three queries whatever the number of tenants: the registry, the state summary, and
-the marked roles among the names the tenants' roles would have.
+the roles marked as tenant roles of this database.
 """
 
 from __future__ import annotations
@@ -42,32 +42,43 @@ def overview(conn: Connection, config: Config, match: str | None = None) -> list
     tenants = matching(list_tenants(conn, config), match)
     if not tenants:
         return []
-    states = {
-        r[0]: (int(r[1]), r[2])
-        for r in conn.execute(
-            sa.text(
-                f"SELECT schema_name, applied, last_migration FROM {state_ref(config)} "
-                "WHERE schema_name = ANY(:s)"
-            ),
-            {"s": [t.schema for t in tenants]},
-        ).all()
-    }
-    names = {t.schema: role_for(config, t.schema) for t in tenants}
-    comments: dict[str, str | None] = {
-        r[0]: r[1]
-        for r in conn.execute(
-            sa.text(
-                "SELECT rolname, shobj_description(oid, 'pg_authid') FROM pg_roles "
-                "WHERE rolname = ANY(:r)"
-            ),
-            {"r": list(names.values())},
-        ).all()
-    }
-    database = current_database(conn)
+    states = _states(conn, config, tenants, match)
+    roles = _marked_roles(conn, config, {t.schema for t in tenants})
     out = []
     for t in tenants:
         applied, last = states.get(t.schema, (0, None))
-        role = names[t.schema]
-        mine = comments.get(role, None) == role_marker(database, t.schema)
-        out.append(TenantOverview(t, applied, last, role if mine else None))
+        out.append(TenantOverview(t, applied, last, roles.get(t.schema)))
+    return out
+
+
+def _states(
+    conn: Connection, config: Config, tenants: list[Tenant], match: str | None
+) -> dict[str, tuple[int, str | None]]:
+    """The state rows of ``tenants``: all rows when no glob chose them (sending 10,000
+    names to match costs more than the rows of the few schemas that are not tenants)."""
+    sql = f"SELECT schema_name, applied, last_migration FROM {state_ref(config)}"
+    if match is None:
+        rows = conn.execute(sa.text(sql)).all()
+    else:
+        where = " WHERE schema_name = ANY(:s)"
+        rows = conn.execute(sa.text(sql + where), {"s": [t.schema for t in tenants]}).all()
+    return {r[0]: (int(r[1]), r[2]) for r in rows}
+
+
+def _marked_roles(conn: Connection, config: Config, schemas: set[str]) -> dict[str, str]:
+    """Schema -> its tenant role, for the roles mtm made in this database: named as
+    ``role_for`` names the schema's role and marked with ``role_marker``. Found by their
+    marks, so no name is worked out for the (many) tenants without a role."""
+    start = role_marker(current_database(conn), "")
+    out: dict[str, str] = {}
+    for name, comment in conn.execute(
+        sa.text(
+            "SELECT rolname, shobj_description(oid, 'pg_authid') FROM pg_roles "
+            "WHERE starts_with(shobj_description(oid, 'pg_authid'), :m)"
+        ),
+        {"m": start},
+    ).all():
+        schema = comment[len(start) :]
+        if schema in schemas and name == role_for(config, schema):
+            out[schema] = name
     return out
