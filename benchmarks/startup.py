@@ -2,13 +2,17 @@
 """Start-up and the read commands at a small and a large fleet, as real processes.
 
     python benchmarks/startup.py [--dsn URL] [--tenants 10000] [--small 10] [--rounds 5]
+                                 [--before SRC]
 
 Without ``--dsn`` it starts an embedded PostgreSQL in a temporary folder. It makes two
 databases, one with ``--small`` tenants and one with ``--tenants`` tenants (built fast:
 mtm's own create scripts, 100 tenants a round trip, not timed), then runs every command
 once per round with the sides interleaved (small, large, start-up, ``import
 sqlalchemy``, next command...) and reports medians. The machine may be shared: the
-ratios of one run are the result, not absolute times.
+ratios of one run are the result, not absolute times. ``--before SRC`` (the ``src``
+folder of another checkout, e.g. ``git archive main src | tar -x -C /tmp/main``) also
+runs every read command of the large fleet with that mtm, right after this one, and
+reports its targets too: a before/after under the same load.
 
 Targets (issue "speed, round two"), with ``budget = start-up + import sqlalchemy``:
 
@@ -127,9 +131,12 @@ def mtm_command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "mtm"]
 
 
-def mtm(folder: Path, *args: str) -> float:
-    """Run one mtm process to its end (output discarded); its wall time."""
+def mtm(folder: Path, *args: str, src: str | None = None) -> float:
+    """Run one mtm process to its end (output discarded); its wall time (``src``: the
+    mtm of that source folder instead of the installed one)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MTM_")}
+    if src:
+        env["PYTHONPATH"] = src
     t0 = time.perf_counter()
     done = subprocess.run(
         [*mtm_command(), *args], cwd=folder, env=env, stdout=subprocess.PIPE, check=False
@@ -167,7 +174,7 @@ def report(args: argparse.Namespace, times: dict[str, list[float]]) -> None:
     budget = med["--version"] + med["import sqlalchemy"]
     print(f"PostgreSQL: {'embedded' if not args.dsn else 'given --dsn'}; medians of {args.rounds}")
     for key, value in med.items():
-        print(f"  {key:<32} {value:7.3f} s")
+        print(f"  {key:<36} {value:7.3f} s")
     heavy = heavy_at_startup()
     rows: list[tuple[str, str, bool]] = [
         ("--help/--version import no SQLAlchemy/psycopg", " ".join(heavy) or "none", not heavy)
@@ -180,12 +187,17 @@ def report(args: argparse.Namespace, times: dict[str, list[float]]) -> None:
         f"budget = start-up {med['--version']:.3f} s + import sqlalchemy "
         f"{med['import sqlalchemy']:.3f} s = {budget:.3f} s"
     )
-    for label, _ in READS:
-        limit = 4.0 if label == "validate" else 1.5
-        ratio = med[f"{label} (large)"] / budget
-        rows.append(
-            (f"{label} at {args.tenants:,}", f"{ratio:.2f}x <= {limit}x budget", ratio <= limit)
-        )
+    for side in ("", ", before") if args.before else ("",):
+        for label, _ in READS:
+            limit = 4.0 if label == "validate" else 1.5
+            ratio = med[f"{label} (large{side})"] / budget
+            rows.append(
+                (
+                    f"{label} at {args.tenants:,}{side}",
+                    f"{ratio:.2f}x <= {limit}x budget",
+                    ratio <= limit,
+                )
+            )
     for name, value, met in rows:
         print(f"  {name:<44} {value:<22} {'met' if met else 'NOT MET'}")
 
@@ -198,6 +210,8 @@ def run(args: argparse.Namespace) -> int:
 
     # As an installed package would be: byte-compiled (PYTHONDONTWRITEBYTECODE may be set).
     compileall.compile_dir(Path(mtm_package.__file__).parent, quiet=1)
+    if args.before:
+        compileall.compile_dir(Path(args.before), quiet=1)
     with ExitStack() as stack:
         url = stack.enter_context(server(args.dsn))
         base = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="mtm-startup-")))
@@ -216,6 +230,8 @@ def run(args: argparse.Namespace) -> int:
             for label, argv in READS:
                 add(f"{label} (small)", mtm(small, *argv))
                 add(f"{label} (large)", mtm(large, *argv))
+                if args.before:
+                    add(f"{label} (large, before)", mtm(large, *argv, src=args.before))
             log(f"round {r + 1} done")
         report(args, times)  # before the (slow) drop of 10,000 schemas
     return 0
@@ -227,6 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tenants", type=int, default=10_000)
     parser.add_argument("--small", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--before", metavar="SRC", help="Also time this mtm source folder.")
     return run(parser.parse_args(argv))
 
 
