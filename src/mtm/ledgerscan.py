@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from .config import Config
-from .database import checkout, driver
+from .database import checkout
 from .errors import made_by_another_tool
 from .identifiers import quote_literal
 from .ledger import FINGERPRINT_SQL, ledger_ref
@@ -87,10 +87,9 @@ def _sums_sql(config: Config, schemas: Sequence[str]) -> str:
 def _sums(
     conn: Connection, config: Config, chunks: Sequence[Sequence[str]]
 ) -> dict[str, LedgerSum]:
-    raw = driver(conn)
     out: dict[str, LedgerSum] = {}
-    for chunk in chunks:
-        for schema, rows, fp, ambiguous in raw.execute(_sums_sql(config, chunk)).fetchall():
+    for chunk in chunks:  # as the driver's SQL: nothing in it for SQLAlchemy to parse
+        for schema, rows, fp, ambiguous in conn.exec_driver_sql(_sums_sql(config, chunk)).all():
             out[schema] = LedgerSum(int(rows), fp, bool(ambiguous))
     return out
 
