@@ -88,8 +88,9 @@ def _sums(
     conn: Connection, config: Config, chunks: Sequence[Sequence[str]]
 ) -> dict[str, LedgerSum]:
     out: dict[str, LedgerSum] = {}
-    for chunk in chunks:  # as the driver's SQL: nothing in it for SQLAlchemy to parse
-        for schema, rows, fp, ambiguous in conn.exec_driver_sql(_sums_sql(config, chunk)).all():
+    for chunk in chunks:  # the driver's own SQL, where '%' is written '%%'
+        sql = _sums_sql(config, chunk).replace("%", "%%")
+        for schema, rows, fp, ambiguous in conn.exec_driver_sql(sql).all():
             out[schema] = LedgerSum(int(rows), fp, bool(ambiguous))
     return out
 
