@@ -62,3 +62,31 @@ def test_create_alone_opens_and_closes_its_connection(project: Project) -> None:
     result = mtm.create(project.config, "solo")
     assert result.tenant.schema == "solo"
     wait_until(lambda: not _create_backends(project), message="mtm.create left a connection")
+
+
+def test_a_kept_backend_is_replaced_after_its_share_of_creates(
+    project: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A backend's catalog caches grow with every schema it creates; after
+    # CALLS_PER_BACKEND calls the kept connection is closed and the next call opens a
+    # new one. The creates around each replacement are whole and at head, and no
+    # backend is left behind.
+    from mtm import database
+
+    monkeypatch.setattr(database, "CALLS_PER_BACKEND", 3)
+    project.write("tenant", "0001_leaky.sql", LEAKY)
+    names = [f"r{i}" for i in range(7)]
+    with mtm.connect(project.config) as db:
+        for name in names:
+            assert db.create(name).applied == ["0001_leaky"]
+            # Never more than the one kept backend, even just after a replacement.
+            assert len(_create_backends(project)) <= 1
+        assert not db.closed
+    pids = [project.scalar(f"SELECT pid FROM {name}.items") for name in names]
+    # Three creates a backend: r0-r2 on one, r3-r5 on the next, r6 on a third.
+    assert pids[0] == pids[1] == pids[2] != pids[3] == pids[4] == pids[5] != pids[6]
+    assert len(set(pids)) == 3
+    wait_until(lambda: not _create_backends(project), message="closing db closes its backend")
+    assert project.schemas() >= set(names)
+    r = project.cli("migrate")
+    assert r.exit_code == 0 and "nothing to do: public and 7 tenants at head" in r.output, r.output
