@@ -75,8 +75,8 @@ RESET_SESSION = (
 # A kept connection is replaced after this many calls. A backend never forgets the
 # catalog entries of the schemas it created: after 32,000 creates in a row on one
 # backend, a create cost the server 9.4 ms of CPU against 5.7 ms on a new backend of
-# the same database (PostgreSQL 15). A new connection every 1,000 creates costs about
-# 0.02 ms a create and keeps the cost flat (docs/performance.md, "100,000 tenants").
+# the same database (PostgreSQL 15). One new connection per 1,000 creates keeps the
+# cost flat for a negligible price (docs/performance.md, "100,000 tenants").
 CALLS_PER_BACKEND = 1000
 _CALLS = "mtm.calls"  # the count, in the pooled connection's info (kept across calls)
 
