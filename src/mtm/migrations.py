@@ -235,7 +235,7 @@ def _read_migration(path: Path, namespace: Namespace, name: str) -> Migration:
     if marker is not None and down is not None:
         down_line = text.count("\n", 0, marker.end()) + 1
         _check_script(path, down, "down", down_line, transactional)
-    return Migration(
+    migration = Migration(
         name,
         namespace,
         path,
@@ -246,6 +246,11 @@ def _read_migration(path: Path, namespace: Namespace, name: str) -> Migration:
         down_sql=down,
         baseline=_BASELINE_MARKER.search(text) is not None,
     )
+    if "reference-table" in text:  # -- mtm:reference-table NAME (Citus)
+        from .reference import check_directives
+
+        check_directives(migration, text)
+    return migration
 
 
 def _check_script(

@@ -356,7 +356,7 @@ def status_json(result: StatusResult) -> dict[str, Any]:
             "last_applied": s.last_applied,
             "pending": s.pending,
             "problems": s.problems,
-        }
+        } | ({} if result.nodes is None else {"node": result.nodes.get(s.schema)})
 
     return {
         "public": one(result.public),
@@ -380,7 +380,10 @@ def status_table(
     out: list[Any] = []
     listing = list_all or len(result.tenants) <= LIST_LIMIT
     table = Table(title=None, show_lines=False)
-    for col in ("schema", "domains", "applied", "last applied", "pending"):
+    nodes = result.nodes  # a Citus cluster's: each tenant's node in a column of its own
+    for col in ("schema", "domains", "applied", "last applied", "pending", "node")[
+        : 6 if nodes is not None else 5
+    ]:
         right = col in ("applied", "pending")
         table.add_column(col, justify="right" if right else "left", overflow="fold")
 
@@ -393,6 +396,7 @@ def status_table(
             f"{s.applied}/{s.total}",
             s.last_applied or "-",
             pending,
+            *([] if nodes is None else [nodes.get(s.schema, "-")]),
             style=style,
         )
 

@@ -28,6 +28,7 @@ from .locks import hold_schema, release_schema
 from .migrations import Migration, Namespace, StepContext
 from .plan import SchemaPlan, fingerprint
 from .progress import NoProgress, Progress
+from .reference import register_op
 from .registry import is_registered
 from .results import SchemaResult
 from .steps import Direction, Timeouts
@@ -243,6 +244,7 @@ class Runner:
         from alembic.operations import Operations
         from alembic.runtime.migration import MigrationContext
 
+        register_op()
         ctx = MigrationContext.configure(connection=conn)
         status = psycopg.pq.TransactionStatus
         inside = driver(conn).info.transaction_status == status.INTRANS
