@@ -24,10 +24,12 @@ from .errors import TenantError, UsageError
 log = logging.getLogger("mtm.placement")
 
 # Online moves copy a schema's tables with logical replication while writes go on, and
-# block writes only for the switch. ``auto`` would do the same, but fall back to
-# blocking writes for the whole copy on servers where it cannot replicate; mtm asks for
-# logical replication always, and checks the primary keys it needs first.
-TRANSFER_MODE = "force_logical"
+# block writes only for the switch. ``auto`` does that when every table has a primary key
+# or replica identity and refuses otherwise, which mtm checks first to name the table;
+# Citus's refusal is left as a second guard (a table made outside mtm). ``force_logical``
+# would move such a table with its UPDATEs and DELETEs failing until the move ends;
+# ``block_writes`` blocks every write for the whole copy.
+TRANSFER_MODE = "auto"
 
 
 def on_citus(conn: Connection) -> bool:

@@ -245,13 +245,12 @@ def refuse(keys: Sequence[PublicKey]) -> None:
 
 def refuse_for_create(conn: Connection, pending: Sequence[Migration]) -> None:
     """Before a create that makes a distributed schema (schema-based sharding on), the
-    same check for every tenant migration it will run (public ones ran before it)."""
-    from .placement import on_citus
-
-    if not on_citus(conn):
-        return
+    same check for every tenant migration it will run (public ones ran before it). One
+    query on any server: the setting exists only where Citus is loaded."""
     sharding = conn.execute(
         sa.text("SELECT current_setting('citus.enable_schema_based_sharding', true)")
     ).scalar()
-    if sharding == "on":
+    from .placement import on_citus
+
+    if sharding == "on" and on_citus(conn):
         refuse(unplaced_keys(conn, [], pending))
