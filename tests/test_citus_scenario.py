@@ -71,6 +71,9 @@ def test_fifty_tenants_on_two_workers_migrate_move_and_fail_cleanly(
     workers = [f"127.0.0.1:{w.port}" for w in citus_cluster.worker_nodes]
     placed = {t: s["node"] for t, s in status(project).items()}
     assert set(placed.values()) == set(workers)  # spread over both workers
+    counts = {w: list(placed.values()).count(w) for w in workers}
+    line = "tenants per node: " + ", ".join(f"{w} {counts[w]}" for w in sorted(workers))
+    assert line in project.cli("status").output
 
     # A fleet migration through the coordinator, in parallel.
     project.write("tenant", "0002_notes.sql", NOTES)

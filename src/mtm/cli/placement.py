@@ -12,6 +12,7 @@ from .shared import config_of
 
 if TYPE_CHECKING:
     from ..placement import RebalanceState
+    from ..results import StatusResult
 
 
 @click.command()
@@ -71,3 +72,15 @@ def rebalance(ctx: click.Context, no_wait: bool) -> None:
             err=True,
         )
         ctx.exit(Exit.FAILED)
+
+
+def nodes_line(result: StatusResult) -> str | None:
+    """How many tenants each node holds, under ``status`` on a Citus cluster (the rows
+    name each tenant's node; above 50 tenants only ``--all`` and ``--json`` show rows)."""
+    if result.nodes is None:
+        return None
+    counts: dict[str, int] = {}
+    for tenant in result.tenants:
+        node = result.nodes.get(tenant.schema, "not distributed")
+        counts[node] = counts.get(node, 0) + 1
+    return "tenants per node: " + ", ".join(f"{n} {c:,}" for n, c in sorted(counts.items()))
