@@ -7,7 +7,11 @@ import logging
 import time
 from collections.abc import Callable
 
+import sqlalchemy as sa
+
 from ..config import Config
+from ..errors import MtmError
+from ..failures import describe_error
 from ..locks import hold_schema, release_schema
 from ..placement import (
     MoveResult,
@@ -48,7 +52,13 @@ def move_tenant(config: Config, tenant: str, to: str) -> MoveResult:
                 extra={"event": "tenant.move.start", **fields},
             )
             started = time.perf_counter()
-            move(conn, schema, target)
+            try:
+                move(conn, schema, target)
+            except sa.exc.DBAPIError as exc:
+                raise MtmError(
+                    f"moving {schema} from {source} to {target} failed: {describe_error(exc)}; "
+                    f"it stays on {source} (see SELECT * FROM citus_schemas on the coordinator)"
+                ) from None
             duration_ms = round(1000 * (time.perf_counter() - started), 3)
             log.info(
                 "moved %s to %s in %sms",
@@ -72,7 +82,10 @@ def rebalance(
     schemas between nodes online) and, with ``wait``, follow it until it ends, calling
     ``progress`` whenever its moves change. None when there is nothing to move."""
     with session(config) as (_, conn):
-        job = rebalance_start(conn)
+        try:
+            job = rebalance_start(conn)
+        except sa.exc.DBAPIError as exc:
+            raise MtmError(f"Citus did not start the rebalancer: {describe_error(exc)}") from None
         if job is None:
             return None
         state = rebalance_state(conn, job)
