@@ -93,6 +93,31 @@ def check_directives(migration: Migration, text: str) -> None:
     directive_tables(text, where)
 
 
+def note_plain(conn: Connection, migration: Migration) -> None:
+    """After a public SQL migration with directives ran on a server without Citus: a
+    DEBUG record per table, as ``op.create_reference_table`` logs (its statement did
+    nothing there)."""
+    if migration.namespace != "public" or migration.kind != "sql":
+        return
+    tables = directive_tables(migration.up_sql)
+    if not tables:
+        return
+    from .placement import on_citus
+
+    if on_citus(conn):
+        return
+    for table in tables:
+        _skipped(table)
+
+
+def _skipped(table: str) -> None:
+    log.debug(
+        "public.%s stays a plain table: this server has no Citus",
+        table,
+        extra={"event": "reference.skipped", "table": table},
+    )
+
+
 # --- the op helper --------------------------------------------------------------
 
 
@@ -127,11 +152,7 @@ def register_op() -> None:
         if bind.execute(sa.text("SELECT 1 FROM pg_extension WHERE extname = 'citus'")).first():
             operations.execute(make_reference_sql(table))
             return
-        log.debug(
-            "public.%s stays a plain table: this server has no Citus",
-            table,
-            extra={"event": "reference.skipped", "table": table},
-        )
+        _skipped(table)
 
 
 # --- the check before a run -----------------------------------------------------
