@@ -369,6 +369,9 @@ def status_json(result: StatusResult) -> dict[str, Any]:
     }
 
 
+_COLUMNS = ("schema", "domains", "applied", "last applied", "pending")
+
+
 def status_table(
     result: StatusResult, *, list_all: bool = False, ahead: Collection[str] = ()
 ) -> list[Any]:
@@ -380,10 +383,7 @@ def status_table(
     out: list[Any] = []
     listing = list_all or len(result.tenants) <= LIST_LIMIT
     table = Table(title=None, show_lines=False)
-    nodes = result.nodes  # a Citus cluster's: each tenant's node in a column of its own
-    for col in ("schema", "domains", "applied", "last applied", "pending", "node")[
-        : 6 if nodes is not None else 5
-    ]:
+    for col in _COLUMNS + (("node",) if result.nodes is not None else ()):  # node: Citus
         right = col in ("applied", "pending")
         table.add_column(col, justify="right" if right else "left", overflow="fold")
 
@@ -396,7 +396,7 @@ def status_table(
             f"{s.applied}/{s.total}",
             s.last_applied or "-",
             pending,
-            *([] if nodes is None else [nodes.get(s.schema, "-")]),
+            *([] if result.nodes is None else [result.nodes.get(s.schema, "-")]),
             style=style,
         )
 
