@@ -43,7 +43,7 @@ def _kinds(statements: list[str]) -> list[str]:
             out.append("state")
         elif s.startswith("INSERT INTO"):
             out.append("ledger+")
-        elif s.startswith("UPDATE"):
+        elif "SET applied_at" in s:  # the duration, sent as constants (a DO block)
             out.append("duration")
         elif s.startswith('DELETE FROM "public"."mtm_migrations_state"'):
             out.append("state-")

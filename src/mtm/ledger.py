@@ -19,7 +19,7 @@ from sqlalchemy.engine import Connection
 
 from .config import Config
 from .errors import made_by_another_tool
-from .identifiers import quote_ident, quote_literal
+from .identifiers import do_block, quote_ident, quote_literal
 from .migrations import Migration, Namespace
 from .plan import LedgerRow
 from .registry import tenant_ref
@@ -84,10 +84,17 @@ def insert_sql(config: Config, schema: str, migration: Migration) -> str:
 
 
 def finish_sql(config: Config, schema: str, migration: Migration) -> str:
-    return (
-        f"UPDATE {ledger_ref(config, schema)} SET applied_at = clock_timestamp(), "
-        "duration_ms = 1000 * extract(epoch FROM clock_timestamp() - now()) "
-        f"WHERE name = {quote_literal(migration.name)}"
+    """The step's end time and duration on its ledger row. The values are computed
+    first and sent as constants: Citus refuses an UPDATE of a distributed table (a
+    tenant's ledger on a cluster) that calls a volatile function like clock_timestamp()."""
+    update = quote_literal(
+        f"UPDATE {ledger_ref(config, schema).replace('%', '%%')} "
+        "SET applied_at = %L, duration_ms = %s WHERE name = %L"
+    )
+    return do_block(
+        f"BEGIN EXECUTE format({update}, clock_timestamp(), "
+        "1000 * extract(epoch FROM clock_timestamp() - now()), "
+        f"{quote_literal(migration.name)}); END"
     )
 
 

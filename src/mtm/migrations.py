@@ -43,6 +43,8 @@ _DOWN_MARKER = re.compile(r"^\s*--\s*mtm:down\s*$", re.IGNORECASE | re.MULTILINE
 _NO_TX_MARKER = re.compile(r"^\s*--\s*mtm:no-transaction\s*$", re.IGNORECASE | re.MULTILINE)
 BASELINE_MARKER = "-- mtm:baseline"
 _BASELINE_MARKER = re.compile(r"^\s*--\s*mtm:baseline\s*$", re.IGNORECASE | re.MULTILINE)
+# -- mtm:reference-table NAME: a public table made a Citus reference table (reference.py).
+_REFERENCE_MARKER = re.compile(r"^[ \t]*--[ \t]*mtm:[ \t]*reference-table\b", re.I | re.M)
 
 
 @dataclass(frozen=True)
@@ -230,12 +232,13 @@ def _read_migration(path: Path, namespace: Namespace, name: str) -> Migration:
     transactional = _NO_TX_MARKER.search(text) is None
     marker = _DOWN_MARKER.search(text)
     up, down = (text, None) if marker is None else (text[: marker.start()], text[marker.end() :])
-    if not _check_script(path, up, "up", 1, transactional):
+    # A file may only make tables reference tables (-- mtm:reference-table, for Citus).
+    if not _check_script(path, up, "up", 1, transactional) and not _REFERENCE_MARKER.search(up):
         raise MigrationFileError(f"{path}: the up script is empty")
     if marker is not None and down is not None:
         down_line = text.count("\n", 0, marker.end()) + 1
         _check_script(path, down, "down", down_line, transactional)
-    return Migration(
+    migration = Migration(
         name,
         namespace,
         path,
@@ -246,6 +249,11 @@ def _read_migration(path: Path, namespace: Namespace, name: str) -> Migration:
         down_sql=down,
         baseline=_BASELINE_MARKER.search(text) is not None,
     )
+    if _REFERENCE_MARKER.search(text):
+        from .reference import check_directives
+
+        check_directives(migration, text)
+    return migration
 
 
 def _check_script(

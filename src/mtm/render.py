@@ -28,6 +28,7 @@ from . import sqlscript, steps
 from .config import Config
 from .identifiers import quote_literal
 from .migrations import Migration, StepContext
+from .reference import directive_sql, register_op
 from .steps import Direction, Timeouts
 from .words import plural
 
@@ -67,7 +68,8 @@ def render(migration: Migration, schema: str | None, which: Direction = "up") ->
     """The body of ``migration`` for ``schema``: its SQL, or its Python rendered offline."""
     if migration.kind == "sql":
         sql = migration.up_sql if which == "up" else migration.down_sql or ""
-        return Rendered(migration, schema, _terminated(sql))
+        made = directive_sql(migration) if which == "up" else []
+        return Rendered(migration, schema, _terminated("\n;\n".join([sql, *made])))
     return _render_python(migration, schema, which)
 
 
@@ -138,6 +140,7 @@ def _render_python(migration: Migration, schema: str | None, which: Direction) -
     """Call the migration with an offline ``op`` writing PostgreSQL's SQL to a buffer."""
     from alembic.runtime.migration import MigrationContext
 
+    register_op()
     buffer = _Output()
     ctx = MigrationContext.configure(
         dialect_name="postgresql",

@@ -356,7 +356,7 @@ def status_json(result: StatusResult) -> dict[str, Any]:
             "last_applied": s.last_applied,
             "pending": s.pending,
             "problems": s.problems,
-        }
+        } | ({} if result.nodes is None else {"node": result.nodes.get(s.schema)})
 
     return {
         "public": one(result.public),
@@ -367,6 +367,9 @@ def status_json(result: StatusResult) -> dict[str, Any]:
             "pending": result.pending,
         },
     }
+
+
+_COLUMNS = ("schema", "domains", "applied", "last applied", "pending")
 
 
 def status_table(
@@ -380,7 +383,7 @@ def status_table(
     out: list[Any] = []
     listing = list_all or len(result.tenants) <= LIST_LIMIT
     table = Table(title=None, show_lines=False)
-    for col in ("schema", "domains", "applied", "last applied", "pending"):
+    for col in _COLUMNS + (("node",) if result.nodes is not None else ()):  # node: Citus
         right = col in ("applied", "pending")
         table.add_column(col, justify="right" if right else "left", overflow="fold")
 
@@ -393,6 +396,7 @@ def status_table(
             f"{s.applied}/{s.total}",
             s.last_applied or "-",
             pending,
+            *([] if result.nodes is None else [result.nodes.get(s.schema, "-")]),
             style=style,
         )
 

@@ -181,6 +181,8 @@ class StatusResult:
     tenants: list[SchemaStatus]
     total_tenant_migrations: int
     display_name: str = "*PUBLIC"
+    # On a Citus cluster, each distributed tenant's node (HOST:PORT); None elsewhere.
+    nodes: dict[str, str] | None = None
 
     @property
     def pending(self) -> bool:

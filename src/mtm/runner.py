@@ -28,6 +28,7 @@ from .locks import hold_schema, release_schema
 from .migrations import Migration, Namespace, StepContext
 from .plan import SchemaPlan, fingerprint
 from .progress import NoProgress, Progress
+from .reference import note_plain, register_op
 from .registry import is_registered
 from .results import SchemaResult
 from .steps import Direction, Timeouts
@@ -97,6 +98,8 @@ class Runner:
             self._transactional(conn, schema, namespace, migration, which, tenant, expected)
         else:
             self._outside_transaction(conn, schema, namespace, migration, which, tenant, expected)
+        if which == "up" and namespace == "public":
+            note_plain(conn, migration)  # -- mtm:reference-table without Citus: a record
         duration_ms = round(1000 * (time.perf_counter() - started), 3)
         log.info(
             "%s %s %s %s in %sms",
@@ -243,6 +246,7 @@ class Runner:
         from alembic.operations import Operations
         from alembic.runtime.migration import MigrationContext
 
+        register_op()
         ctx = MigrationContext.configure(connection=conn)
         status = psycopg.pq.TransactionStatus
         inside = driver(conn).info.transaction_status == status.INTRANS

@@ -196,9 +196,15 @@ def step(
 
 
 def body(migration: Migration, which: Direction) -> list[str]:
-    """A SQL migration's script as one opaque item (empty for a down with no SQL)."""
+    """A SQL migration's script as one opaque item (empty for a down with no SQL), and
+    after it, going up, the statements of its reference-table directives."""
     sql = migration.up_sql if which == "up" else migration.down_sql or ""
-    return [sql] if sql.strip() else []
+    script = [sql] if sql.strip() else []
+    if which == "up" and migration.namespace == "public" and "reference-table" in sql:
+        from .reference import directive_sql
+
+        script += directive_sql(migration)
+    return script
 
 
 def session_settings(schema: str, timeouts: Timeouts) -> list[str]:

@@ -22,7 +22,19 @@ import click
 from .. import logs
 from ..errors import MtmError, insufficient_privilege
 from ..exits import Exit
-from . import adopt, clone, drift, lifecycle, migrate, project, repair, review, tenants, transfer
+from . import (
+    adopt,
+    clone,
+    drift,
+    lifecycle,
+    migrate,
+    placement,
+    project,
+    repair,
+    review,
+    tenants,
+    transfer,
+)
 from .shared import mask
 
 
@@ -125,6 +137,8 @@ for command in (
     adopt.adopt,
     transfer.export,
     transfer.import_,
+    placement.move,
+    placement.rebalance,
 ):
     cli.add_command(command)
 del command

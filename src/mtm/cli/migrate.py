@@ -207,6 +207,7 @@ def status(
     from ..report import status_json, status_table
     from ..rollout import ahead
     from ..rolloutreport import ahead_json, ahead_line
+    from .placement import nodes_line
 
     result = commands.status(config_of(ctx), tenants=list(tenants) or None)
     found = ahead(result.tenants)
@@ -222,6 +223,9 @@ def status(
             out.print(renderable)
         if found is not None:
             out.print(ahead_line(found))
+        placed = nodes_line(result)
+        if placed is not None:
+            out.print(placed)
     if check and result.pending:
         ctx.exit(Exit.PENDING)
 

@@ -85,6 +85,7 @@ _EXPORTS = {
     "stamp": ".stamp",
     **dict.fromkeys(("create", "drop", "rotate_role", "tenants"), ".tenants"),
     **dict.fromkeys(("export_tenant", "import_tenant"), ".transfer"),
+    **dict.fromkeys(("move_tenant", "rebalance"), ".placement"),
 }
 
 
@@ -139,6 +140,7 @@ if TYPE_CHECKING:
     from .inspection import history, status, validate
     from .lifecycle import rename, role_add, role_remove, tenant_overview
     from .migrate import down, migrate
+    from .placement import move_tenant, rebalance
     from .project import (
         CONFIG_TEMPLATE,
         PY_TEMPLATE,
@@ -197,8 +199,10 @@ __all__ = [
     "init",
     "lint",
     "migrate",
+    "move_tenant",
     "new",
     "plan_sql",
+    "rebalance",
     "rename",
     "repair",
     "repairs",

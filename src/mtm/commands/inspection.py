@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .. import planner
+from .. import placement, planner
 from ..audit import audit
 from ..config import Config
 from ..errors import UsageError
@@ -35,11 +35,13 @@ def status(config: Config, *, tenants: Sequence[str] | None = None) -> StatusRes
             if rows
             else {}
         )
+        placed = placement.nodes(conn, [p.schema for p in plans])
     return StatusResult(
         public=SchemaStatus.of(public),
         tenants=[SchemaStatus.of(p, *info.get(p.schema, (None, ()))) for p in plans],
         total_tenant_migrations=len(mset.tenant),
         display_name=config.public_schema_display_name,
+        nodes=None if placed is None else {s: str(n) for s, n in placed.items()},
     )
 
 

@@ -20,6 +20,7 @@ from ..locks import acquire_run_lock, check_lock_wait, release_run_lock
 from ..migrations import MigrationSet, Namespace, discover
 from ..plan import SchemaPlan, fingerprint, past, stop_at
 from ..progress import NoProgress, Progress
+from ..reference import refuse_unplaced_keys
 from ..registry import count_tenants
 from ..results import DownResult, FleetOutcome, MigrateResult, Rollout, SchemaResult
 from ..rollout import Canary, Selection, read_tenant_file
@@ -102,6 +103,7 @@ def migrate(
             plans = [p for p in every if not p.at_head]
             refuse_foreign_ledgers(conn, config, [p.schema for p in plans])
             refuse_problems([public, *plans])
+            refuse_unplaced_keys(conn, public, plans)
             first, rest = rollout.split(plans, stages) if stages else (plans, [])
             staged = _canaries(first, rest, then_all, announce) if stages else None
             if dry_run:

@@ -22,6 +22,7 @@ from ..locks import describe_holder, release_run_lock, try_run_lock
 from ..migrations import MigrationSet, discover
 from ..overview import matching
 from ..plan import fingerprint, legacy_problems
+from ..reference import refuse_for_create
 from ..registry import Tenant, get_tenant, list_tenants, tenant_of_domain
 from ..results import CreateResult, DropResult, RotateResult
 from ..runner import Runner
@@ -115,6 +116,7 @@ def create_in(
     with db.connection() as conn:
         ensure_bootstrap(conn, config)
         public = _public_first(runner, conn, mset, schema) if migrate else []
+        refuse_for_create(conn, pending)
         refuse_taken(conn, config, schema, clean)
         password = roles.new_password() if login else None
         setup = _role_setup(conn, config, schema, password) if role else []
