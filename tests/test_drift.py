@@ -19,8 +19,8 @@ import mtm
 from conftest import Project, _libpq
 from mtm import steps
 from mtm.database import join_script
-from mtm.drift import REFERENCE_PREFIX
 from mtm.migrations import discover
+from mtm.references import REFERENCE_PREFIX
 
 MIGRATIONS = {
     "0001_customers.sql": """
@@ -330,7 +330,7 @@ def test_a_tenant_that_moves_during_the_diff_gets_its_reference(
     compared at the step it is really at."""
     setup(project)
     make_fleet(project, ["acme", "beta"], step=2)
-    from mtm.drift import References
+    from mtm.references import References
 
     built: list[list[int]] = []
     original = References.build

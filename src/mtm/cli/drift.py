@@ -50,7 +50,10 @@ def _step(group: DriftGroup) -> str:
 def text(result: DiffResult) -> list[str]:
     """One paragraph per drifted group (its tenants, then each difference), the tenants
     not compared, and a summary line."""
-    out: list[str] = []
+    out = [
+        f"dropped {schema}, a reference schema left behind by a diff that was killed"
+        for schema in result.removed
+    ]
     for group in result.drifted:
         names = list(group.tenants[:SHOWN])
         more = len(group.tenants) - len(names)
@@ -91,4 +94,5 @@ def to_json(result: DiffResult) -> dict[str, Any]:
             for g in result.groups
         ],
         "not_compared": result.not_compared,
+        "removed": result.removed,
     }

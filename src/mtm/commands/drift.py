@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ..config import Config
-from ..drift import DiffResult, check
+from ..drift import CONNECTIONS, DiffResult, check
 from ..identifiers import validate_schema_name
 from ..migrations import discover
 from ..tables import existing as _existing
@@ -22,5 +22,5 @@ def diff(config: Config, *, tenants: Sequence[str] | None = None) -> DiffResult:
     """
     migrations = discover(config.migrations_directory).tenant
     only = [validate_schema_name(t) for t in tenants] if tenants else None
-    with session(config, pool_size=2, purpose="mtm diff") as (engine, conn):
+    with session(config, pool_size=1 + CONNECTIONS, purpose="mtm diff") as (engine, conn):
         return check(engine, conn, config, migrations, _existing(conn, config), only)
