@@ -16,8 +16,9 @@ connections that share the snapshot, ``catalogread``), so the steps, fingerprint
 descriptions agree with one another even while a migration runs; a tenant that moved
 to a step with no reference in between has one built, and everything is read again.
 
-mtm's own ledger table is left out of every comparison. Only tenant schemas are
-compared: the public schema has no reference to be built beside it in the same database.
+mtm's own ledger table is left out of every comparison. The public schema has no
+reference that can be built beside it in the same database: ``publicdrift`` compares it
+with one built in a throwaway database, when asked (``diff --public``).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from .errors import MtmError
 from .migrations import Migration
 from .plan import SchemaPlan
 from .planner import Tables
+from .publicdrift import PublicDrift
 from .references import References, remove_leftovers
 from .schemacatalog import Difference, SchemaCatalog
 
@@ -68,6 +70,7 @@ class DiffResult:
     groups: list[DriftGroup] = field(default_factory=list)
     not_compared: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)  # leftovers of killed diffs, dropped
+    public: PublicDrift | None = None  # None: not asked (``diff --public``)
     references: dict[int, str] = field(default_factory=dict)  # step -> its fingerprint
 
     @property
@@ -80,7 +83,8 @@ class DiffResult:
 
     @property
     def ok(self) -> bool:
-        return not self.drifted and not self.not_compared
+        public_ok = self.public is None or self.public.clean
+        return not self.drifted and not self.not_compared and public_ok
 
 
 def check(
