@@ -7,7 +7,6 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from ..exits import Exit
-from ..publicdrift import NOT_ASKED
 from ..words import plural
 from .shared import config_of
 
@@ -89,6 +88,8 @@ def text(result: DiffResult) -> list[str]:
 
 
 def _public(public: PublicDrift | None) -> list[str]:
+    from ..publicdrift import NOT_ASKED
+
     if public is None:
         return [NOT_ASKED]
     at = f"step {public.step}" + (f" ({public.migration})" if public.migration else "")
