@@ -76,7 +76,8 @@ class Comparison:
     def text(self, message: str) -> str:
         """The migration file."""
         return FILE_TEMPLATE.format(
-            message=message.replace('"""', "'''"), up=self.up,
+            message=message.replace('"""', "'''"),
+            up=self.up,
             down=self.down,
             transactional="" if self.transactional else _NO_TRANSACTION,
         )
