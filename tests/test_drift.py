@@ -19,8 +19,9 @@ import mtm
 from conftest import Project, _libpq
 from mtm import steps
 from mtm.database import join_script
-from mtm.drift import REFERENCE_PREFIX
 from mtm.migrations import discover
+from mtm.publicdrift import NOT_ASKED
+from mtm.references import REFERENCE_PREFIX
 
 MIGRATIONS = {
     "0001_customers.sql": """
@@ -280,7 +281,7 @@ def test_no_tenants_is_clean(project: Project) -> None:
     setup(project)
     result = project.cli("diff")
     assert result.exit_code == 0, result.output
-    assert result.output == "0 tenants compared at 0 steps: no differences\n"
+    assert result.output == f"{NOT_ASKED}\n0 tenants compared at 0 steps: no differences\n"
 
 
 def test_the_python_api_returns_the_groups(project: Project) -> None:
@@ -330,7 +331,7 @@ def test_a_tenant_that_moves_during_the_diff_gets_its_reference(
     compared at the step it is really at."""
     setup(project)
     make_fleet(project, ["acme", "beta"], step=2)
-    from mtm.drift import References
+    from mtm.references import References
 
     built: list[list[int]] = []
     original = References.build

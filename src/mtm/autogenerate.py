@@ -24,7 +24,7 @@ from alembic.operations import ops
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy.dialects import postgresql
 
-from . import autogenhooks, throwaway
+from . import autogenhooks, autogensafe, throwaway
 from .config import Config
 from .errors import MtmError
 from .migrations import Namespace
@@ -41,7 +41,7 @@ Written by mtm new --autogenerate from the models: read it before it runs.
 
 import sqlalchemy as sa  # noqa: F401
 from sqlalchemy.dialects import postgresql  # noqa: F401
-
+{transactional}
 
 def up(op):
 {up}
@@ -50,6 +50,12 @@ def up(op):
 def down(op):
 {down}
 '''
+
+
+_NO_TRANSACTION = (
+    "\n# CREATE/DROP INDEX CONCURRENTLY cannot run in a transaction: each statement commits."
+    "\ntransactional = False\n"
+)
 
 
 @dataclass
@@ -61,6 +67,7 @@ class Comparison:
     up: str
     down: str
     warnings: list[str] = field(default_factory=list)
+    transactional: bool = True  # False: indexes built CONCURRENTLY (``autogensafe``)
 
     @property
     def empty(self) -> bool:
@@ -69,7 +76,10 @@ class Comparison:
     def text(self, message: str) -> str:
         """The migration file."""
         return FILE_TEMPLATE.format(
-            message=message.replace('"""', "'''"), up=self.up, down=self.down
+            message=message.replace('"""', "'''"),
+            up=self.up,
+            down=self.down,
+            transactional="" if self.transactional else _NO_TRANSACTION,
         )
 
 
@@ -118,7 +128,9 @@ def compare(
                 },
             )
             script = produce_migrations(context, models.metadata)
+            transactional = not autogensafe.concurrent_indexes(script)
             found: list[str] = list(context.opts[autogenhooks.WARNINGS])
+            found += autogensafe.warnings(script)
             if namespace == "tenant":
                 found += _missing_public(conn, models)
             up = _render(script.upgrade_ops, context)
@@ -129,7 +141,7 @@ def compare(
     for name in (TENANT_SCHEMA, MODELS_SCHEMA, NO_SCHEMA, throwaway.PREFIX):
         if name in up or name in down:  # the migration would run in one schema only
             raise MtmError(f"the generated migration names {name}; this is a bug in mtm")
-    result = Comparison(namespace, script, up, down, found)
+    result = Comparison(namespace, script, up, down, found, transactional)
     result.warnings += renames(script)
     return result
 

@@ -34,6 +34,8 @@ log = logging.getLogger("mtm.lock")
 # Advisory lock key spaces (first int4 of the two-key form): "mtm" in ASCII.
 RUN_LOCK_CLASS = 0x6D746D
 SCHEMA_LOCK_CLASS = 0x6D746E
+# Held by a command for each throwaway it builds, while it exists (``references``).
+THROWAWAY_LOCK_CLASS = 0x6D746F
 
 
 # Raised by a transaction that found its schema's lock taken (``schema_lock_sql``).
