@@ -36,7 +36,7 @@ import psycopg
 from psycopg import pq
 from sqlalchemy.engine import Connection
 
-from . import sqlscript, steps
+from . import pipesteps, sqlscript
 from .database import driver, rollback_quietly
 from .failures import describe_error
 from .migrations import Migration
@@ -217,16 +217,15 @@ class StepPipeline:
     def _send(self, schema: _Schema, index: int) -> None:
         pgconn = self._enter()
         plan, migration = schema.plan, schema.plan.pending[index]
-        framed = steps.step(
+        statements = pipesteps.step_up(
             self.runner.config,
             plan.schema,
             plan.namespace,
             migration,
-            "up",
+            schema.bodies[index],
             timeouts=self.runner.settings.timeouts,
             expected=schema.expected(index),
         )
-        statements = framed.around(schema.bodies[index])
         self.runner.progress.step(self.worker, plan.schema, migration.name)
         for sql in statements:
             pgconn.send_query_params(sql.encode("utf-8"), None)
