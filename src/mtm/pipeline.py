@@ -40,7 +40,7 @@ from . import pipesteps, sqlscript
 from .database import driver, rollback_quietly
 from .failures import describe_error
 from .migrations import Migration
-from .plan import SchemaPlan, fingerprint
+from .plan import SchemaPlan
 from .results import SchemaResult
 from .runner import Runner
 
@@ -102,9 +102,9 @@ class _Schema:
     def finished(self) -> bool:
         return self.done == len(self.plan.pending)
 
-    def expected(self, index: int) -> str:
-        """The ledger's fingerprint once the steps before ``index`` are applied."""
-        return fingerprint([*self.plan.applied_pairs, *_pairs(self.plan.pending[:index])])
+    def applied(self, index: int) -> list[tuple[str, str]]:
+        """The ledger's rows once the steps before ``index`` are applied."""
+        return [*self.plan.applied_pairs, *_pairs(self.plan.pending[:index])]
 
 
 @dataclass
@@ -224,7 +224,7 @@ class StepPipeline:
             migration,
             schema.bodies[index],
             timeouts=self.runner.settings.timeouts,
-            expected=schema.expected(index),
+            applied=schema.applied(index),
         )
         self.runner.progress.step(self.worker, plan.schema, migration.name)
         for sql in statements:

@@ -9,8 +9,8 @@ are plain expressions here, folded into the statements that must be there anyway
     SELECT <the schema's lock, else fail>, <the ledger as planned, else fail>,
            set_config(search_path, timeouts, the transaction's mark; all LOCAL)
     <the migration, one statement per message>
-    INSERT INTO <ledger> ... -- checksum only if the mark is still this transaction's
-    INSERT INTO <state> ... ON CONFLICT DO UPDATE
+    WITH row AS (INSERT INTO <ledger> ...)   -- checksum only if the mark is still ours
+    INSERT INTO <state> VALUES (...) ON CONFLICT DO UPDATE
     COMMIT
 
 A check that fails raises an error whose words say which (``invalid input syntax for
@@ -19,6 +19,11 @@ pipeline hands the step to the ordinary path, which runs the full frame with its
 SQLSTATEs (MTM01, MTM03, MTM04), waits, retries and messages. The checks are exactly
 the ordinary frame's: the lock is tried, never waited for; the ledger's fingerprint is
 read under it; the ledger row is written only inside the transaction that began.
+
+The state row is written from what the ledger is known to hold rather than read back
+from it: under the lock, the ledger was checked to be the planned rows, and this
+transaction adds one, so its count, newest name and fingerprint are those of the
+planned rows and this one (``plan.fingerprint``, the same MD5 as the SQL's).
 """
 
 from __future__ import annotations
@@ -27,9 +32,10 @@ from collections.abc import Sequence
 
 from .config import Config
 from .identifiers import quote_ident, quote_literal
-from .ledger import FINGERPRINT_ITEM, ledger_ref, state_upsert_sql
+from .ledger import FINGERPRINT_ITEM, ledger_ref, state_ref
 from .locks import SCHEMA_LOCK_CLASS
 from .migrations import Migration, Namespace
+from .plan import fingerprint
 from .steps import Timeouts
 
 
@@ -47,10 +53,13 @@ def step_up(
     body: Sequence[str],
     *,
     timeouts: Timeouts,
-    expected: str,
+    applied: Sequence[tuple[str, str]],
 ) -> list[str]:
-    """A transactional SQL step up as the statements of one pipeline segment."""
+    """A transactional SQL step up as the statements of one pipeline segment, for a
+    schema whose ledger must be ``applied`` (name, checksum) when it starts."""
     lit = quote_literal
+    expected = fingerprint(applied)
+    after = [*applied, (migration.name, migration.checksum)]
     ledger = ledger_ref(config, schema)
     lock = f"pg_try_advisory_xact_lock({SCHEMA_LOCK_CLASS}, hashtext({lit(schema)}))"
     found = (
@@ -74,9 +83,16 @@ def step_up(
     )
     same = "current_setting('mtm.step_xid', true) IS NOT DISTINCT FROM txid_current()::text"
     record = (
-        f"INSERT INTO {ledger} (name, checksum, applied_at, duration_ms) VALUES "
-        f"({lit(migration.name)}, CASE WHEN {same} THEN {lit(migration.checksum)} "
+        f"WITH recorded AS (INSERT INTO {ledger} (name, checksum, applied_at, duration_ms) "
+        f"VALUES ({lit(migration.name)}, CASE WHEN {same} THEN {lit(migration.checksum)} "
         f"ELSE {fail('a migration ended the transaction')}::text END, clock_timestamp(), "
-        "1000 * extract(epoch FROM clock_timestamp() - now()))"
+        "1000 * extract(epoch FROM clock_timestamp() - now()))) "
+        f"INSERT INTO {state_ref(config)} AS s "
+        "(schema_name, namespace, applied, last_migration, fingerprint, updated_at) "
+        f"VALUES ({lit(schema)}, {lit(namespace)}, {len(after)}, "
+        f"{lit(max(name for name, _ in after))}, {lit(fingerprint(after))}, now()) "
+        "ON CONFLICT (schema_name) DO UPDATE SET namespace = excluded.namespace, "
+        "applied = excluded.applied, last_migration = excluded.last_migration, "
+        "fingerprint = excluded.fingerprint, updated_at = excluded.updated_at"
     )
-    return ["BEGIN", head, *body, record, state_upsert_sql(config, schema, namespace), "COMMIT"]
+    return ["BEGIN", head, *body, record, "COMMIT"]
