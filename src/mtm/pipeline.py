@@ -161,7 +161,7 @@ class StepPipeline:
 
     def finish(self) -> None:
         """Wait for every step in flight, hand failed ones over; leave pipeline mode."""
-        while self.flight or self.queue or self.handover:
+        while self.flight or self.queue or self.handover or self.dirty:
             self._pump()
             while self.flight:
                 self._receive()
