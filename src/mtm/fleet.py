@@ -14,12 +14,13 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy.engine import Connection, Engine
 
 from .database import driver
 from .failures import describe_error
+from .pipeline import StepPipeline
 from .plan import SchemaPlan
 from .results import FleetOutcome, SchemaResult
 from .runner import Runner
@@ -90,8 +91,12 @@ def run_fleet(
     jobs: int,
     continue_on_error: bool = False,
     on_result: Callable[[SchemaResult], None] | None = None,
+    pipeline: bool = True,
 ) -> FleetOutcome:
     """Apply plans on ``jobs`` connections of ``engine``; see the module's docstring.
+
+    With ``pipeline`` each worker keeps several tenants' steps in flight on its
+    connection (``pipeline.StepPipeline``); without, it waits for each step's reply.
 
     Longer than most: the workers are a closure over the queue, the stop flag and the
     outcome they share, which reads best in one place.
@@ -119,20 +124,14 @@ def run_fleet(
             connection_lost(exc)
             _drain(work)
             return
+        steps = _steps(runner, conn, index, pipeline, record, stop.is_set)
         try:
             while (plan := work.get()) is not None:
                 if stop.is_set():
                     with lock:
                         outcome.not_started += 1
                     continue
-                res = _apply(runner, conn, plan, index)
-                with lock:
-                    outcome.record(res)
-                    if on_result is not None:
-                        on_result(res)
-                if not res.ok and not continue_on_error:
-                    stop.set()
-                if not res.ok and _connection_broken(conn):
+                if not steps.add(plan) and (conn.invalidated or _connection_broken(conn)):
                     conn.invalidate()
                     conn.close()
                     try:
@@ -140,8 +139,22 @@ def run_fleet(
                     except Exception as exc:  # the server went away: this worker stops
                         connection_lost(exc)
                         return
+                    with lock:
+                        outcome.not_started += steps.not_started
+                    steps = _steps(runner, conn, index, pipeline, record, stop.is_set)
+            steps.finish()
         finally:
+            with lock:
+                outcome.not_started += steps.not_started
             conn.close()
+
+    def record(res: SchemaResult) -> None:
+        with lock:
+            outcome.record(res)
+            if on_result is not None:
+                on_result(res)
+        if not res.ok and not continue_on_error:
+            stop.set()
 
     done = [threading.Event() for _ in range(jobs)]
     for i in range(jobs):
@@ -157,6 +170,85 @@ def run_fleet(
         outcome.interrupted = True
         _finish(work, done)
     return outcome
+
+
+class _Steps(Protocol):
+    @property
+    def not_started(self) -> int: ...
+
+    def add(self, plan: SchemaPlan) -> bool: ...
+    def finish(self) -> None: ...
+
+
+class _OneByOne:
+    """A worker's schemas on the ordinary path, one step and one reply at a time."""
+
+    def __init__(
+        self, runner: Runner, conn: Connection, worker: int, ended: Callable[[SchemaResult], None]
+    ) -> None:
+        self.runner, self.conn, self.worker, self.ended = runner, conn, worker, ended
+        self.not_started = 0
+
+    def add(self, plan: SchemaPlan) -> bool:
+        result = _apply(self.runner, self.conn, plan, self.worker)
+        self.ended(result)
+        return result.ok
+
+    def finish(self) -> None:
+        pass
+
+
+class _Pipelined:
+    """A worker's schemas through a ``StepPipeline``; whatever escapes it (a lost
+    connection, a bug) fails every schema it had not ended. ``add`` says whether every
+    schema that ended meanwhile went well."""
+
+    def __init__(
+        self,
+        runner: Runner,
+        conn: Connection,
+        worker: int,
+        ended: Callable[[SchemaResult], None],
+        stopping: Callable[[], bool],
+    ) -> None:
+        self.ok = True
+
+        def end(result: SchemaResult) -> None:
+            self.ok = self.ok and result.ok
+            ended(result)
+
+        self.pipe = StepPipeline(runner, conn, worker, _apply, end, stopping)
+
+    @property
+    def not_started(self) -> int:
+        return self.pipe.not_started
+
+    def add(self, plan: SchemaPlan) -> bool:
+        self.ok = True
+        try:
+            self.pipe.add(plan)
+        except (Exception, SystemExit) as exc:
+            self.pipe.abandon(exc)
+        return self.ok
+
+    def finish(self) -> None:
+        try:
+            self.pipe.finish()
+        except (Exception, SystemExit) as exc:
+            self.pipe.abandon(exc)
+
+
+def _steps(
+    runner: Runner,
+    conn: Connection,
+    worker: int,
+    pipeline: bool,
+    ended: Callable[[SchemaResult], None],
+    stopping: Callable[[], bool],
+) -> _Steps:
+    if pipeline:
+        return _Pipelined(runner, conn, worker, ended, stopping)
+    return _OneByOne(runner, conn, worker, ended)
 
 
 def _apply(runner: Runner, conn: Connection, plan: SchemaPlan, worker: int) -> SchemaResult:
