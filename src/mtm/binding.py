@@ -9,6 +9,7 @@ of work here is one round trip.
 from __future__ import annotations
 
 import contextvars
+import functools
 from typing import Any, NamedTuple
 
 import psycopg
@@ -64,14 +65,21 @@ def bind_params(schema: str, role: str | None) -> tuple[str, dict[str, str]]:
     return _BIND_ROLE_SQL, params
 
 
-def rebind_sql(schema: str, role: str | None) -> str:
-    """The reset of the previous tenant and the binding of the next, as one simple
-    (multi-statement) query: one round trip. Values are quoted as literals."""
+@functools.lru_cache(maxsize=4096)
+def literal_bind_sql(schema: str, role: str | None) -> str:
+    """The bind with its values quoted as literals (made once per tenant and role): no
+    parameters for the driver to adapt on every request."""
     settings = [psql.SQL("set_config('search_path', {}, false)").format(search_path_for(schema))]
     if role is not None:
         settings.append(psql.SQL("set_config('role', {}, false)").format(role))
-    query = psql.SQL("{}; SELECT {}").format(psql.SQL(RESET_SQL), psql.SQL(", ").join(settings))
-    return query.as_string(None)
+    return psql.SQL("SELECT {}").format(psql.SQL(", ").join(settings)).as_string(None)
+
+
+@functools.lru_cache(maxsize=4096)
+def rebind_sql(schema: str, role: str | None) -> str:
+    """The reset of the previous tenant and the binding of the next, as one simple
+    (multi-statement) query: one round trip."""
+    return f"{RESET_SQL}; {literal_bind_sql(schema, role)}"
 
 
 def bound_to(dbapi: Any, info: dict[Any, Any]) -> tuple[str, str | None] | None:

@@ -160,10 +160,11 @@ def _ensure_bound(conn: Connection, schema: str, role: str | None) -> None:
     mark(dbapi, record.info, schema, role)
 
 
-def _unbind(conn: Connection) -> None:
+def _unbind(conn: Connection, closing: bool = False) -> None:
     """Roll back and reset the session to a fresh one; on any failure invalidate the
     connection. With a transaction open on the server the rollback and the reset go as
-    one query: one round trip."""
+    one query: one round trip. ``closing``: the connection is closed right after, and
+    its close rolls SQLAlchemy's side back (sending nothing: the driver is idle)."""
     try:
         record = conn.connection
         status = record.driver_connection.info.transaction_status  # type: ignore[union-attr]
@@ -173,10 +174,10 @@ def _unbind(conn: Connection) -> None:
                 cursor.execute("ROLLBACK; " + RESET_SQL)
             finally:
                 cursor.close()
-            if conn.in_transaction():
+            if conn.in_transaction() and not closing:
                 conn.rollback()  # SQLAlchemy's side; the driver is idle, nothing is sent
         else:
-            if conn.in_transaction():
+            if conn.in_transaction() and not closing:
                 conn.rollback()
             _autocommit_execute(record.dbapi_connection, RESET_SQL)
         record.info.pop(BOUND, None)
@@ -234,7 +235,7 @@ def tenant_connection(
         try:
             yield conn
         finally:
-            _unbind(conn)
+            _unbind(conn, closing=True)
 
 
 @contextmanager
@@ -258,7 +259,7 @@ def tenant_session(
 
 async def _aunbind(conn: AsyncConnection) -> None:
     try:
-        await conn.run_sync(_unbind)
+        await conn.run_sync(_unbind, True)
     except Exception:
         await conn.invalidate()
 

@@ -38,8 +38,8 @@ from .binding import (
     WANT,
     Want,
     autocommit_execute,
-    bind_params,
     bound_to,
+    literal_bind_sql,
     mark,
     rebind_sql,
 )
@@ -140,7 +140,7 @@ def _checkout_sql(
     if want is None:
         return (RESET_SQL if bound is not None else PING_SQL if ping else None), None
     if bound is None:
-        return bind_params(want.schema, want.role)
+        return literal_bind_sql(want.schema, want.role), None
     if want.affine and bound == (want.schema, want.role):
         return (PING_SQL if ping else None), None
     return rebind_sql(want.schema, want.role), None
