@@ -167,4 +167,3 @@ def _on_checkout(dbapi: Any, record: Any, proxy: Any) -> None:
         return
     if want is not None:
         mark(dbapi, record.info, want.schema, want.role)
-
