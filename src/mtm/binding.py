@@ -95,6 +95,21 @@ def mark(dbapi: Any, info: dict[Any, Any], schema: str, role: str | None) -> Non
     info[BOUND] = (id(dbapi), schema, role)
 
 
+def forget_prepare_counts(driver: Any) -> None:
+    """After a reset: clear psycopg's count of executions per query, as the reset
+    cleared the statements it prepared.
+
+    Why: psycopg prepares a query at its fifth execution, and it clears the counts on
+    ``DEALLOCATE ALL`` only when it had prepared something. A query run once per block
+    would otherwise be prepared every fifth block (a round trip of its own) for the next
+    reset to drop, and psycopg would then send a ``DEALLOCATE ALL`` of its own (another
+    round trip). This is psycopg's private state: if its shape changes, nothing happens.
+    """
+    counts = getattr(getattr(driver, "_prepared", None), "_counts", None)
+    if isinstance(counts, dict):
+        counts.clear()
+
+
 def autocommit_execute(dbapi: Any, sql: str, params: dict[str, str] | None = None) -> None:
     """Run one statement outside any transaction on a DBAPI connection (psycopg, or
     SQLAlchemy's asyncio adapter of it, which offers the same sync interface)."""

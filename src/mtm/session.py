@@ -8,7 +8,9 @@ the tenant's role); ``tenant_session`` gives an ORM ``Session`` on such a connec
 How the binding is made, and why:
 
 * The settings are made at session level (``set_config(..., false)``) in one round trip,
-  sent in autocommit mode, before the block starts. So they hold for the whole block,
+  sent in autocommit mode, before the block starts: by the checkout of mtm's tenant
+  pool (``create_app_engine``; the bind is its pre-ping), else by the block. So they
+  hold for the whole block,
   across the block's own commits and rollbacks. (``SET LOCAL`` would vanish at the first
   ``commit()`` inside the block, and the statements after it would silently run against
   ``public``; a plain ``SET`` inside a transaction would vanish at a rollback.)
@@ -21,12 +23,13 @@ How the binding is made, and why:
   If that reset cannot be done, the connection is invalidated (closed and dropped
   from the pool) rather than returned: the next user of a pooled connection never
   inherits anything from a tenant.
-* ``affine=True`` skips the reset between blocks of the same tenant; see
-  ``tenant_connection`` and docs/applications.md ("Tenant affinity").
+* ``affine=True`` skips the reset between blocks of the same tenant, and the tenant
+  pool hands such a block an idle connection already bound to its tenant when it has
+  one; see ``tenant_connection`` and docs/applications.md ("Tenant affinity").
 * During the block ``pg_temp`` comes last in ``search_path`` (``"acme", public,
   pg_temp``), so a temporary table can never shadow one of the tenant's tables.
 * Schema names are validated (``validate_schema_name``) and quoted; the values travel
-  as bound parameters.
+  as bound parameters, or as literals quoted by psycopg (``binding.literal_bind_sql``).
 
 ``SET ROLE`` is a safety net against mistakes, not a security boundary, whenever the
 login role may become more than the tenant's role: from a superuser or owner pool code
@@ -56,6 +59,7 @@ from .binding import (
     Want,
     bind_params,
     bound_to,
+    forget_prepare_counts,
     mark,
     rebind_sql,
 )
@@ -104,6 +108,7 @@ def _reset_on_plain_checkout(dbapi: Any, record: Any, proxy: Any) -> None:
         _autocommit_execute(dbapi, RESET_SQL)
     except Exception as exc:
         raise sa.exc.DisconnectionError("could not reset a tenant-bound connection") from exc
+    forget_prepare_counts(record.driver_connection)
     del record.info[BOUND]
 
 
@@ -153,6 +158,7 @@ def _ensure_bound(conn: Connection, schema: str, role: str | None) -> None:
             _autocommit_execute(dbapi, sql, params)
         else:
             _autocommit_execute(dbapi, rebind_sql(schema, role))
+            forget_prepare_counts(record.driver_connection)
     except Exception:
         if bound is not None:  # the reset may have been done in part: drop the session
             conn.invalidate()
@@ -180,6 +186,7 @@ def _unbind(conn: Connection, closing: bool = False) -> None:
             if conn.in_transaction() and not closing:
                 conn.rollback()
             _autocommit_execute(record.dbapi_connection, RESET_SQL)
+        forget_prepare_counts(record.driver_connection)
         record.info.pop(BOUND, None)
     except Exception:
         conn.invalidate()
@@ -218,9 +225,11 @@ def tenant_connection(
     ``affine=True`` keeps the binding when the block ends (only the transaction is rolled
     back): the next affine block of the same tenant on that connection sends nothing
     before its own statements, one of another tenant resets and re-binds in one round
-    trip, and any other checkout of the connection resets it first. Session state (temp
-    tables, settings, prepared statements, LISTEN, advisory locks) then persists between
-    blocks of the SAME tenant, never across tenants (docs/applications.md).
+    trip, and any other checkout of the connection resets it first. On an engine of
+    ``create_app_engine`` the pool hands an affine block an idle connection already bound
+    to its tenant when it has one. Session state (temp tables, settings, prepared
+    statements, LISTEN, advisory locks) then persists between blocks of the SAME tenant,
+    never across tenants (docs/applications.md).
     """
     schema = _schema_of(tenant)
     role_name = _role_of(schema, role)

@@ -39,6 +39,7 @@ from .binding import (
     Want,
     autocommit_execute,
     bound_to,
+    forget_prepare_counts,
     literal_bind_sql,
     mark,
     rebind_sql,
@@ -165,5 +166,7 @@ def _on_checkout(dbapi: Any, record: Any, proxy: Any) -> None:
         if bound is not None or driver is None or driver.closed or driver.broken:
             raise exc.DisconnectionError("the connection failed its checkout") from error
         return
+    if bound is not None and sql is not PING_SQL:  # a reset was part of it
+        forget_prepare_counts(record.driver_connection)
     if want is not None:
         mark(dbapi, record.info, want.schema, want.role)
