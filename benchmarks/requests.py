@@ -35,7 +35,9 @@ import asyncio
 import json
 import platform
 import random
+import signal
 import statistics
+import sys
 import tempfile
 import time
 import uuid
@@ -201,6 +203,7 @@ def main() -> None:
     )
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/requests.json")
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # still drop the database
     server = None
     url = args.dsn
     if url is None:
