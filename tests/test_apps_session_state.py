@@ -63,21 +63,34 @@ def fleet(server_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
 Block = Callable[[str, Callable[[sa.Connection], Any]], Any]
 
 
-@pytest.fixture(params=["sync", "async", "sync-affine", "async-affine"])
+@pytest.fixture(
+    params=[
+        "sync",
+        "async",
+        "sync-affine",
+        "async-affine",
+        "sync-queuepool",
+        "async-queuepool-affine",
+    ]
+)
 def block_factory(
     request: pytest.FixtureRequest, fleet: Fleet
 ) -> Iterator[Callable[[bool], Block]]:
     """``block_factory(role)`` gives ``block(schema, fn)``: runs ``fn(conn)`` inside
     ``tenant_connection`` (or ``async_tenant_connection``, through ``run_sync``) on an
     engine with a pool of one connection, and returns what ``fn`` returned. The
-    ``-affine`` forms pass ``affine=True``: the guarantees across tenants are the same."""
+    ``-affine`` forms pass ``affine=True``: the guarantees across tenants are the same.
+    The engines have mtm's tenant pool, except the ``-queuepool`` forms: SQLAlchemy's own
+    pool, on which the blocks bind and reset by themselves."""
     loop = asyncio.new_event_loop()
     affine = request.param.endswith("-affine")
+    queuepool = "-queuepool" in request.param
     disposers: list[Callable[[], None]] = []
 
     def factory(role: bool) -> Block:
         if request.param.startswith("sync"):
-            engine = mtm.create_app_engine(fleet.url, pool_size=1, max_overflow=0)
+            pool = {"poolclass": sa.pool.QueuePool} if queuepool else {}
+            engine = mtm.create_app_engine(fleet.url, pool_size=1, max_overflow=0, **pool)
             disposers.append(engine.dispose)
 
             def block(schema: str, fn: Callable[[sa.Connection], Any]) -> Any:
@@ -85,7 +98,8 @@ def block_factory(
                     return fn(conn)
 
             return block
-        aengine = mtm.create_async_app_engine(fleet.url, pool_size=1, max_overflow=0)
+        apool = {"poolclass": sa.pool.AsyncAdaptedQueuePool} if queuepool else {}
+        aengine = mtm.create_async_app_engine(fleet.url, pool_size=1, max_overflow=0, **apool)
         disposers.append(lambda: loop.run_until_complete(aengine.dispose()))
 
         def ablock(schema: str, fn: Callable[[sa.Connection], Any]) -> Any:
