@@ -21,6 +21,7 @@ from .ledger import (
     FINGERPRINT_ITEM,
     delete_sql,
     finish_sql,
+    insert_finished_sql,
     insert_sql,
     ledger_ddl,
     ledger_ref,
@@ -277,7 +278,12 @@ def create(
 
 def create_body(config: Config, schema: str, migration: Migration) -> list[str]:
     """One SQL migration inside a create: its script, then its ledger row."""
-    return [*body(migration, "up"), *record(config, schema, migration)]
+    return [*body(migration, "up"), *create_record(config, schema, migration)]
+
+
+def create_record(config: Config, schema: str, migration: Migration) -> list[str]:
+    """A migration's ledger row inside a create, with its duration, in one statement."""
+    return [insert_finished_sql(config, schema, migration)]
 
 
 def record(config: Config, schema: str, migration: Migration) -> list[str]:
