@@ -59,7 +59,7 @@ def _note_citus(dbapi_connection: Any, record: Any) -> None:
     Citus table (CREATE INDEX, ADD CONSTRAINT, SET NOT NULL, RENAME COLUMN...) to the
     workers as the original query text: a multi-statement script fails there with
     "cannot insert multiple commands into a prepared statement", so on such a database
-    ``run_script`` sends each statement as a query of its own."""
+    ``run_script`` sends each such statement as a query of its own."""
     found = dbapi_connection.execute("SELECT 1 FROM pg_extension WHERE extname = 'citus'")
     record.info[APART] = found.fetchone() is not None
     if dbapi_connection.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
@@ -245,7 +245,7 @@ def join_script(statements: Sequence[str]) -> str:
 
 def run_script(conn: Connection, script: str | Sequence[str]) -> None:
     """Send a script (text, or a list of statements) as one simple query: one round trip
-    (on a Citus database, one query per statement: ``APART``).
+    (on a Citus database, one query per DDL statement: ``APART``).
 
     A whole transaction (a script that starts with ``BEGIN``) whose schema lock is
     taken (SQLSTATE MTM03, see ``locks.schema_lock_sql``) is rolled back and sent again
@@ -274,14 +274,36 @@ def run_script(conn: Connection, script: str | Sequence[str]) -> None:
             waited += pause(waited)
 
 
+# Statements Citus never resends as the query's text: they may share a query.
+_SHAREABLE = {
+    "DoStmt",
+    "DeleteStmt",
+    "InsertStmt",
+    "SelectStmt",
+    "TransactionStmt",
+    "UpdateStmt",
+    "VariableSetStmt",
+}
+
+
 def _send(dbapi: psycopg.Connection[Any], sql: str, apart: bool) -> None:
-    """``sql`` in one query, or ``apart``: one query per statement, stopping at the first
-    that fails (as the server does within one query)."""
+    """``sql`` in one query, or ``apart``: every other statement (DDL) in a query of its
+    own, the statements between them together; it stops at the first that fails (as the
+    server does within one query)."""
     if not apart:
         dbapi.execute(sql.encode("utf-8"), prepare=False)
         return
+    shared: list[str] = []
     for statement in sqlscript.split(sql):
+        if statement.kind in _SHAREABLE:
+            shared.append(statement.text)
+            continue
+        if shared:
+            dbapi.execute(join_script(shared).encode("utf-8"), prepare=False)
+            shared = []
         dbapi.execute(statement.text.encode("utf-8"), prepare=False)
+    if shared:
+        dbapi.execute(join_script(shared).encode("utf-8"), prepare=False)
 
 
 def rollback_quietly(conn: Connection) -> None:
