@@ -2,8 +2,9 @@
 
 Three ordinary PostgreSQL 15 servers started with ``shared_preload_libraries = citus``
 and ``wal_level = logical`` (online moves need it), in a folder of their own. Each
-test database is made on every node, with the extension, and the workers are added to
-it on the coordinator: a fresh cluster per test at the cost of one database per node.
+test database is copied on every node (at once) from a template that has the extension,
+and the workers are added to it on the coordinator: a fresh cluster per test at the cost
+of one database per node.
 
 The Citus build for tests lives in ``../shared/citus`` beside the repository (its
 ``install.sh`` puts it into Debian's PostgreSQL 15). Where it is absent or not
@@ -18,6 +19,8 @@ import socket
 import subprocess
 import tempfile
 import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +28,7 @@ import psycopg
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared" / "citus"
+TEMPLATE = "mtm_citus_template"
 PGBIN = Path(os.environ.get("MTM_TEST_CITUS_PGBIN", "/usr/lib/postgresql/15/bin"))
 
 
@@ -103,6 +107,26 @@ class CitusCluster:
                 check=True,
                 capture_output=True,
             )
+        self._each_node(self._make_template)
+
+    def _each_node(self, work: Callable[[Node], None]) -> None:
+        """``work`` on every node at once (a database per node costs about a second each)."""
+        with ThreadPoolExecutor(len(self.nodes)) as pool:
+            list(pool.map(work, self.nodes))
+
+    @staticmethod
+    def _make_template(node: Node) -> None:
+        """A template database with the extension: copying it is several times faster
+        than CREATE EXTENSION citus in every test's database. Nothing may connect to a
+        template while it is copied (Citus's maintenance daemon would), hence no
+        connections once it is made."""
+        with psycopg.connect(node.url(), autocommit=True) as admin:
+            admin.execute(f'CREATE DATABASE "{TEMPLATE}"')
+        with psycopg.connect(node.url(TEMPLATE), autocommit=True) as conn:
+            conn.execute("SET client_min_messages TO warning")
+            conn.execute("CREATE EXTENSION citus")
+        with psycopg.connect(node.url(), autocommit=True) as admin:
+            admin.execute(f'ALTER DATABASE "{TEMPLATE}" IS_TEMPLATE true ALLOW_CONNECTIONS false')
 
     def stop(self) -> None:
         for node in self.nodes:
@@ -116,12 +140,12 @@ class CitusCluster:
     def create_database(self, name: str | None = None) -> str:
         """A database on every node, with Citus and the workers added; its coordinator URL."""
         name = name or f"mtm_citus_{uuid.uuid4().hex[:12]}"
-        for node in self.nodes:
+
+        def create(node: Node) -> None:
             with psycopg.connect(node.url(), autocommit=True) as admin:
-                admin.execute(f'CREATE DATABASE "{name}"')
-            with psycopg.connect(node.url(name), autocommit=True) as conn:
-                conn.execute("SET client_min_messages TO warning")
-                conn.execute("CREATE EXTENSION citus")
+                admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{TEMPLATE}"')
+
+        self._each_node(create)
         with psycopg.connect(self.coordinator.url(name), autocommit=True) as conn:
             conn.execute("SET client_min_messages TO warning")
             conn.execute(
@@ -132,6 +156,8 @@ class CitusCluster:
         return self.coordinator.url(name)
 
     def drop_database(self, name: str) -> None:
-        for node in self.nodes:
+        def drop(node: Node) -> None:
             with psycopg.connect(node.url(), autocommit=True) as admin:
                 admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+        self._each_node(drop)

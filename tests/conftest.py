@@ -224,6 +224,12 @@ class Project:
         }
 
 
+def skip_on_citus(project: Project, reason: str) -> None:
+    """Skip a test, saying why, where the project's database is a Citus cluster."""
+    if project.scalar("SELECT count(*) FROM pg_extension WHERE extname = 'citus'"):
+        pytest.skip(f"on a Citus cluster: {reason}")
+
+
 def make_project(root: Path, url: str, extra: str = "") -> Project:
     root.mkdir(parents=True, exist_ok=True)
     (root / "mtm.toml").write_text(f'database_url = "{url}"\n{extra}', encoding="utf-8")
@@ -233,5 +239,7 @@ def make_project(root: Path, url: str, extra: str = "") -> Project:
 
 
 @pytest.fixture
-def project(tmp_path: Path, database_url: str) -> Project:
-    return make_project(tmp_path / "app", database_url)
+def project(request: pytest.FixtureRequest, tmp_path: Path, database_url: str) -> Project:
+    """A project on the test's database; with --citus, configured ``distributed = true``."""
+    citus = request.config.getoption("--citus")
+    return make_project(tmp_path / "app", database_url, "distributed = true\n" if citus else "")

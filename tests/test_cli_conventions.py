@@ -85,6 +85,7 @@ def test_every_key_is_read_from_its_variable(tmp_path: Path) -> None:
         "MTM_TENANT_ROLE_MEMBER": "app",
         "MTM_SEED": "seeds/t.sql",
         "MTM_MODELS": "shop.models:metadata",
+        "MTM_DISTRIBUTED": "true",
         "MTM_DB_USER": "u",
         "MTM_DB_PASSWORD": "p@ss",
         "MTM_DB_NAME": "shop",
@@ -108,6 +109,7 @@ def test_every_key_is_read_from_its_variable(tmp_path: Path) -> None:
     )
     assert c.seed == "seeds/t.sql"
     assert c.models == "shop.models:metadata"
+    assert c.distributed is True
     url = make_url(c.database_url or "")
     assert (url.username, url.password, url.host, url.port, url.database) == (
         "u",

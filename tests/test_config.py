@@ -12,6 +12,7 @@ import psycopg
 import pytest
 from click.testing import CliRunner
 
+from conftest import Project
 from mtm import Config
 from mtm.cli import cli
 from mtm.errors import ConfigError
@@ -101,6 +102,7 @@ def test_environment_overrides_the_url(tmp_path: Path) -> None:
         ('db_port = "5432"\n', "key 'db_port' must be an integer"),
         ("jobs = true\n", "key 'jobs' must be an integer"),
         ("jobs = 0\n", "jobs must be at least 1"),
+        ('distributed = "yes"\n', "key 'distributed' must be a boolean, got a string 'yes'"),
         ('tenant_table = "Bad Name"\n', "tenant_table 'Bad Name' must be a plain"),
         ('lock_timeout = "soon"\n', "lock_timeout 'soon' is not a PostgreSQL duration"),
         ('database_url = "mysql://x@y/z"\n', "mtm needs a PostgreSQL URL"),
@@ -223,3 +225,34 @@ def test_unreachable_database_is_one_clear_error(tmp_path: Path) -> None:
     assert result.exit_code == 4  # the first connection failed
     assert result.output.startswith("error: cannot connect to postgresql+psycopg://app:***@")
     assert "hunter2" not in result.output
+
+
+def test_distributed_is_a_boolean_or_unset_from_file_and_environment(tmp_path: Path) -> None:
+    """``distributed``: true/false in the file, MTM_DISTRIBUTED=true|false|auto (auto:
+    unset, detected from the server) overriding it; anything else named, exit 2."""
+    path = write(tmp_path / "mtm.toml", "distributed = true\n")
+    assert Config.load(path, env={}).distributed is True
+    assert Config.load(path, env={"MTM_DISTRIBUTED": "false"}).distributed is False
+    assert Config.load(path, env={"MTM_DISTRIBUTED": "auto"}).distributed is None
+    assert Config.load(write(tmp_path / "u" / "mtm.toml", ""), env={}).distributed is None
+    with pytest.raises(ConfigError) as info:
+        Config.load(path, env={"MTM_DISTRIBUTED": "maybe"})
+    assert str(info.value) == "MTM_DISTRIBUTED: must be true, false or auto, got 'maybe'"
+
+
+def test_distributed_true_without_citus_refuses_create(project: Project) -> None:
+    """On a server without the citus extension, distributed = true refuses the create,
+    naming the key, and creates nothing."""
+    if project.scalar("SELECT count(*) FROM pg_extension WHERE extname = 'citus'"):
+        pytest.skip("on a Citus cluster: the test needs a database without Citus")
+    (project.root / "mtm.toml").write_text(
+        f'database_url = "{project.url}"\ndistributed = true\n', encoding="utf-8"
+    )
+    r = project.cli("create", "acme")
+    assert r.exit_code == 2
+    assert r.output == (
+        "error: distributed = true, but this database has no citus extension: run "
+        "CREATE EXTENSION citus on every node, or set distributed = false\n"
+    )
+    assert project.schemas() == set()
+    assert project.cli("-v", "status").exit_code == 0

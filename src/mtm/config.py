@@ -22,7 +22,7 @@ from urllib.parse import quote, quote_plus, urlencode
 
 from .errors import ConfigError, InvalidName
 from .identifiers import validate_role_prefix
-from .keys import BY_NAME, KEYS, URL_PARTS, accepts, default
+from .keys import BY_NAME, KEYS, URL_PARTS, accepts, default, from_env
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import URL
@@ -77,6 +77,7 @@ class Config:
     tenant_role_member: str | None = default("tenant_role_member")
     seed: str | None = default("seed")
     models: str | tuple[str, ...] | None = default("models")  # mtm.modelset reads it
+    distributed: bool | None = default("distributed")  # mtm.citus reads it
 
     def __post_init__(self) -> None:
         source = str(self.path) if self.path else "config"
@@ -201,14 +202,11 @@ def _env_values(env: Mapping[str, str]) -> _Layer:
         text = env.get(key.env)
         if not text:
             continue
-        if key.type is int:
-            try:
-                out[key.name] = (int(text.strip()), key.env)
-            except ValueError:
-                shown = "" if key.secret else f", got {text!r}"
-                raise ConfigError(f"{key.env}: must be an integer{shown}") from None
-        else:
-            out[key.name] = (text, key.env)
+        try:
+            out[key.name] = (from_env(key, text), key.env)
+        except ValueError as exc:
+            shown = "" if key.secret else f", got {text!r}"
+            raise ConfigError(f"{key.env}: {exc}{shown}") from None
     return out
 
 

@@ -57,12 +57,14 @@ def create_tenant(
     *,
     finish: Finish | None = None,
     begin: str = "BEGIN",
+    sharding: Sequence[str] = (),
 ) -> SchemaResult:
     """Register a tenant, create its schema and ledger, and apply ``migrations``: all in
     one transaction, so a failure leaves no row and no schema behind. ``setup`` are
     statements run in that transaction right after the ledger (the tenant role);
     ``finish`` runs after the migrations (only with no migration that must run outside
-    a transaction); ``begin`` opens the transaction (a clone reads in one snapshot).
+    a transaction); ``begin`` opens the transaction (a clone reads in one snapshot);
+    ``sharding`` makes the schema distributed on a Citus cluster (``citus.Mode``).
 
     Raises ``StepError`` if the create itself failed (and so left nothing behind); the
     result says how the migrations applied after the commit went.
@@ -78,7 +80,7 @@ def create_tenant(
         raise ValueError("a finish needs every migration inside the create's transaction")
     args = (runner, conn, schema, name, domains, inside, setup)
     try:
-        _create_once(*args, batch=True, finish=finish, begin=begin)
+        _create_once(*args, batch=True, finish=finish, begin=begin, sharding=sharding)
     except StepError as first:
         ended = first.sqlstate == steps.TRANSACTION_ENDED  # part of it is committed
         named = first.migration is not None or isinstance(first, FinishError)
@@ -86,7 +88,7 @@ def create_tenant(
             raise
         # Replayed one migration per round trip, to name the one at fault; if the
         # failure was passing (a lock timeout), the replay simply creates the tenant.
-        _create_once(*args, batch=False, finish=finish, begin=begin)
+        _create_once(*args, batch=False, finish=finish, begin=begin, sharding=sharding)
     result.applied = [m.name for m in inside]
     rest = migrations[len(inside) :]
     if rest:
@@ -117,13 +119,15 @@ def _create_once(
     batch: bool,
     finish: Finish | None = None,
     begin: str = "BEGIN",
+    sharding: Sequence[str] = (),
 ) -> None:
     """One attempt at the create transaction; ``batch`` sends every SQL migration in
     the same round trip as the frame, else one round trip each. A ``finish`` runs after
     them, before the tail, which then goes in a round trip of its own."""
     cfg = runner.config
+    timeouts = runner.settings.timeouts
     framed = steps.create(
-        cfg, schema, name, domains, setup=setup, timeouts=runner.settings.timeouts, begin=begin
+        cfg, schema, name, domains, setup=setup, timeouts=timeouts, begin=begin, sharding=sharding
     )
     units: list[Chunk] = [(framed.head, None)]
     for m in migrations:
@@ -146,7 +150,7 @@ def _create_once(
             if owner is not None and owner.kind == "python":
                 last_python = owner
                 runner.call_python(conn, owner, "up", schema, "tenant", schema)
-                run_script(conn, steps.record(cfg, schema, owner))
+                run_script(conn, steps.create_record(cfg, schema, owner))
             else:
                 run_script(conn, statements)
         if finish is not None:

@@ -18,6 +18,7 @@ import psycopg
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, Connection, Engine
 
+from . import sqlscript
 from .config import Config, mask_url, sqlalchemy_url
 from .embedded import EmbeddedServer
 from .errors import DatabaseUnavailable, MtmError
@@ -38,13 +39,31 @@ def resolve_url(config: Config) -> str:
 def create_engine(config: Config, *, pool_size: int = 2, purpose: str = "mtm") -> Engine:
     """An engine in autocommit mode; mtm issues BEGIN/COMMIT itself."""
     url = sqlalchemy_url(resolve_url(config))
-    return sa.create_engine(
+    engine = sa.create_engine(
         url,
         isolation_level="AUTOCOMMIT",
         pool_size=pool_size,
         max_overflow=2,
         connect_args=_connect_args(url, purpose),
     )
+    sa.event.listen(engine, "connect", _note_citus)
+    return engine
+
+
+# A connection's ``info`` key: send scripts one statement per query (a Citus database).
+APART = "mtm.statements_apart"
+
+
+def _note_citus(dbapi_connection: Any, record: Any) -> None:
+    """Note whether a new connection's database has Citus. Citus sends some DDL on a
+    Citus table (CREATE INDEX, ADD CONSTRAINT, SET NOT NULL, RENAME COLUMN...) to the
+    workers as the original query text: a multi-statement script fails there with
+    "cannot insert multiple commands into a prepared statement", so on such a database
+    ``run_script`` sends each such statement as a query of its own."""
+    found = dbapi_connection.execute("SELECT 1 FROM pg_extension WHERE extname = 'citus'")
+    record.info[APART] = found.fetchone() is not None
+    if dbapi_connection.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+        dbapi_connection.rollback()
 
 
 def _connect_args(url: URL, purpose: str) -> dict[str, Any]:
@@ -115,6 +134,7 @@ class Database:
             connect_args=_connect_args(url, purpose),
         )
         sa.event.listen(self.engine, "checkin", _reset_on_checkin)
+        sa.event.listen(self.engine, "connect", _note_citus)
         self._closed = False
 
     @property
@@ -224,15 +244,17 @@ def join_script(statements: Sequence[str]) -> str:
 
 
 def run_script(conn: Connection, script: str | Sequence[str]) -> None:
-    """Send a script (text, or a list of statements) as one simple query: one round trip.
+    """Send a script (text, or a list of statements) as one simple query: one round trip
+    (on a Citus database, one query per DDL statement: ``APART``).
 
     A whole transaction (a script that starts with ``BEGIN``) whose schema lock is
     taken (SQLSTATE MTM03, see ``locks.schema_lock_sql``) is rolled back and sent again
     until it gets the lock, waiting between tries outside any transaction.
     """
     sql = script if isinstance(script, str) else join_script(script)
+    apart = bool(conn.info.get(APART))
     try:
-        driver(conn).execute(sql.encode("utf-8"), prepare=False)
+        _send(driver(conn), sql, apart)
         return
     except psycopg.Error as exc:
         if exc.sqlstate != SCHEMA_BUSY or not sql.lstrip().upper().startswith("BEGIN"):
@@ -243,13 +265,45 @@ def run_script(conn: Connection, script: str | Sequence[str]) -> None:
         waited = pause(0.0)
         while True:
             try:
-                driver(conn).execute(sql.encode("utf-8"), prepare=False)
+                _send(driver(conn), sql, apart)
                 return
             except psycopg.Error as exc:
                 if exc.sqlstate != SCHEMA_BUSY:
                     raise
             rollback_quietly(conn)
             waited += pause(waited)
+
+
+# Statements Citus never resends as the query's text: they may share a query.
+_SHAREABLE = {
+    "DoStmt",
+    "DeleteStmt",
+    "InsertStmt",
+    "SelectStmt",
+    "TransactionStmt",
+    "UpdateStmt",
+    "VariableSetStmt",
+}
+
+
+def _send(dbapi: psycopg.Connection[Any], sql: str, apart: bool) -> None:
+    """``sql`` in one query, or ``apart``: every other statement (DDL) in a query of its
+    own, the statements between them together; it stops at the first that fails (as the
+    server does within one query)."""
+    if not apart:
+        dbapi.execute(sql.encode("utf-8"), prepare=False)
+        return
+    shared: list[str] = []
+    for statement in sqlscript.split(sql):
+        if statement.kind in _SHAREABLE:
+            shared.append(statement.text)
+            continue
+        if shared:
+            dbapi.execute(join_script(shared).encode("utf-8"), prepare=False)
+            shared = []
+        dbapi.execute(statement.text.encode("utf-8"), prepare=False)
+    if shared:
+        dbapi.execute(join_script(shared).encode("utf-8"), prepare=False)
 
 
 def rollback_quietly(conn: Connection) -> None:

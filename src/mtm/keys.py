@@ -134,6 +134,14 @@ KEYS: tuple[Key, ...] = (
         example="myapp.models:Base.metadata",
         many=True,
     ),
+    Key(
+        "distributed",
+        bool,
+        None,
+        "on a Citus cluster, whether mtm create makes distributed tenant schemas; unset: "
+        "yes when the database has the citus extension and workers (docs/citus.md)",
+        example=True,
+    ),
 )
 
 BY_NAME: dict[str, Key] = {k.name: k for k in KEYS}
@@ -144,7 +152,25 @@ def accepts(key: Key, value: Any) -> bool:
     """Whether ``value`` (from a config file) has the type of ``key``."""
     if key.many and isinstance(value, list):
         return all(accepts(Key(key.name, key.type, None, ""), v) for v in value)
-    return isinstance(value, key.type) and not isinstance(value, bool)
+    return isinstance(value, key.type) and (key.type is bool or not isinstance(value, bool))
+
+
+_BOOLEANS = {"true": True, "1": True, "yes": True, "on": True, "auto": None}
+_BOOLEANS |= {"false": False, "0": False, "no": False, "off": False}
+
+
+def from_env(key: Key, text: str) -> Any:
+    """The typed value of ``MTM_<KEY>=text``; ValueError saying what it must be."""
+    if key.type is int:
+        try:
+            return int(text.strip())
+        except ValueError:
+            raise ValueError("must be an integer") from None
+    if key.type is bool:
+        if text.strip().lower() not in _BOOLEANS:
+            raise ValueError("must be true, false or auto")
+        return _BOOLEANS[text.strip().lower()]
+    return text
 
 
 def default(name: str) -> Any:
@@ -160,6 +186,8 @@ def help_of(name: str) -> str:
 
 
 def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
     return f'"{value}"' if isinstance(value, str) else str(value)
 
 

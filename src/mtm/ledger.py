@@ -98,6 +98,21 @@ def finish_sql(config: Config, schema: str, migration: Migration) -> str:
     )
 
 
+def insert_finished_sql(config: Config, schema: str, migration: Migration) -> str:
+    """``insert_sql`` and ``finish_sql`` in one statement, after the body: for a schema no
+    other command can see yet (a create), where no concurrent run can race for the row.
+    One statement less per migration, and on a Citus cluster one trip less to the worker.
+    (Citus evaluates a volatile function in an INSERT's values, but no subquery there.)"""
+    now = "clock_timestamp()"
+    checksum = "NULL" if migration.legacy else quote_literal(migration.checksum)
+    return (
+        f"INSERT INTO {ledger_ref(config, schema)} "
+        "(name, checksum, adopted, applied_at, duration_ms) VALUES "
+        f"({quote_literal(migration.name)}, {checksum}, {'true' if migration.legacy else 'false'}, "
+        f"{now}, 1000 * extract(epoch FROM {now} - now()))"
+    )
+
+
 def delete_sql(config: Config, schema: str, name: str) -> str:
     return f"DELETE FROM {ledger_ref(config, schema)} WHERE name = {quote_literal(name)}"
 

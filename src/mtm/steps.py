@@ -21,6 +21,7 @@ from .ledger import (
     FINGERPRINT_ITEM,
     delete_sql,
     finish_sql,
+    insert_finished_sql,
     insert_sql,
     ledger_ddl,
     ledger_ref,
@@ -255,11 +256,13 @@ def create(
     setup: Sequence[str] = (),
     timeouts: Timeouts = Timeouts(),
     begin: str = "BEGIN",
+    sharding: Sequence[str] = (),
 ) -> Framed:
     """The frame of a create: registry row, domains (the first one primary), schema,
     ledger and ``setup`` (the tenant role) before the migrations (the body), the state
     row after them. ``begin`` opens it (``BEGIN ISOLATION LEVEL REPEATABLE READ``: a
-    clone copies rows from one snapshot)."""
+    clone copies rows from one snapshot); ``sharding`` goes right before the schema
+    (``citus.Mode.sharding_sql``: a distributed schema on a Citus cluster)."""
     lit = quote_literal
     before = [
         f"INSERT INTO {tenant_ref(config)} (schema_name, name) "
@@ -267,14 +270,20 @@ def create(
     ]
     if domains:
         before.append(domains_insert_sql(config, schema, list(domains)))
-    before += [f"CREATE SCHEMA {quote_ident(schema)}", ledger_ddl(config, schema), *setup]
+    before += [*sharding, f"CREATE SCHEMA {quote_ident(schema)}", ledger_ddl(config, schema)]
+    before += setup
     framed = frame(config, schema, "tenant", timeouts=timeouts, before=before)
     return Framed([begin, *framed.head[1:]], framed.tail)
 
 
 def create_body(config: Config, schema: str, migration: Migration) -> list[str]:
     """One SQL migration inside a create: its script, then its ledger row."""
-    return [*body(migration, "up"), *record(config, schema, migration)]
+    return [*body(migration, "up"), *create_record(config, schema, migration)]
+
+
+def create_record(config: Config, schema: str, migration: Migration) -> list[str]:
+    """A migration's ledger row inside a create, with its duration, in one statement."""
+    return [insert_finished_sql(config, schema, migration)]
 
 
 def record(config: Config, schema: str, migration: Migration) -> list[str]:

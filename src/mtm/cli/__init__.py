@@ -10,7 +10,7 @@ output; the commands live by area in ``project`` (init, new, db), ``tenants`` (c
 tenants, drop, role; ``existing`` holds create's ``--existing``), ``lifecycle`` (domains,
 rename, role add/remove), ``repair``, ``migrate`` (migrate, up, status, down, history,
 validate), ``clone`` (clone, seed), ``review`` (sql, lint), ``transfer`` (export,
-import) and ``drift`` (diff).
+import), ``drift`` (diff) and ``distribute``.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from ..exits import Exit
 from . import (
     adopt,
     clone,
+    distribute,
     drift,
     lifecycle,
     migrate,
@@ -139,6 +140,7 @@ for command in (
     transfer.import_,
     placement.move,
     placement.rebalance,
+    distribute.distribute,
 ):
     cli.add_command(command)
 del command

@@ -20,6 +20,7 @@ themselves: they compose the modules that own each table and idea (``registry``,
 * ``review``: ``sql``, ``plan_sql``, ``lint``;
 * ``transfer``: ``export_tenant``, ``import_tenant``;
 * ``drift``: ``diff`` (each tenant schema against a reference built at its step);
+* ``distribute``: ``distribute`` (a single-server fleet's schemas made Citus distributed);
 * ``autogenerate``: ``new_from_models`` (``mtm new --autogenerate``), imported on use.
 
 Names are imported on first use (PEP 562, as in ``mtm``): a read command such as
@@ -62,6 +63,7 @@ _EXPORTS = {
     **dict.fromkeys(("clone", "seed"), ".clone"),
     **dict.fromkeys(("domains_add", "domains_list", "domains_remove"), ".domains"),
     "diff": ".drift",
+    "distribute": ".distribute",
     **dict.fromkeys(("create_existing", "create_existing_many"), ".existing"),
     **dict.fromkeys(("history", "status", "validate"), ".inspection"),
     **dict.fromkeys(("rename", "role_add", "role_remove", "tenant_overview"), ".lifecycle"),
@@ -134,6 +136,7 @@ if TYPE_CHECKING:
     from ..tables import ensure_bootstrap
     from .adopt import adopt
     from .clone import clone, seed
+    from .distribute import distribute
     from .domains import domains_add, domains_list, domains_remove
     from .drift import diff
     from .existing import create_existing, create_existing_many
@@ -187,6 +190,7 @@ __all__ = [
     "db_url",
     "diff",
     "discover",
+    "distribute",
     "domains_add",
     "domains_list",
     "domains_remove",

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
 from sqlalchemy.engine import Connection, Engine
 
-from .. import planner
+from .. import citus, planner
 from ..config import Config
 from ..database import checkout, create_engine
 from ..errors import UsageError
@@ -30,6 +31,8 @@ def session(
         with checkout(engine) as conn:
             if not upgrades:
                 check(conn, config)
+            if citus.log.isEnabledFor(logging.INFO):
+                citus.announce(citus.mode(conn, config))
             yield engine, conn
     finally:
         engine.dispose()

@@ -10,7 +10,7 @@ from typing import NoReturn
 import psycopg
 from sqlalchemy.engine import Connection
 
-from .. import dependents, planner, roles, seeds, steps
+from .. import citus, dependents, planner, roles, seeds, steps
 from ..config import Config
 from ..creation import Finish, FinishError, create_tenant
 from ..database import Database, rollback_quietly, run_script
@@ -115,6 +115,7 @@ def create_in(
     runner = Runner(config)
     with db.connection() as conn:
         ensure_bootstrap(conn, config)
+        placement = citus.mode(conn, config).check()
         public = _public_first(runner, conn, mset, schema) if migrate else []
         refuse_for_create(conn, pending)
         refuse_taken(conn, config, schema, clean)
@@ -123,7 +124,17 @@ def create_in(
         inside = all(m.transactional for m in pending)
         finish = _seed_finish(hook, Tenant(schema, name, tuple(clean))) if inside else None
         try:
-            result = create_tenant(runner, conn, schema, name, clean, pending, setup, finish=finish)
+            result = create_tenant(
+                runner,
+                conn,
+                schema,
+                name,
+                clean,
+                pending,
+                setup,
+                finish=finish,
+                sharding=placement.sharding_sql(),
+            )
         except StepError as exc:
             _explain_create_failure(conn, config, schema, clean, exc)
         log.info(
@@ -134,6 +145,7 @@ def create_in(
                 "schema": schema,
                 "applied": len(result.applied),
                 "seed": hook.spec if hook is not None else None,
+                "distributed": placement.distributed,
                 "duration_ms": round(1000 * result.seconds, 3),
             },
         )
