@@ -135,7 +135,8 @@ class CitusCluster:
                 capture_output=True,
                 check=False,
             )
-        shutil.rmtree(self.folder, ignore_errors=True)
+        if not os.environ.get("MTM_TEST_CITUS_KEEP"):  # its servers' logs, to look at
+            shutil.rmtree(self.folder, ignore_errors=True)
 
     def create_database(self, name: str | None = None) -> str:
         """A database on every node, with Citus and the workers added; its coordinator URL."""
