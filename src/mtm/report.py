@@ -346,8 +346,6 @@ def migrate_json(result: MigrateResult) -> dict[str, Any]:
 
 
 def status_json(result: StatusResult, ahead: Collection[str] = ()) -> dict[str, Any]:
-    """Tenants as an iterator (``jsonout`` writes each as it is made), marked if ahead."""
-
     def one(s: SchemaStatus) -> dict[str, Any]:
         return {
             "schema": s.schema,
@@ -362,7 +360,7 @@ def status_json(result: StatusResult, ahead: Collection[str] = ()) -> dict[str, 
 
     return {
         "public": one(result.public),
-        "tenants": ({**one(t), "ahead": t.schema in ahead} for t in result.tenants),
+        "tenants": ({**one(t), "ahead": t.schema in ahead} for t in result.tenants),  # streamed
         "summary": {
             "tenants": len(result.tenants),
             "at_head": sum(1 for t in result.tenants if t.at_head),
