@@ -345,7 +345,7 @@ def migrate_json(result: MigrateResult) -> dict[str, Any]:
     }
 
 
-def status_json(result: StatusResult) -> dict[str, Any]:
+def status_json(result: StatusResult, ahead: Collection[str] = ()) -> dict[str, Any]:
     def one(s: SchemaStatus) -> dict[str, Any]:
         return {
             "schema": s.schema,
@@ -360,7 +360,7 @@ def status_json(result: StatusResult) -> dict[str, Any]:
 
     return {
         "public": one(result.public),
-        "tenants": [one(t) for t in result.tenants],
+        "tenants": ({**one(t), "ahead": t.schema in ahead} for t in result.tenants),  # streamed
         "summary": {
             "tenants": len(result.tenants),
             "at_head": sum(1 for t in result.tenants if t.at_head),

@@ -209,12 +209,11 @@ def status(
     from ..rolloutreport import ahead_json, ahead_line
     from .placement import nodes_line
 
-    result = commands.status(config_of(ctx), tenants=list(tenants) or None)
+    names = as_json or list_all or bool(tenants)  # else only a small fleet's are shown
+    result = commands.status(config_of(ctx), tenants=list(tenants) or None, names=names)
     found = ahead(result.tenants)
     if as_json:
-        data = status_json(result)
-        for tenant in data["tenants"]:
-            tenant["ahead"] = found is not None and tenant["schema"] in found.schemas
+        data = status_json(result, found.schemas if found is not None else ())
         dump_json({**data, "ahead": ahead_json(found)})
     else:
         out = console()

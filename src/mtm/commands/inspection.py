@@ -8,20 +8,26 @@ from .. import placement, planner
 from ..audit import audit
 from ..config import Config
 from ..errors import UsageError
+from ..fleetstatus import tenant_statuses
 from ..identifiers import validate_schema_name
 from ..ledger import PUBLIC, AppliedMigration, existing_ledgers, read_history
 from ..migrations import discover
 from ..registry import list_tenants
+from ..report import LIST_LIMIT
 from ..results import SchemaStatus, StatusResult, ValidateResult
 from ..tables import existing as _existing
 from .base import session
 
 
-def status(config: Config, *, tenants: Sequence[str] | None = None) -> StatusResult:
+def status(
+    config: Config, *, tenants: Sequence[str] | None = None, names: bool = True
+) -> StatusResult:
     """Where every schema stands: applied/total, last applied, pending, problems.
 
     One query for all tenants (their fingerprints); ledgers are read only for schemas
-    whose fingerprint matches no prefix of the files.
+    whose fingerprint matches no prefix of the files. ``names=False``: tenants' names
+    and domains are read only for a fleet small enough to be listed (the summary of a
+    larger one shows neither, and reading them cost more than the rest at 100,000).
     """
     mset = discover(config.migrations_directory)
     only = [validate_schema_name(t) for t in tenants] if tenants else None
@@ -29,16 +35,17 @@ def status(config: Config, *, tenants: Sequence[str] | None = None) -> StatusRes
         tables = _existing(conn, config)
         public = planner.public_plan(conn, config, mset, tables)
         rows = planner.tenant_rows(conn, config, tables, only)
-        plans = planner.plans(conn, config, mset.tenant, "tenant", rows)
+        read_names = bool(rows) and (names or len(rows) <= LIST_LIMIT)
         info = (
             {t.schema: (t.name, t.domains) for t in list_tenants(conn, config, only)}
-            if rows
+            if read_names
             else {}
         )
-        placed = placement.nodes(conn, [p.schema for p in plans])
+        statuses = tenant_statuses(conn, config, mset.tenant, rows, info)
+        placed = placement.nodes(conn, [schema for schema, _ in rows])
     return StatusResult(
         public=SchemaStatus.of(public),
-        tenants=[SchemaStatus.of(p, *info.get(p.schema, (None, ()))) for p in plans],
+        tenants=statuses,
         total_tenant_migrations=len(mset.tenant),
         display_name=config.public_schema_display_name,
         nodes=None if placed is None else {s: str(n) for s, n in placed.items()},
