@@ -134,6 +134,28 @@ def citus_url(citus_cluster: CitusCluster) -> Iterator[str]:
         citus_cluster.drop_database(make_url(url).database or "")
 
 
+@pytest.fixture(scope="module")
+def module_database_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh database shared by one test module (with --citus, on the cluster)."""
+    if request.config.getoption("--citus"):
+        cluster: CitusCluster = request.getfixturevalue("citus_cluster")
+        url = cluster.create_database()
+        try:
+            yield url
+        finally:
+            cluster.drop_database(make_url(url).database or "")
+        return
+    server_url: str = request.getfixturevalue("server_url")
+    name = f"mtm_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(_libpq(server_url), autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield make_url(server_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with psycopg.connect(_libpq(server_url), autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 @pytest.fixture
 def database_url(request: pytest.FixtureRequest) -> Iterator[str]:
     """A fresh, empty database for one test, dropped afterwards (with --citus, on the

@@ -16,12 +16,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import psycopg
 import pytest
 import sqlalchemy as sa
 
 import mtm
-from conftest import _libpq, make_project
+from conftest import make_project
 
 
 @dataclass(frozen=True)
@@ -32,14 +31,17 @@ class Fleet:
 
 
 @pytest.fixture(scope="module")
-def fleet(server_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+def fleet(
+    module_database_url: str,
+    tmp_path_factory: pytest.TempPathFactory,
+    request: pytest.FixtureRequest,
+) -> Iterator[Fleet]:
     """One database for the module: tenants acme_* and globex_*, each with its role
     (``role=True`` names it ``mtm_tenant_<schema>``; the suffix keeps the names of this
-    run apart on a shared server) and a ``customers`` table with one row."""
-    name = f"mtm_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(_libpq(server_url), autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    url = sa.make_url(server_url).set(database=name).render_as_string(hide_password=False)
+    run apart on a shared server) and a ``customers`` table with one row. On a Citus
+    cluster the roles can log in: Citus reaches the workers as the role itself."""
+    url = module_database_url
+    login = bool(request.config.getoption("--citus"))
     project = make_project(tmp_path_factory.mktemp("state") / "app", url)
     project.write(
         "tenant", "0001_customers.sql", "CREATE TABLE customers (id serial PRIMARY KEY, name text);"
@@ -49,15 +51,13 @@ def fleet(server_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     created: list[str] = []
     try:
         for schema in (acme, globex):
-            mtm.create(project.config, schema, role=True)
+            mtm.create(project.config, schema, role=True, login=login)
             created.append(schema)
             project.query(f"INSERT INTO {schema}.customers (name) VALUES ('{schema} customer')")
         yield Fleet(url, acme, globex)
     finally:
         for schema in created:
             mtm.drop(project.config, schema, yes=True)  # takes the tenant's role with it
-        with psycopg.connect(_libpq(server_url), autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 Block = Callable[[str, Callable[[sa.Connection], Any]], Any]

@@ -12,7 +12,6 @@ import asyncio
 import os
 import random
 import threading
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -38,25 +37,18 @@ class Fleet:
 
 
 @pytest.fixture(scope="module")
-def fleet(server_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+def fleet(module_database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     """One database, TENANTS tenants, each with a ``customers`` table of one row naming it."""
-    name = f"mtm_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(_libpq(server_url), autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    url = sa.make_url(server_url).set(database=name).render_as_string(hide_password=False)
+    url = module_database_url
     project = make_project(tmp_path_factory.mktemp("pool") / "app", url)
     project.write(
         "tenant", "0001_customers.sql", "CREATE TABLE customers (id serial PRIMARY KEY, name text);"
     )
     tenants = [f"t{n}" for n in range(TENANTS)]
-    try:
-        for schema in tenants:
-            mtm.create(project.config, schema)
-            project.query(f"INSERT INTO {schema}.customers (name) VALUES ('{schema} customer')")
-        yield Fleet(url, _libpq(url), tenants)
-    finally:
-        with psycopg.connect(_libpq(server_url), autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    for schema in tenants:
+        mtm.create(project.config, schema)
+        project.query(f"INSERT INTO {schema}.customers (name) VALUES ('{schema} customer')")
+    yield Fleet(url, _libpq(url), tenants)
 
 
 def _pid(conn: sa.Connection) -> int:
@@ -242,7 +234,7 @@ def test_a_connection_killed_by_the_server_is_replaced(fleet: Fleet, affine: boo
                 _leave_state(conn, t0)
                 pid = _pid(conn)
             with psycopg.connect(fleet.admin, autocommit=True) as admin:
-                admin.execute("SELECT pg_terminate_backend(%s, 10000)", [pid])
+                admin.execute("SELECT pg_terminate_backend(%s::int, 10000)", [pid])
             with mtm.tenant_connection(engine, schema, affine=affine) as conn:
                 assert _pid(conn) != pid
                 assert _seen(conn) == _fresh(schema)

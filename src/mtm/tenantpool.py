@@ -135,15 +135,17 @@ def _on_connect(dbapi: Any, record: Any) -> None:
 
 
 def _checkout_sql(
-    want: Want | None, bound: tuple[str, str | None] | None, ping: bool
+    want: Want | None, bound: tuple[str, str | None] | None, ping: bool, dirty: bool
 ) -> tuple[str | None, dict[str, str] | None]:
-    """The one statement this checkout sends (None: nothing to send)."""
+    """The one statement this checkout sends (None: nothing to send). ``dirty``: the
+    connection may carry a tenant's state (it is marked bound, or this pool has served
+    affine blocks: then only a matching mark is trusted, never the absence of one)."""
     if want is None:
-        return (RESET_SQL if bound is not None else PING_SQL if ping else None), None
-    if bound is None:
-        return literal_bind_sql(want.schema, want.role), None
+        return (RESET_SQL if dirty else PING_SQL if ping else None), None
     if want.affine and bound == (want.schema, want.role):
         return (PING_SQL if ping else None), None
+    if not dirty:
+        return literal_bind_sql(want.schema, want.role), None
     return rebind_sql(want.schema, want.role), None
 
 
@@ -155,7 +157,11 @@ def _on_checkout(dbapi: Any, record: Any, proxy: Any) -> None:
     want = WANT.get()
     fresh = record.info.pop(_FRESH, None) == id(dbapi)
     bound = bound_to(dbapi, record.info)
-    sql, params = _checkout_sql(want, bound, getattr(proxy._pool, "ping", False) and not fresh)
+    pool = proxy._pool
+    if want is not None and want.affine:
+        pool.served_affine = True
+    dirty = bound is not None or (getattr(pool, "served_affine", False) and not fresh)
+    sql, params = _checkout_sql(want, bound, getattr(pool, "ping", False) and not fresh, dirty)
     if sql is None:
         return
     record.info.pop(BOUND, None)
@@ -163,10 +169,14 @@ def _on_checkout(dbapi: Any, record: Any, proxy: Any) -> None:
         autocommit_execute(dbapi, sql, params)
     except Exception as error:
         driver = record.driver_connection
-        if bound is not None or driver is None or driver.closed or driver.broken:
+        # A server that ends the session (57P01...) says so before the socket closes:
+        # psycopg may not call the connection broken yet.
+        state = str(getattr(error, "sqlstate", "") or "")
+        ended = state.startswith("08") or state in ("57P01", "57P02", "57P03")
+        if dirty or ended or driver is None or driver.closed or driver.broken:
             raise exc.DisconnectionError("the connection failed its checkout") from error
         return
-    if bound is not None and sql is not PING_SQL:  # a reset was part of it
+    if sql.startswith(RESET_SQL):  # a reset was part of it
         forget_prepare_counts(record.driver_connection)
     if want is not None:
         mark(dbapi, record.info, want.schema, want.role)
