@@ -226,8 +226,26 @@ def checkout(engine: Engine) -> Iterator[Connection]:
         raise DatabaseUnavailable(mask_url(f"cannot connect to {shown}: {reason}")) from None
     try:
         yield conn
+    except BaseException:
+        _drop_if_busy(conn)
+        raise
     finally:
         conn.close()
+
+
+def _drop_if_busy(conn: Connection) -> None:
+    """A query still in flight (Ctrl-C landed inside it) leaves the session unusable:
+    the close's rollback would fail with "another command is already in progress" and
+    hide the interruption; the connection is dropped instead."""
+    try:
+        dbapi = None if conn.invalidated else conn.connection.driver_connection
+        if dbapi is not None and dbapi.info.transaction_status in _BUSY:
+            conn.invalidate()
+    except Exception:  # the connection is gone already
+        pass
+
+
+_BUSY = (psycopg.pq.TransactionStatus.ACTIVE, psycopg.pq.TransactionStatus.UNKNOWN)
 
 
 def driver(conn: Connection) -> psycopg.Connection[Any]:
