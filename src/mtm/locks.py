@@ -112,6 +112,15 @@ def release_schema(conn: Connection, schema: str) -> None:
     )
 
 
+def release_quietly(conn: Connection, schema: str) -> None:
+    """``release_schema`` on the way out of a failure it must not hide: on a connection
+    that died, the lock died with the session."""
+    try:
+        release_schema(conn, schema)
+    except (psycopg.Error, sa.exc.DBAPIError):
+        pass
+
+
 def run_lock_key(config: Config) -> int:
     return zlib.crc32(f"mtm:run:{config.migrations_table}".encode()) & 0x7FFFFFFF
 

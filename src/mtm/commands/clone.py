@@ -18,7 +18,7 @@ from ..errors import LockHeld, MtmError, TenantError, UsageError
 from ..failures import StepError, step_error
 from ..identifiers import validate_domains, validate_schema_name
 from ..ledger import read_history
-from ..locks import describe_holder, lock_holder, schema_lock_sql
+from ..locks import describe_holder, hold_schema, lock_holder, release_quietly, schema_lock_sql
 from ..migrations import Migration, MigrationSet, discover
 from ..plan import fingerprint
 from ..registry import get_tenant
@@ -63,6 +63,12 @@ def clone(
         finish = Finish(
             f"copying the rows of {source}", partial(_copy, config, source, schema, counts)
         )
+        # With its rows, the clone reads in one snapshot, taken at its transaction's first
+        # statement: the source's lock is held from before it (for the session), or a
+        # migrate could commit on the source between that snapshot and the lock taken
+        # in ``setup``, and the ledger check would pass under the old snapshot.
+        if data:
+            hold_schema(conn, source)
         try:
             result = create_tenant(
                 runner,
@@ -77,6 +83,9 @@ def clone(
             )
         except StepError as exc:
             _explain(conn, config, source, schema, clean, exc)
+        finally:
+            if data:
+                release_quietly(conn, source)
         if not result.ok:
             raise MtmError(
                 f"tenant {schema!r} was cloned, but migration {result.failed_migration} "
