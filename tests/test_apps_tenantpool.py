@@ -221,6 +221,56 @@ def test_a_tenant_block_costs_the_round_trips_of_a_plain_request(
     assert all(trips == [4] * 12 for trips in counts.values()), counts
 
 
+def _listeners(pool: Any) -> list[int]:
+    """How often the pool's own connect and checkout listeners are registered on it."""
+    from mtm import tenantpool
+
+    connect = sum(fn is tenantpool._on_connect for fn in pool.dispatch.connect)
+    checkout = sum(fn is tenantpool._on_checkout for fn in pool.dispatch.checkout)
+    return [connect, checkout]
+
+
+@pytest.mark.parametrize("make", [mtm.create_app_engine, mtm.create_async_app_engine])
+def test_every_pool_has_its_listeners_once_also_after_dispose(make: Any) -> None:
+    """Each pool binds and pings through its own listeners, registered exactly once: a
+    pool made where a disposed one lived (SQLAlchemy keys listeners by the id of the
+    pool they were first added to) still gets them, and ``dispose()`` (which recreates
+    the pool with its listeners) does not add them again, which would bind twice."""
+    url = "postgresql://nobody@127.0.0.1:9/nowhere"  # pools connect on first use only
+    disposed, missing = [], 0
+    for _ in range(1000):
+        engine = make(url)
+        engine.sync_engine.dispose() if hasattr(engine, "sync_engine") else engine.dispose()
+        disposed.append(engine)
+        fresh = make(url)
+        pool = fresh.sync_engine.pool if hasattr(fresh, "sync_engine") else fresh.pool
+        missing += _listeners(pool) != [1, 1]
+    assert missing == 0, f"{missing} of 1000 new pools without their listeners once each"
+    engine = disposed[0]
+    pool = engine.sync_engine.pool if hasattr(engine, "sync_engine") else engine.pool
+    assert _listeners(pool) == [1, 1]
+
+
+def test_a_plain_pool_used_for_affine_blocks_gets_its_reset_listener() -> None:
+    """On a pool that is not mtm's, the first affine block installs the listener that
+    resets a tenant-bound connection before any other checkout. It must be installed on
+    every such pool, also one made where a disposed pool lived, or tenant state would
+    reach the pool's next plain user."""
+    from mtm import session
+
+    url = "postgresql://nobody@127.0.0.1:9/nowhere"
+    disposed, missing = [], 0
+    for _ in range(1000):
+        engine = sa.create_engine(url, poolclass=sa.pool.QueuePool)
+        session._install_affinity(engine)
+        engine.dispose()
+        disposed.append(engine)
+        fresh = sa.create_engine(url, poolclass=sa.pool.QueuePool)
+        session._install_affinity(fresh)
+        missing += session._reset_on_plain_checkout not in fresh.pool.dispatch.checkout
+    assert missing == 0, f"{missing} of 1000 pools without the reset listener"
+
+
 @pytest.mark.parametrize("affine", [False, True], ids=["default", "affine"])
 def test_a_connection_killed_by_the_server_is_replaced(fleet: Fleet, affine: bool) -> None:
     """The bind on checkout is the pre-ping: a connection the server terminated while

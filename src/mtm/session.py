@@ -120,7 +120,10 @@ def _install_affinity(engine: Engine) -> None:
     if pool in _AFFINE_POOLS or isinstance(pool, (TenantPool, AsyncTenantPool)):
         return
     with _LISTEN_LOCK:
-        if not event.contains(pool, "checkout", _reset_on_plain_checkout):
+        # The pool's own listeners (recreate() carries them), not event.contains():
+        # SQLAlchemy keys listeners by the id() of the pool they were first added to, so
+        # a new pool where a disposed one lived would seem to have it already.
+        if _reset_on_plain_checkout not in pool.dispatch.checkout:
             event.listen(pool, "checkout", _reset_on_plain_checkout)
         _AFFINE_POOLS.add(pool)
 

@@ -103,10 +103,16 @@ class _PingFlag:
     """The pool's pre-ping, done by the checkout listener (where the bind can go with it)
     instead of by SQLAlchemy (which would send a ping of its own first)."""
 
-    def __init__(self, creator: Any, *, pre_ping: bool = False, **kw: Any) -> None:
-        super().__init__(creator, pre_ping=False, **kw)  # type: ignore[call-arg]
+    def __init__(
+        self, creator: Any, *, pre_ping: bool = False, _dispatch: Any = None, **kw: Any
+    ) -> None:
+        super().__init__(creator, pre_ping=False, _dispatch=_dispatch, **kw)  # type: ignore[call-arg]
         self.ping = pre_ping
-        if not event.contains(self, "checkout", _on_checkout):  # recreate() carries them
+        # recreate() (dispose) hands its listeners over in _dispatch, these among them.
+        # Not event.contains(): SQLAlchemy keys listeners by the id() of the pool they
+        # were first added to, so a new pool where a disposed one lived would seem to
+        # have them, and a recreated one would not.
+        if _dispatch is None:
             event.listen(self, "connect", _on_connect)
             event.listen(self, "checkout", _on_checkout)
 
