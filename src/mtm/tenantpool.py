@@ -141,16 +141,16 @@ def _on_connect(dbapi: Any, record: Any) -> None:
 
 
 def _checkout_sql(
-    want: Want | None, bound: tuple[str, str | None] | None, ping: bool, dirty: bool
+    want: Want | None, bound: tuple[str, str | None] | None, ping: bool
 ) -> tuple[str | None, dict[str, str] | None]:
-    """The one statement this checkout sends (None: nothing to send). ``dirty``: the
-    connection may carry a tenant's state (it is marked bound, or this pool has served
-    affine blocks: then only a matching mark is trusted, never the absence of one)."""
+    """The one statement this checkout sends (None: nothing to send). A connection that
+    may carry a tenant's state is marked bound (``binding.BOUND``): every bind marks it,
+    only a completed reset removes the mark, and a failed reset drops the connection."""
     if want is None:
-        return (RESET_SQL if dirty else PING_SQL if ping else None), None
+        return (RESET_SQL if bound is not None else PING_SQL if ping else None), None
     if want.affine and bound == (want.schema, want.role):
         return (PING_SQL if ping else None), None
-    if not dirty:
+    if bound is None:
         return literal_bind_sql(want.schema, want.role), None
     return rebind_sql(want.schema, want.role), None
 
@@ -163,11 +163,7 @@ def _on_checkout(dbapi: Any, record: Any, proxy: Any) -> None:
     want = WANT.get()
     fresh = record.info.pop(_FRESH, None) == id(dbapi)
     bound = bound_to(dbapi, record.info)
-    pool = proxy._pool
-    if want is not None and want.affine:
-        pool.served_affine = True
-    dirty = bound is not None or (getattr(pool, "served_affine", False) and not fresh)
-    sql, params = _checkout_sql(want, bound, getattr(pool, "ping", False) and not fresh, dirty)
+    sql, params = _checkout_sql(want, bound, getattr(proxy._pool, "ping", False) and not fresh)
     if sql is None:
         return
     record.info.pop(BOUND, None)
@@ -179,7 +175,7 @@ def _on_checkout(dbapi: Any, record: Any, proxy: Any) -> None:
         # psycopg may not call the connection broken yet.
         state = str(getattr(error, "sqlstate", "") or "")
         ended = state.startswith("08") or state in ("57P01", "57P02", "57P03")
-        if dirty or ended or driver is None or driver.closed or driver.broken:
+        if bound is not None or ended or driver is None or driver.closed or driver.broken:
             raise exc.DisconnectionError("the connection failed its checkout") from error
         return
     if sql.startswith(RESET_SQL):  # a reset was part of it
