@@ -178,3 +178,72 @@ def test_rebalance_spreads_tenants_over_the_workers_and_reports_progress(
     nothing = project.cli("rebalance")
     assert nothing.exit_code == 0
     assert "nothing to rebalance: the tenants are spread evenly already" in nothing.output
+
+
+def test_a_move_that_fails_inside_citus_leaves_the_tenant_where_it_was(
+    placed: Project, citus_cluster: CitusCluster
+) -> None:
+    """Citus fails the move half-way (every replication slot of the source worker is in
+    use, so the online copy cannot start): one line naming the error and where the
+    tenant stays, exit 2, the tenant whole on its node; once slots are free again the
+    same move works. Exit 1: the move was tried, and failed."""
+    project = placed
+    distributed(project, "acme")
+    project.query("INSERT INTO acme.items VALUES (1, 'one'), (2, 'two')")
+    source = nodes(project)["acme"]
+    (target,) = [w for w in workers(citus_cluster) if w != source]
+    worker = next(w for w in citus_cluster.worker_nodes if f"127.0.0.1:{w.port}" == source)
+    with psycopg.connect(worker.url(), autocommit=True) as slots:
+        free = int(slots.execute("SHOW max_replication_slots").fetchone()[0])  # type: ignore[index]
+        free -= int(slots.execute("SELECT count(*) FROM pg_replication_slots").fetchone()[0])  # type: ignore[index]
+        for n in range(free):
+            slots.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (f"hog{n}",))
+        try:
+            result = project.run("move", "acme", "--to", target)
+        finally:
+            for n in range(free):
+                slots.execute("SELECT pg_drop_replication_slot(%s)", (f"hog{n}",))
+
+    assert result.returncode == 1, result.stderr
+    (line,) = result.stderr.splitlines()
+    assert line.startswith(
+        f"error: moving acme from {source} to {target} failed: all replication slots are in use"
+    ), line
+    assert line.endswith(
+        f"it stays on {source} (see SELECT * FROM citus_schemas on the coordinator)"
+    ), line
+    assert nodes(project)["acme"] == source
+    assert project.query("SELECT id, name FROM acme.items ORDER BY id") == [(1, "one"), (2, "two")]
+    assert project.cli("validate").exit_code == 0
+    assert project.cli("move", "acme", "--to", target).exit_code == 0
+    assert nodes(project)["acme"] == target
+    assert project.query("SELECT count(*) FROM acme.items") == [(2,)]
+
+
+def test_rebalance_while_one_runs_says_so_and_starts_nothing(
+    placed: Project, citus_cluster: CitusCluster
+) -> None:
+    """A rebalance started while Citus's rebalancer is already running (its move held up:
+    a SHARE lock on the tenants' tables keeps it from blocking writes at its switch-over)
+    is refused in one line naming the running job, exit 2; the running one then ends."""
+    project = placed
+    distributed(project, "t1", "t2")
+    first = workers(citus_cluster)[0]
+    for tenant, node in nodes(project).items():
+        if node != first:
+            assert project.cli("move", tenant, "--to", first).exit_code == 0
+    with psycopg.connect(project.url) as holder:
+        holder.execute("LOCK TABLE t1.items, t2.items IN SHARE MODE")
+        started = project.run("rebalance", "--no-wait", timeout=60)
+        assert started.returncode == 0, started.stderr
+        again = project.run("rebalance", timeout=60)
+        holder.rollback()
+    job = project.scalar("SELECT max(job_id) FROM pg_dist_background_job")
+    assert again.returncode == 2, again.stderr
+    assert again.stderr == (
+        f"error: Citus's rebalancer is running already (job {job}): follow it with "
+        "SELECT * FROM citus_rebalance_status(), or wait for it with "
+        "SELECT citus_rebalance_wait()\n"
+    )
+    project.query("SELECT citus_rebalance_wait()")
+    assert sorted(nodes(project).values()) == sorted(workers(citus_cluster))

@@ -50,7 +50,9 @@ def describe_error(exc: BaseException, migration: Migration | None = None) -> st
     if isinstance(orig, psycopg.Error):
         diag = orig.diag
         text = diag.message_primary or str(orig).strip().splitlines()[0]
-        parts = [text]
+        # Citus relays a worker's error as its own message, with the worker's
+        # "ERROR:  " and its lines: one line, as every other error.
+        parts = [" ".join(text.removeprefix("ERROR:").split())]
         if diag.message_detail:
             parts.append(f"DETAIL: {diag.message_detail}")
         if diag.message_hint:

@@ -173,10 +173,23 @@ class RebalanceState:
 
 
 def rebalance_start(conn: Connection) -> int | None:
-    """Start Citus's rebalancer as a background job; its id, None if nothing to move."""
+    """Start Citus's rebalancer as a background job; its id, None if nothing to move.
+    Refused while one runs (Citus would refuse too, in three lines of its own)."""
     if not on_citus(conn):
         raise UsageError(
             "mtm rebalance needs a Citus cluster: this database has no citus extension"
+        )
+    running = conn.execute(
+        sa.text(
+            "SELECT min(job_id) FROM pg_dist_background_job WHERE job_type = 'rebalance' "
+            "AND state IN ('scheduled', 'running', 'cancelling', 'failing')"
+        )
+    ).scalar()
+    if running is not None:
+        raise UsageError(
+            f"Citus's rebalancer is running already (job {running}): follow it with "
+            "SELECT * FROM citus_rebalance_status(), or wait for it with "
+            "SELECT citus_rebalance_wait()"
         )
     job = conn.execute(
         sa.text(
