@@ -216,7 +216,13 @@ def test_lint_bad_usage(
 def test_rules_are_listed(project: Project) -> None:
     out = project.cli("lint", "--rules")
     assert out.exit_code == 0
-    assert [line.split(":")[0] for line in out.output.splitlines()] == list(lintrules.RULES)
+    lines = out.output.splitlines()
+    assert [line.split(":")[0].split(" ")[0] for line in lines] == list(lintrules.RULES)
+    assert [line.split(":")[0] for line in lines if line.startswith("citus-")] == [
+        f"{rule} (tenant migrations on a Citus cluster)"
+        for rule in lintrules.RULES
+        if rule.startswith("citus-")
+    ]
 
 
 MODELS = """
@@ -338,3 +344,69 @@ def test_rendered_python_that_does_not_parse_is_reported_not_crashed_on(project:
     (finding,) = json.loads(out.stdout)["findings"]
     assert finding["rule"] == "not-rendered"
     assert finding["detail"].startswith("its rendered SQL does not parse: line 1: syntax error")
+
+
+# Statements Citus refuses (or turns into something else) in a distributed schema, each
+# with its rule; tests/test_citus_lint.py runs every one on a cluster to keep them true.
+CITUS_BAD = {
+    "CREATE TRIGGER t_touch BEFORE UPDATE ON t FOR EACH ROW EXECUTE FUNCTION touch();": (
+        "citus-trigger"
+    ),
+    "ALTER TABLE t ALTER CONSTRAINT t_ref_fk DEFERRABLE;": "citus-alter-constraint",
+    "UPDATE t SET token = gen_random_uuid()::text;": "citus-volatile-modify",
+    "UPDATE t SET note = 'x' WHERE random() < 0.5;": "citus-volatile-modify",
+    "DELETE FROM t WHERE id < random() * 10;": "citus-volatile-modify",
+    "ALTER TABLE t SET SCHEMA public;": "citus-set-schema",
+}
+# And what they would write instead, which passes.
+CITUS_GOOD = [
+    "UPDATE t SET note = 'x', at = now() WHERE id = 1;",
+    "DELETE FROM t WHERE at < now() - interval '1 day';",
+    "ALTER TABLE t DROP CONSTRAINT t_ref_fk;",
+    "ALTER TABLE t ADD CONSTRAINT t_ref_fk FOREIGN KEY (ref) REFERENCES t (id) "
+    "DEFERRABLE NOT VALID;",
+]
+
+
+def _citus_subjects(namespace: str) -> list[lintrules.Subject]:
+    sql = "\n".join([*CITUS_BAD, *CITUS_GOOD])
+    return [lintrules.Subject(namespace, "0001_x", "0001_x.sql", sqlscript.split(sql))]
+
+
+def test_the_citus_rules_flag_what_citus_refuses_in_tenant_migrations_only() -> None:
+    findings = lintrules.lint(_citus_subjects("tenant"), citus=True)
+    assert [(f.line, f.rule) for f in findings] == [
+        (line, rule) for line, rule in enumerate(CITUS_BAD.values(), start=1)
+    ]
+    assert [f.detail for f in findings if f.rule == "citus-volatile-modify"] == [
+        "gen_random_uuid()",
+        "random()",
+        "random()",
+    ]
+    assert lintrules.lint(_citus_subjects("tenant")) == []  # not on a cluster
+    assert lintrules.lint(_citus_subjects("public"), citus=True) == []  # public stays local
+
+
+def test_the_citus_rules_run_when_the_config_says_distributed_or_with_citus(
+    project: Project,
+) -> None:
+    project.write("tenant", "0001_t.sql", "CREATE TABLE t (id int PRIMARY KEY, note text);")
+    project.write("tenant", "0002_fill.sql", "UPDATE t SET note = random()::text;")
+    plain = project.cli("lint")
+    assert plain.exit_code == 0, plain.output
+    flagged = project.cli("lint", "--citus")
+    assert flagged.exit_code == 1
+    assert flagged.output.splitlines()[0] == (
+        "migrations/tenant/0002_fill.sql:1: citus-volatile-modify "
+        "[UPDATE t SET note = random()::text]"
+    )
+    assert "random()" in flagged.output and "instead: compute the value" in flagged.output
+    distributed = project.run("lint", "--json", env={"MTM_DISTRIBUTED": "true"})
+    assert distributed.returncode == 1, distributed.stderr
+    assert [f["rule"] for f in json.loads(distributed.stdout)["findings"]] == [
+        "citus-volatile-modify"
+    ]
+    assert project.run("lint", "--no-citus", env={"MTM_DISTRIBUTED": "true"}).returncode == 0
+    silenced = "-- mtm-lint: disable=citus-volatile-modify\nUPDATE t SET note = random()::text;"
+    project.write("tenant", "0002_fill.sql", silenced)
+    assert project.cli("lint", "--citus").exit_code == 0

@@ -26,11 +26,13 @@ from .sqlscript import Savepoints, Statement
 
 @dataclass(frozen=True)
 class Rule:
-    """One rule: its id, what goes wrong in one line, and what to write instead."""
+    """One rule: its id, what goes wrong in one line, and what to write instead.
+    ``citus``: a rule of tenant migrations on a Citus cluster (distributed schemas)."""
 
     id: str
     explanation: str
     alternative: str
+    citus: bool = False
 
 
 RULES: dict[str, Rule] = {
@@ -83,6 +85,37 @@ RULES: dict[str, Rule] = {
             "ledger row and the migration no longer commit together",
             "remove it; a statement that cannot run in a transaction goes in a migration "
             "marked no-transaction, which runs statement by statement",
+        ),
+        Rule(
+            "citus-trigger",
+            "CREATE TRIGGER on a tenant table: Citus refuses triggers on the tables of a "
+            "distributed schema (and citus_schema_distribute refuses a schema with one)",
+            "do the trigger's work in the statement (a DEFAULT, a generated column, a "
+            "CHECK) or in the application",
+            citus=True,
+        ),
+        Rule(
+            "citus-alter-constraint",
+            "ALTER TABLE ... ALTER CONSTRAINT: Citus refuses it on a distributed table",
+            "drop the constraint and add it again as it should be (NOT VALID, then "
+            "VALIDATE CONSTRAINT in a later migration)",
+            citus=True,
+        ),
+        Rule(
+            "citus-volatile-modify",
+            "a VOLATILE function (random(), clock_timestamp(), gen_random_uuid() ...) in "
+            "an UPDATE or DELETE: Citus refuses it on a distributed table",
+            "compute the value in a statement of its own (or in the application) and "
+            "write it as a constant",
+            citus=True,
+        ),
+        Rule(
+            "citus-set-schema",
+            "ALTER TABLE ... SET SCHEMA moves a table out of the tenant's distributed "
+            "schema: Citus refuses it for a table with foreign keys, and takes any other "
+            "out of the cluster (undistributes it)",
+            "create the table where it belongs and copy its rows in the same migration",
+            citus=True,
         ),
         Rule(
             "not-rendered",
@@ -175,30 +208,58 @@ def lint(
     subjects: Sequence[Subject],
     selected: set[tuple[str, str]] | None = None,
     referenced: set[tuple[str, str, str]] | None = None,
+    *,
+    citus: bool = False,
 ) -> list[Finding]:
     """Findings of the ``selected`` (namespace, name) migrations (all if None).
 
     ``subjects`` are every migration in run order, so that earlier ones inform later
-    ones; ``referenced`` holds (namespace, table, column) of the models, when known.
+    ones; ``referenced`` holds (namespace, table, column) of the models, when known;
+    ``citus``: the tenants are distributed schemas, and the Citus rules apply to them.
     """
     histories: dict[str, _History] = {}
     out: list[Finding] = []
     for subject in subjects:
         history = histories.setdefault(subject.namespace, _History(subject.namespace))
         findings = list(_check(subject, history, referenced))
+        if citus and subject.namespace == "tenant":
+            findings += _check_citus(subject)
         if selected is not None and (subject.namespace, subject.name) not in selected:
             continue
         out += [f for f in findings if f.rule not in subject.disabled]
     return out
 
 
+def _finding(subject: Subject, rule: str, statement: Statement | None, detail: str = "") -> Finding:
+    line = statement.line if statement is not None and subject.lines else None
+    text = str(statement) if statement is not None else ""
+    return Finding(rule, subject.namespace, subject.name, subject.path, line, text, detail)
+
+
+def _check_citus(subject: Subject) -> Iterator[Finding]:
+    """What Citus refuses (or turns into something else) in a distributed schema."""
+    for statement in subject.statements:
+        node = statement.node
+        if statement.kind == "CreateTrigStmt":
+            yield _finding(subject, "citus-trigger", statement)
+        elif statement.kind == "AlterTableStmt":
+            for cmd in node.get("cmds", ()):
+                if cmd.get("AlterTableCmd", {}).get("subtype") == "AT_AlterConstraint":
+                    yield _finding(subject, "citus-alter-constraint", statement)
+        elif statement.kind in ("UpdateStmt", "DeleteStmt"):
+            parts = (node.get("targetList"), node.get("whereClause"))
+            volatile = sorted(set().union(*(_functions(p) for p in parts)) & _VOLATILE)
+            if volatile:
+                yield _finding(subject, "citus-volatile-modify", statement, f"{volatile[0]}()")
+        elif statement.kind == "AlterObjectSchemaStmt" and node.get("objectType") == "OBJECT_TABLE":
+            yield _finding(subject, "citus-set-schema", statement, f"to {node.get('newschema')}")
+
+
 def _check(
     subject: Subject, history: _History, referenced: set[tuple[str, str, str]] | None
 ) -> Iterator[Finding]:
     def finding(rule: str, statement: Statement | None, detail: str = "") -> Finding:
-        line = statement.line if statement is not None and subject.lines else None
-        text = str(statement) if statement is not None else ""
-        return Finding(rule, subject.namespace, subject.name, subject.path, line, text, detail)
+        return _finding(subject, rule, statement, detail)
 
     created: set[Table] = set()
     savepoints = Savepoints()

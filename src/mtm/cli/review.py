@@ -46,15 +46,26 @@ def sql(
 @click.option("--pending", is_flag=True, help="Only migrations pending in some schema.")
 @click.option("--rules", "list_rules", is_flag=True, help="List the rules and exit.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option(
+    "--citus/--no-citus",
+    default=None,
+    help="Also the rules of tenants on a Citus cluster (default: when distributed = true).",
+)
 @click.pass_context
 def lint(
-    ctx: click.Context, names: tuple[str, ...], pending: bool, list_rules: bool, as_json: bool
+    ctx: click.Context,
+    names: tuple[str, ...],
+    pending: bool,
+    list_rules: bool,
+    as_json: bool,
+    citus: bool | None,
 ) -> None:
     """Flag what will hurt when migrations run on many schemas; exit 1 on findings.
 
     NAMES are migration names (public:NAME or tenant:NAME when both namespaces have
     one); all migrations by default. Silence a rule for one migration with a comment
-    in its file: -- mtm-lint: disable=RULE (# in Python).
+    in its file: -- mtm-lint: disable=RULE (# in Python). The citus-* rules apply to
+    tenant migrations when the config says distributed = true, or with --citus.
     """
     from .. import commands
     from ..lintrules import RULES
@@ -62,10 +73,11 @@ def lint(
 
     if list_rules:
         for rule in RULES.values():
-            click.echo(f"{rule.id}: {rule.explanation}; instead: {rule.alternative}")
+            where = " (tenant migrations on a Citus cluster)" if rule.citus else ""
+            click.echo(f"{rule.id}{where}: {rule.explanation}; instead: {rule.alternative}")
         return
     config = config_of(ctx)
-    result = commands.lint(config, names=names, pending=pending)
+    result = commands.lint(config, names=names, pending=pending, citus=citus)
     if as_json:
         dump_json(
             {

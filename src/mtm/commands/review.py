@@ -109,6 +109,7 @@ def lint(
     names: Sequence[str] = (),
     pending: bool = False,
     models: str | Sequence[str] | None = None,
+    citus: bool | None = None,
 ) -> LintResult:
     """Check migrations (``names``, those pending anywhere, or all) against the rules;
     the original tool's ``.js`` files are skipped (never run, nothing to check), and
@@ -116,6 +117,8 @@ def lint(
 
     ``models`` ("module:attribute", one or several) names the SQLAlchemy MetaData the
     application uses; by default the config's ``models`` key, when it has one.
+    ``citus``: also the rules of distributed tenant schemas; by default when the config
+    says ``distributed = true`` (lint reads no database to detect it).
     """
     if names and pending:
         raise UsageError("give migration names or --pending, not both")
@@ -138,7 +141,8 @@ def lint(
     subjects = [_subject(m) for m in mset if not m.legacy]
     spec = models if models is not None else config.models
     referenced = _model_columns(config, spec) if spec else None
-    findings = lint_rules(subjects, selected, referenced)
+    on_citus = config.distributed is True if citus is None else citus
+    findings = lint_rules(subjects, selected, referenced, citus=on_citus)
     checked = len(subjects) if selected is None else len(selected)
     return LintResult(findings, checked)
 
