@@ -45,6 +45,7 @@ from fleet import (  # noqa: E402
     Results,
     add_fleet_migration,
     find_psql,
+    fleet_runs,
     log,
     make_project,
     mtm_command,
@@ -146,20 +147,7 @@ def run(args: argparse.Namespace) -> Results:
             add_fleet_migration(project, args.workload)
             for j in jobs_list:
                 log(f"fleet migration, {n} tenants, jobs {j}, {args.fleet_repeat} runs each")
-                mtm_runs: list[float] = []
-                raw_runs: list[float] = []
-                for rep in range(args.fleet_repeat):
-                    for side in ("raw", "mtm") if rep % 2 == 0 else ("mtm", "raw"):
-                        if side == "raw":
-                            raw_runs.append(raw.run("--phase", "fleet", "--jobs", str(j)))
-                            raw.reset_fleet()
-                            continue
-                        t0 = time.perf_counter()
-                        result = mtm.migrate(config, jobs=j)
-                        mtm_runs.append(time.perf_counter() - t0)
-                        if not result.ok or result.steps != n:
-                            sys.exit(f"mtm migrate jobs={j} did not migrate every tenant")
-                        mtm.down(config, all_tenants=True)
+                mtm_runs, raw_runs = fleet_runs(config, raw, n, j, args.fleet_repeat)
                 mtm_s, raw_s = statistics.median(mtm_runs), statistics.median(raw_runs)
                 res.phase(f"fleet 0011, jobs {j}", round(mtm_s, 3), round(raw_s, 3), jobs=j)
             mtm.migrate(config, jobs=max(jobs_list))

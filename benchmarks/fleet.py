@@ -134,6 +134,37 @@ def database(url: str, name: str) -> Iterator[str]:
 CATALOGS = "pg_class, pg_attribute, pg_namespace, pg_type, pg_depend, pg_index, pg_constraint"
 
 
+def fleet_runs(
+    config: Any,
+    raw: Raw,
+    n: int,
+    jobs: int,
+    repeat: int,
+    before: Callable[[], None] = lambda: None,
+) -> tuple[list[float], list[float]]:
+    """The fleet migration on both sides, ``repeat`` runs each, who goes first
+    alternating (so drift in the machine hits both); each run is undone after it
+    (mtm down, the floor's reset). The runs' seconds: (mtm, floor)."""
+    import mtm
+
+    mtm_runs: list[float] = []
+    raw_runs: list[float] = []
+    for rep in range(repeat):
+        for side in ("raw", "mtm") if rep % 2 == 0 else ("mtm", "raw"):
+            before()
+            if side == "raw":
+                raw_runs.append(raw.run("--phase", "fleet", "--jobs", str(jobs)))
+                raw.reset_fleet()
+                continue
+            t0 = time.perf_counter()
+            result = mtm.migrate(config, jobs=jobs)
+            mtm_runs.append(time.perf_counter() - t0)
+            if not result.ok or result.steps != n:
+                sys.exit(f"mtm migrate jobs={jobs} did not migrate every tenant")
+            mtm.down(config, all_tenants=True)
+    return mtm_runs, raw_runs
+
+
 def settle(url: str, *, vacuum: bool = False) -> None:
     """Start a timed phase on an even footing: a checkpoint (so none falls inside the
     phase) and, after bulk DDL, the catalogs vacuumed (so autovacuum does not run
@@ -374,22 +405,9 @@ def run(args: argparse.Namespace) -> Results:
             fleet: dict[int, tuple[float, float]] = {}
             for j in jobs_list:
                 log(f"fleet migration, {n} tenants, jobs {j}, {args.fleet_repeat} runs each")
-                mtm_runs: list[float] = []
-                raw_runs: list[float] = []
-                for rep in range(args.fleet_repeat):
-                    # Alternate who goes first, so drift in the machine hits both sides.
-                    for side in ("raw", "mtm") if rep % 2 == 0 else ("mtm", "raw"):
-                        settle(url)
-                        if side == "raw":
-                            raw_runs.append(raw.run("--phase", "fleet", "--jobs", str(j)))
-                            raw.reset_fleet()
-                            continue
-                        t0 = time.perf_counter()
-                        result = mtm.migrate(config, jobs=j)
-                        mtm_runs.append(time.perf_counter() - t0)
-                        if not result.ok or result.steps != n:
-                            sys.exit(f"mtm migrate jobs={j} did not migrate every tenant")
-                        mtm.down(config, all_tenants=True)
+                mtm_runs, raw_runs = fleet_runs(
+                    config, raw, n, j, args.fleet_repeat, before=lambda: settle(url)
+                )
                 mtm_s, raw_s = statistics.median(mtm_runs), statistics.median(raw_runs)
                 fleet[j] = (mtm_s, raw_s)
                 res.phase(

@@ -64,3 +64,24 @@ def test_match_pages_the_matching_tenants_only(project: Project) -> None:
     r = project.cli("tenants", "--match", "t00*")
     assert r.exit_code == 0, r.output
     assert "more tenant" not in r.output and " t009 " in r.output and " t010 " not in r.output
+
+
+def test_a_page_is_the_first_tenants_by_name_with_their_states_and_the_count_of_all(
+    project: Project,
+) -> None:
+    """``tenant_page`` (what ``mtm tenants`` shows without --all) gives the same rows as
+    the full overview's first ones, read alone, and how many tenants there are."""
+    from mtm import commands
+
+    assert commands.tenant_page(project.config, 5) == ([], 0)  # no registry yet
+    names = _fleet(project, 12)
+    project.query(
+        "INSERT INTO tenants_domains (schema_name, domain, is_primary) "
+        "VALUES ('t001', 'one.example.com', true)"
+    )
+    page, total = commands.tenant_page(project.config, 5)
+    assert total == 12
+    assert page == commands.tenant_overview(project.config)[:5]
+    assert [item.tenant.schema for item in page] == names[:5]
+    assert page[1].tenant.primary_domain == "one.example.com" and page[1].applied == 1
+    assert commands.tenant_page(project.config, 50)[0] == commands.tenant_overview(project.config)

@@ -2,7 +2,8 @@
 where its ledger stands (from the state summary) and the role mtm made for it.
 
 Three queries whatever the number of tenants: the registry, the state summary, and
-the roles marked as tenant roles of this database.
+the roles marked as tenant roles of this database; a page (``overview_page``) reads
+only its own tenants' rows, and one more query counts them all.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from sqlalchemy.engine import Connection
 
 from .config import Config
 from .ledger import state_ref
-from .registry import Tenant, list_tenants
+from .registry import Tenant, first_schemas, list_tenants
 from .roles import role_for, role_marker
 from .schemas import current_database
 
@@ -39,10 +40,24 @@ def matching(tenants: list[Tenant], match: str | None) -> list[Tenant]:
 
 def overview(conn: Connection, config: Config, match: str | None = None) -> list[TenantOverview]:
     """Every registered tenant (``match``: those whose name matches the glob)."""
-    tenants = matching(list_tenants(conn, config), match)
+    return _overviews(conn, config, matching(list_tenants(conn, config), match), match is None)
+
+
+def overview_page(conn: Connection, config: Config, limit: int) -> tuple[list[TenantOverview], int]:
+    """The first ``limit`` tenants by name, and how many there are: what a page of
+    ``mtm tenants`` shows, read alone (at 100,000 tenants, 50 rows, not 100,000)."""
+    schemas, total = first_schemas(conn, config, limit)
+    tenants = list_tenants(conn, config, schemas) if schemas else []
+    return _overviews(conn, config, tenants, False), total
+
+
+def _overviews(
+    conn: Connection, config: Config, tenants: list[Tenant], every: bool
+) -> list[TenantOverview]:
+    """``tenants`` with their states and roles; ``every``: they are all the tenants."""
     if not tenants:
         return []
-    states = _states(conn, config, tenants, match)
+    states = _states(conn, config, tenants, every)
     roles = _marked_roles(conn, config, {t.schema for t in tenants})
     out = []
     for t in tenants:
@@ -52,12 +67,13 @@ def overview(conn: Connection, config: Config, match: str | None = None) -> list
 
 
 def _states(
-    conn: Connection, config: Config, tenants: list[Tenant], match: str | None
+    conn: Connection, config: Config, tenants: list[Tenant], every: bool
 ) -> dict[str, tuple[int, str | None]]:
-    """The state rows of ``tenants``: all rows when no glob chose them (sending 10,000
-    names to match costs more than the rows of the few schemas that are not tenants)."""
+    """The state rows of ``tenants``: all rows when they are every tenant (sending
+    10,000 names to match costs more than the rows of the few schemas that are not
+    tenants)."""
     sql = f"SELECT schema_name, applied, last_migration FROM {state_ref(config)}"
-    if match is None:
+    if every:
         rows = conn.execute(sa.text(sql)).all()
     else:
         where = " WHERE schema_name = ANY(:s)"

@@ -133,6 +133,19 @@ def list_tenants(
     return [tenant_from_row(r) for r in conn.execute(query, {"only": list(only)}).all()]
 
 
+def first_schemas(conn: Connection, config: Config, limit: int) -> tuple[list[str], int]:
+    """The first ``limit`` tenant schemas by name, and how many tenants there are, in
+    one query: a page of a listing reads the rows it shows, not the whole registry."""
+    rows = conn.execute(
+        sa.text(
+            f"SELECT schema_name, count(*) OVER () FROM {tenant_ref(config)} "
+            "ORDER BY schema_name LIMIT :n"
+        ),
+        {"n": limit},
+    ).all()
+    return [r[0] for r in rows], int(rows[0][1]) if rows else 0
+
+
 def get_tenant(conn: Connection, config: Config, schema: str) -> Tenant | None:
     row = conn.execute(_tenant_query(config, "WHERE t.schema_name = :s"), {"s": schema}).first()
     return tenant_from_row(row) if row else None

@@ -107,13 +107,17 @@ def tenants_cmd(ctx: click.Context, match: str | None, list_all: bool, as_json: 
     from ..jsonout import dump_json
     from ..tenantview import PAGE, tenants_data, tenants_more, tenants_table
 
-    items = commands.tenant_overview(config_of(ctx), match)
+    if as_json or list_all or match is not None:
+        items = commands.tenant_overview(config_of(ctx), match)
+        total = len(items)
+    else:  # a page: only its rows are read
+        items, total = commands.tenant_page(config_of(ctx), PAGE)
     if as_json:
         dump_json(tenants_data(items))
         return
     limit = None if list_all else PAGE
     console().print(tenants_table(items, limit=limit))
-    if more := tenants_more(len(items), len(items[:limit])):
+    if more := tenants_more(total, len(items[:limit])):
         click.echo(more)
 
 

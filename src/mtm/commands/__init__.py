@@ -66,7 +66,9 @@ _EXPORTS = {
     "distribute": ".distribute",
     **dict.fromkeys(("create_existing", "create_existing_many"), ".existing"),
     **dict.fromkeys(("history", "status", "validate"), ".inspection"),
-    **dict.fromkeys(("rename", "role_add", "role_remove", "tenant_overview"), ".lifecycle"),
+    **dict.fromkeys(
+        ("rename", "role_add", "role_remove", "tenant_overview", "tenant_page"), ".lifecycle"
+    ),
     **dict.fromkeys(("down", "migrate"), ".migrate"),
     **dict.fromkeys(
         (
@@ -141,7 +143,7 @@ if TYPE_CHECKING:
     from .drift import diff
     from .existing import create_existing, create_existing_many
     from .inspection import history, status, validate
-    from .lifecycle import rename, role_add, role_remove, tenant_overview
+    from .lifecycle import rename, role_add, role_remove, tenant_overview, tenant_page
     from .migrate import down, migrate
     from .placement import move_tenant, rebalance
     from .project import (
@@ -218,6 +220,7 @@ __all__ = [
     "stamp",
     "status",
     "tenant_overview",
+    "tenant_page",
     "tenants",
     "validate",
 ]

@@ -21,7 +21,7 @@ from ..database import rollback_quietly, run_script
 from ..errors import LockHeld, MtmError, TenantError, UsageError, insufficient_privilege
 from ..identifiers import validate_schema_name
 from ..locks import describe_holder, release_run_lock, schema_lock_sql, try_run_lock
-from ..overview import TenantOverview, overview
+from ..overview import TenantOverview, overview, overview_page
 from ..registry import NOT_REGISTERED, Tenant, expect_registered_sql, get_tenant
 from ..renaming import rename_sql
 from ..results import RenameResult, RoleResult
@@ -208,6 +208,15 @@ def role_remove(config: Config, schema: str) -> RoleResult:
         extra={"event": "tenant.role.remove", "schema": schema, "role": role},
     )
     return RoleResult(schema, role, False)
+
+
+def tenant_page(config: Config, limit: int) -> tuple[list[TenantOverview], int]:
+    """The first ``limit`` tenants by name, as ``tenant_overview`` gives them, and how
+    many tenants there are; reads only those tenants' rows."""
+    with session(config) as (_, conn):
+        if not existing(conn, config)["registry"]:
+            return [], 0
+        return overview_page(conn, config, limit)
 
 
 def tenant_overview(config: Config, match: str | None = None) -> list[TenantOverview]:
