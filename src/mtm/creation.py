@@ -150,7 +150,7 @@ def _create_once(
             if owner is not None and owner.kind == "python":
                 last_python = owner
                 runner.call_python(conn, owner, "up", schema, "tenant", schema)
-                run_script(conn, steps.create_record(cfg, schema, owner))
+                run_script(conn, steps.record(cfg, schema, owner))
             else:
                 run_script(conn, statements)
         if finish is not None:

@@ -19,7 +19,7 @@ from sqlalchemy.engine import Connection
 
 from .config import Config
 from .errors import made_by_another_tool
-from .identifiers import do_block, quote_ident, quote_literal
+from .identifiers import quote_ident, quote_literal
 from .migrations import Migration, Namespace
 from .plan import LedgerRow
 from .registry import tenant_ref
@@ -67,11 +67,9 @@ def state_ref(config: Config) -> str:
 
 
 def insert_sql(config: Config, schema: str, migration: Migration) -> str:
-    """The ledger row of a step, written before the migration body in the same transaction.
-
-    Written first so that a concurrent run that already applied it fails on the primary
-    key before touching anything; ``finish_sql`` then records the duration.
-    """
+    """A ledger row recorded without running anything (``create --existing``, adopt)
+    or after a no-transaction migration's statements: ``applied_at`` is the
+    transaction's start, no duration."""
     if migration.legacy:  # superseded by the baseline that follows it: no checksum
         return (
             f"INSERT INTO {ledger_ref(config, schema)} (name, checksum, adopted) "
@@ -83,26 +81,13 @@ def insert_sql(config: Config, schema: str, migration: Migration) -> str:
     )
 
 
-def finish_sql(config: Config, schema: str, migration: Migration) -> str:
-    """The step's end time and duration on its ledger row. The values are computed
-    first and sent as constants: Citus refuses an UPDATE of a distributed table (a
-    tenant's ledger on a cluster) that calls a volatile function like clock_timestamp()."""
-    update = quote_literal(
-        f"UPDATE {ledger_ref(config, schema).replace('%', '%%')} "
-        "SET applied_at = %L, duration_ms = %s WHERE name = %L"
-    )
-    return do_block(
-        f"BEGIN EXECUTE format({update}, clock_timestamp(), "
-        "1000 * extract(epoch FROM clock_timestamp() - now()), "
-        f"{quote_literal(migration.name)}); END"
-    )
-
-
 def insert_finished_sql(config: Config, schema: str, migration: Migration) -> str:
-    """``insert_sql`` and ``finish_sql`` in one statement, after the body: for a schema no
-    other command can see yet (a create), where no concurrent run can race for the row.
-    One statement less per migration, and on a Citus cluster one trip less to the worker.
-    (Citus evaluates a volatile function in an INSERT's values, but no subquery there.)"""
+    """A step's ledger row after its body, with its end time and duration, in one
+    statement: the row cannot race with another run's (the step holds the schema's lock
+    and checked the ledger under it), so nothing is gained by writing it earlier.
+    One statement, and on a Citus cluster one trip to the worker. (Citus evaluates a
+    volatile function in an INSERT's values, but refuses one in an UPDATE of a
+    distributed table, and a subquery in the values.)"""
     now = "clock_timestamp()"
     checksum = "NULL" if migration.legacy else quote_literal(migration.checksum)
     return (

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import MigrationFileError
+from .sqlfacts import VOLATILE, base_type, functions, no_rewrite, show_type
 from .sqlscript import Savepoints, Statement
 
 
@@ -248,7 +249,7 @@ def _check_citus(subject: Subject) -> Iterator[Finding]:
                     yield _finding(subject, "citus-alter-constraint", statement)
         elif statement.kind in ("UpdateStmt", "DeleteStmt"):
             parts = (node.get("targetList"), node.get("whereClause"))
-            volatile = sorted(set().union(*(_functions(p) for p in parts)) & _VOLATILE)
+            volatile = sorted(set().union(*(functions(p) for p in parts)) & VOLATILE)
             if volatile:
                 yield _finding(subject, "citus-volatile-modify", statement, f"{volatile[0]}()")
         elif statement.kind == "AlterObjectSchemaStmt" and node.get("objectType") == "OBJECT_TABLE":
@@ -321,8 +322,8 @@ def _alter(
                 f"{column}: its current type is not declared in these migrations, so "
                 "mtm cannot tell whether the change rewrites"
             )
-        if not _no_rewrite(old, new):
-            return "column-type-rewrite", f"{column}: {_show(old)} to {_show(new)}"
+        if not no_rewrite(old, new):
+            return "column-type-rewrite", f"{column}: {show_type(old)} to {show_type(new)}"
         return None
     if subtype == "AT_AddConstraint":
         constraint = definition.get("Constraint", {})
@@ -349,20 +350,6 @@ def _alter(
     return None
 
 
-_VOLATILE = {
-    "random",
-    "gen_random_uuid",
-    "uuid_generate_v1",
-    "uuid_generate_v1mc",
-    "uuid_generate_v4",
-    "uuidv4",
-    "uuidv7",
-    "clock_timestamp",
-    "timeofday",
-    "nextval",
-    "txid_current",
-    "statement_timestamp",
-}
 # Constraints that build an index when added (unless given one: USING INDEX).
 _INDEXED = {"CONSTR_UNIQUE", "CONSTR_PRIMARY", "CONSTR_EXCLUSION"}
 _SERIAL = {"serial", "serial4", "bigserial", "serial8", "smallserial", "serial2"}
@@ -370,14 +357,14 @@ _SERIAL = {"serial", "serial4", "bigserial", "serial8", "smallserial", "serial2"
 
 def _added_column(coldef: Mapping[str, Any]) -> tuple[str, str] | None:
     name = coldef.get("colname", "")
-    type_name = _type_name(coldef.get("typeName", {}))
-    if type_name in _SERIAL:
-        return "volatile-default", f"{name} {type_name}"
+    kind = base_type(coldef.get("typeName", {}))
+    if kind in _SERIAL:
+        return "volatile-default", f"{name} {kind}"
     for constraint in coldef.get("constraints", ()):
         c = constraint.get("Constraint", {})
         contype = c.get("contype")
         if contype == "CONSTR_DEFAULT":
-            volatile = sorted(_functions(c.get("raw_expr")) & _VOLATILE)
+            volatile = sorted(functions(c.get("raw_expr")) & VOLATILE)
             if volatile:
                 return "volatile-default", f"{name} DEFAULT {volatile[0]}()"
         elif contype == "CONSTR_IDENTITY":
@@ -387,23 +374,6 @@ def _added_column(coldef: Mapping[str, Any]) -> tuple[str, str] | None:
         elif contype == "CONSTR_FOREIGN" and not c.get("skip_validation"):
             return "foreign-key-validated", f"{name} REFERENCES"
     return None
-
-
-def _functions(expr: Any) -> set[str]:
-    """Names of the functions an expression calls, lower case, without schema."""
-    found: set[str] = set()
-    if isinstance(expr, dict):
-        call = expr.get("FuncCall")
-        if isinstance(call, dict):
-            names = call.get("funcname", ())
-            if names:
-                found.add(str(names[-1].get("String", {}).get("sval", "")).lower())
-        for value in expr.values():
-            found |= _functions(value)
-    elif isinstance(expr, list):
-        for value in expr:
-            found |= _functions(value)
-    return found
 
 
 def _checked_column(constraint: Mapping[str, Any]) -> str | None:
@@ -430,47 +400,3 @@ def _model_key(namespace: str, table: Table, column: str) -> tuple[str, str, str
     if schema == "public" or (namespace == "public" and not schema):
         return "public", name, column
     return ("tenant" if not schema else schema), name, column
-
-
-def _type_name(type_name: Mapping[str, Any]) -> str:
-    names = type_name.get("names", ())
-    return str(names[-1].get("String", {}).get("sval", "")).lower() if names else ""
-
-
-def _mods(type_name: Mapping[str, Any]) -> list[int]:
-    return [
-        m.get("A_Const", {}).get("ival", {}).get("ival", 0) for m in type_name.get("typmods", ())
-    ]
-
-
-def _show(type_name: Mapping[str, Any]) -> str:
-    mods = _mods(type_name)
-    array = "[]" if type_name.get("arrayBounds") else ""
-    return _type_name(type_name) + (f"({','.join(map(str, mods))})" if mods else "") + array
-
-
-_TEXTLIKE = {"varchar", "text"}
-
-
-def _no_rewrite(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
-    """Whether changing a column from ``old`` to ``new`` is known to need no rewrite."""
-    if bool(old.get("arrayBounds")) != bool(new.get("arrayBounds")):
-        return False
-    a, b = _type_name(old), _type_name(new)
-    ma, mb = _mods(old), _mods(new)
-    if (a, ma) == (b, mb):
-        return True
-    if a in _TEXTLIKE and b in _TEXTLIKE:
-        # Any varchar to text or to varchar without a length, or a longer varchar.
-        return b == "text" or not mb or (a == "varchar" and bool(ma) and mb[0] >= ma[0])
-    if a == b == "varbit":
-        return not mb or (bool(ma) and mb[0] >= ma[0])
-    if a == b == "numeric":
-        if not mb:
-            return True
-        if not ma:
-            return False
-        scale_a = ma[1] if len(ma) > 1 else 0
-        scale_b = mb[1] if len(mb) > 1 else 0
-        return scale_a == scale_b and mb[0] >= ma[0]
-    return False

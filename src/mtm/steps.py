@@ -20,7 +20,6 @@ from .identifiers import do_block, quote_ident, quote_literal
 from .ledger import (
     FINGERPRINT_ITEM,
     delete_sql,
-    finish_sql,
     insert_finished_sql,
     insert_sql,
     ledger_ddl,
@@ -278,17 +277,12 @@ def create(
 
 def create_body(config: Config, schema: str, migration: Migration) -> list[str]:
     """One SQL migration inside a create: its script, then its ledger row."""
-    return [*body(migration, "up"), *create_record(config, schema, migration)]
-
-
-def create_record(config: Config, schema: str, migration: Migration) -> list[str]:
-    """A migration's ledger row inside a create, with its duration, in one statement."""
-    return [insert_finished_sql(config, schema, migration)]
+    return [*body(migration, "up"), *record(config, schema, migration)]
 
 
 def record(config: Config, schema: str, migration: Migration) -> list[str]:
     """A migration's ledger row with its duration, after its body (see ``step``)."""
-    return [insert_sql(config, schema, migration), finish_sql(config, schema, migration)]
+    return [insert_finished_sql(config, schema, migration)]
 
 
 def drop(config: Config, schema: str, role_sql: Sequence[str] = ()) -> list[str]:
