@@ -37,7 +37,7 @@ from psycopg import pq
 from sqlalchemy.engine import Connection
 
 from . import pipesteps, sqlscript
-from .database import driver, rollback_quietly
+from .database import APART, driver, rollback_quietly
 from .failures import describe_error
 from .migrations import Migration
 from .plan import SchemaPlan
@@ -225,6 +225,7 @@ class StepPipeline:
             schema.bodies[index],
             timeouts=self.runner.settings.timeouts,
             applied=schema.applied(index),
+            apart=bool(self.conn.info.get(APART)),
         )
         self.runner.progress.step(self.worker, plan.schema, migration.name)
         for sql in statements:

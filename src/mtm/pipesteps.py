@@ -54,9 +54,13 @@ def step_up(
     *,
     timeouts: Timeouts,
     applied: Sequence[tuple[str, str]],
+    apart: bool = False,
 ) -> list[str]:
     """A transactional SQL step up as the statements of one pipeline segment, for a
-    schema whose ledger must be ``applied`` (name, checksum) when it starts."""
+    schema whose ledger must be ``applied`` (name, checksum) when it starts. ``apart``
+    (a Citus database): the settings as ``SET LOCAL`` statements of their own, which
+    Citus passes on to the worker that runs the migration's DDL, where it ignores a
+    ``set_config`` (the DDL would not find the tenant's tables)."""
     lit = quote_literal
     expected = fingerprint(applied)
     after = [*applied, (migration.name, migration.checksum)]
@@ -74,25 +78,55 @@ def step_up(
         settings.append(("lock_timeout", timeouts.lock))
     if timeouts.statement:
         settings.append(("statement_timeout", timeouts.statement))
-    head = (
-        f"SELECT CASE WHEN NOT {lock} THEN {fail(f'schema {schema} is busy')} "
-        f"WHEN {found} IS DISTINCT FROM {lit(expected)} "
-        f"THEN {fail(f'the ledger of schema {schema} changed during the run')} END, "
-        + ", ".join(f"set_config({lit(name)}, {lit(value)}, true)" for name, value in settings)
-        + ", set_config('mtm.step_xid', txid_current()::text, true)"
-    )
+    busy = fail(f"schema {schema} is busy")
+    moved = fail(f"the ledger of schema {schema} changed during the run")
+    mark = "set_config('mtm.step_xid', txid_current()::text, true)"
+    if not apart:
+        configs = "".join(f"set_config({lit(n)}, {lit(v)}, true), " for n, v in settings)
+        head = [
+            f"SELECT CASE WHEN NOT {lock} THEN {busy} "
+            f"WHEN {found} IS DISTINCT FROM {lit(expected)} THEN {moved} END, {configs}{mark}"
+        ]
+    else:
+        # Citus runs a query that reads a distributed table (the ledger) on its worker,
+        # functions and all: the lock and the mark would be taken there, not on the
+        # coordinator. They get a query of their own; the settings are SET LOCAL, which
+        # Citus passes on to the worker (search_path as an identifier, as it passes it).
+        head = [
+            *(
+                f"SET LOCAL search_path TO {v}"
+                if n == "search_path"
+                else f"SET LOCAL {n} = {lit(v)}"
+                for n, v in settings
+            ),
+            f"SELECT CASE WHEN NOT {lock} THEN {busy} END, {mark}",
+            f"SELECT CASE WHEN {found} IS DISTINCT FROM {lit(expected)} THEN {moved} END",
+        ]
     same = "current_setting('mtm.step_xid', true) IS NOT DISTINCT FROM txid_current()::text"
-    record = (
-        f"WITH recorded AS (INSERT INTO {ledger} (name, checksum, applied_at, duration_ms) "
-        f"VALUES ({lit(migration.name)}, CASE WHEN {same} THEN {lit(migration.checksum)} "
-        f"ELSE {fail('a migration ended the transaction')}::text END, clock_timestamp(), "
-        "1000 * extract(epoch FROM clock_timestamp() - now()))) "
+    intact = f"{same} THEN {{}} ELSE {fail('a migration ended the transaction')}::text END"
+    row = (
+        f"INSERT INTO {ledger} (name, checksum, applied_at, duration_ms) VALUES "
+        f"({lit(migration.name)}, {{}}, clock_timestamp(), "
+        "1000 * extract(epoch FROM clock_timestamp() - now()))"
+    )
+    state = (
         f"INSERT INTO {state_ref(config)} AS s "
         "(schema_name, namespace, applied, last_migration, fingerprint, updated_at) "
-        f"VALUES ({lit(schema)}, {lit(namespace)}, {len(after)}, "
+        f"VALUES ({{}}, {lit(namespace)}, {len(after)}, "
         f"{lit(max(name for name, _ in after))}, {lit(fingerprint(after))}, now()) "
         "ON CONFLICT (schema_name) DO UPDATE SET namespace = excluded.namespace, "
         "applied = excluded.applied, last_migration = excluded.last_migration, "
         "fingerprint = excluded.fingerprint, updated_at = excluded.updated_at"
     )
-    return ["BEGIN", head, *body, record, "COMMIT"]
+    if not apart:  # one statement, the check on the ledger row
+        checked = "CASE WHEN " + intact.format(lit(migration.checksum))
+        record = [f"WITH recorded AS ({row.format(checked)}) {state.format(lit(schema))}"]
+    else:
+        # Citus refuses a CTE writing a distributed table (the ledger) beside a local one
+        # (the state row), and evaluates every function of an INSERT into a distributed
+        # table beforehand, a CASE's untaken branch too: the check goes on the state row,
+        # whose failure rolls the ledger row back with it (one transaction, or, if the
+        # migration ended mtm's, the implicit one the pipeline runs until its Sync).
+        checked = "CASE WHEN " + intact.format(lit(schema))
+        record = [row.format(lit(migration.checksum)), state.format(checked)]
+    return ["BEGIN", *head, *body, *record, "COMMIT"]
