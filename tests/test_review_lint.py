@@ -361,6 +361,7 @@ CITUS_BAD = {
 # And what they would write instead, which passes.
 CITUS_GOOD = [
     "UPDATE t SET note = 'x', at = now() WHERE id = 1;",
+    "UPDATE t SET token = (SELECT gen_random_uuid()::text), at = (SELECT clock_timestamp());",
     "DELETE FROM t WHERE at < now() - interval '1 day';",
     "ALTER TABLE t DROP CONSTRAINT t_ref_fk;",
     "ALTER TABLE t ADD CONSTRAINT t_ref_fk FOREIGN KEY (ref) REFERENCES t (id) "

@@ -23,20 +23,23 @@ VOLATILE = {
 }
 
 
-def functions(expr: Any) -> set[str]:
-    """Names of the functions an expression calls, lower case, without schema."""
+def functions(expr: Any, *, subqueries: bool = True) -> set[str]:
+    """Names of the functions an expression calls, lower case, without schema; without
+    ``subqueries``, not those of its subqueries (``(SELECT clock_timestamp())``)."""
     found: set[str] = set()
     if isinstance(expr, dict):
+        if not subqueries and "SubLink" in expr:
+            return found
         call = expr.get("FuncCall")
         if isinstance(call, dict):
             names = call.get("funcname", ())
             if names:
                 found.add(str(names[-1].get("String", {}).get("sval", "")).lower())
         for value in expr.values():
-            found |= functions(value)
+            found |= functions(value, subqueries=subqueries)
     elif isinstance(expr, list):
         for value in expr:
-            found |= functions(value)
+            found |= functions(value, subqueries=subqueries)
     return found
 
 
