@@ -11,6 +11,7 @@ never runs.
 from __future__ import annotations
 
 import json
+import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -337,6 +338,25 @@ def test_clone_with_data_refuses_a_migration_outside_a_transaction(project: Proj
     _catalogs_equal(p, "acme", "copy")
 
 
+def _clone_waiting_for_acme(p: Project) -> subprocess.Popen[str]:
+    """``mtm clone acme copy --data`` as a process, once it waits for acme's lock (held
+    by the test)."""
+    cloning = spawn(p, "clone", "acme", "copy", "--data")
+    try:
+        wait_until(
+            lambda: p.scalar(
+                "SELECT count(*) FROM pg_stat_activity "
+                "WHERE application_name LIKE 'waiting for schema acme:%%'"
+            ),
+            message="the clone waiting for acme's lock",
+        )
+    except BaseException:
+        cloning.kill()
+        cloning.communicate()
+        raise
+    return cloning
+
+
 def test_a_source_that_moves_before_the_clone_gets_its_lock_is_refused(project: Project) -> None:
     """The clone read the source's ledger, then waits for its lock; a step recorded
     meanwhile makes the ledger check under the lock refuse, leaving nothing."""
@@ -345,15 +365,8 @@ def test_a_source_that_moves_before_the_clone_gets_its_lock_is_refused(project: 
     assert p.cli("create", "acme").exit_code == 0
     with psycopg.connect(_libpq(p.url), autocommit=True) as holder:
         holder.execute("SELECT pg_advisory_lock(%s, hashtext('acme'))", (SCHEMA_LOCK_CLASS,))
-        cloning = spawn(p, "clone", "acme", "copy", "--data")
+        cloning = _clone_waiting_for_acme(p)
         try:
-            wait_until(
-                lambda: p.scalar(
-                    "SELECT count(*) FROM pg_stat_activity "
-                    "WHERE application_name LIKE 'waiting for schema acme:%%'"
-                ),
-                message="the clone waiting for acme's lock",
-            )
             holder.execute(
                 "INSERT INTO acme.mtm_migrations (name, checksum) VALUES ('0002_x', 'x')"
             )
@@ -387,15 +400,8 @@ def test_a_clone_with_rows_holds_the_sources_lock_from_before_its_snapshot(
         psycopg.connect(_libpq(p.url)) as blocker,
     ):
         assert holder.execute(key, (SCHEMA_LOCK_CLASS,)).fetchone() == (True,)
-        cloning = spawn(p, "clone", "acme", "copy", "--data")
+        cloning = _clone_waiting_for_acme(p)
         try:
-            wait_until(
-                lambda: p.scalar(
-                    "SELECT count(*) FROM pg_stat_activity "
-                    "WHERE application_name LIKE 'waiting for schema acme:%%'"
-                ),
-                message="the clone waiting for acme's lock",
-            )
             blocker.execute("INSERT INTO tenants (schema_name) VALUES ('copy')")
             holder.execute("SELECT pg_advisory_unlock_all()")
             wait_until(
