@@ -20,6 +20,9 @@ SQLSTATEs (MTM01, MTM03, MTM04), waits, retries and messages. The checks are exa
 the ordinary frame's: the lock is tried, never waited for; the ledger's fingerprint is
 read under it; the ledger row is written only inside the transaction that began.
 
+On a Citus database the head and the rows are split where Citus would run them on the
+wrong node or refuse them (``step_up``'s ``apart``): the same checks, two statements more.
+
 The state row is written from what the ledger is known to hold rather than read back
 from it: under the lock, the ledger was checked to be the planned rows, and this
 transaction adds one, so its count, newest name and fingerprint are those of the
@@ -57,10 +60,8 @@ def step_up(
     apart: bool = False,
 ) -> list[str]:
     """A transactional SQL step up as the statements of one pipeline segment, for a
-    schema whose ledger must be ``applied`` (name, checksum) when it starts. ``apart``
-    (a Citus database): the settings as ``SET LOCAL`` statements of their own, which
-    Citus passes on to the worker that runs the migration's DDL, where it ignores a
-    ``set_config`` (the DDL would not find the tenant's tables)."""
+    schema whose ledger must be ``applied`` (name, checksum) when it starts. ``apart``:
+    the frame of a Citus database (below)."""
     lit = quote_literal
     expected = fingerprint(applied)
     after = [*applied, (migration.name, migration.checksum)]
@@ -89,9 +90,10 @@ def step_up(
         ]
     else:
         # Citus runs a query that reads a distributed table (the ledger) on its worker,
-        # functions and all: the lock and the mark would be taken there, not on the
-        # coordinator. They get a query of their own; the settings are SET LOCAL, which
-        # Citus passes on to the worker (search_path as an identifier, as it passes it).
+        # functions and all: the lock, the mark and the settings would be taken there,
+        # not on the coordinator. The lock and the mark get a query that reads no table;
+        # the settings are SET LOCAL (search_path as an identifier: Citus forwards it
+        # with the DDL it sends to the worker, where a quoted string's did not resolve).
         head = [
             *(
                 f"SET LOCAL search_path TO {v}"
@@ -123,10 +125,10 @@ def step_up(
         record = [f"WITH recorded AS ({row.format(checked)}) {state.format(lit(schema))}"]
     else:
         # Citus refuses a CTE writing a distributed table (the ledger) beside a local one
-        # (the state row), and evaluates every function of an INSERT into a distributed
-        # table beforehand, a CASE's untaken branch too: the check goes on the state row,
-        # whose failure rolls the ledger row back with it (one transaction, or, if the
-        # migration ended mtm's, the implicit one the pipeline runs until its Sync).
+        # (the state row): two statements. The check goes on the state row, a table of
+        # the coordinator, which evaluates it itself; its failure rolls the ledger row
+        # back with it (one transaction, or, if the migration ended mtm's, the implicit
+        # one the pipeline runs until its Sync).
         checked = "CASE WHEN " + intact.format(lit(schema))
         record = [row.format(lit(migration.checksum)), state.format(checked)]
     return ["BEGIN", *head, *body, *record, "COMMIT"]
