@@ -61,16 +61,7 @@ def step_up(
 ) -> list[str]:
     """A transactional SQL step up as the statements of one pipeline segment, for a
     schema whose ledger must be ``applied`` (name, checksum) when it starts. ``apart``:
-    the frame of a Citus database (below)."""
-    lit = quote_literal
-    expected = fingerprint(applied)
-    after = [*applied, (migration.name, migration.checksum)]
-    ledger = ledger_ref(config, schema)
-    lock = f"pg_try_advisory_xact_lock({SCHEMA_LOCK_CLASS}, hashtext({lit(schema)}))"
-    found = (
-        f"(SELECT md5(coalesce(string_agg({FINGERPRINT_ITEM}, ',' ORDER BY name "
-        f"COLLATE \"C\"), '')) FROM {ledger})"
-    )
+    the frame of a Citus database (``_head``, ``_record``)."""
     settings = [
         ("standard_conforming_strings", "on"),
         ("search_path", quote_ident(schema)),
@@ -79,36 +70,69 @@ def step_up(
         settings.append(("lock_timeout", timeouts.lock))
     if timeouts.statement:
         settings.append(("statement_timeout", timeouts.statement))
+    head = _head(config, schema, settings, fingerprint(applied), apart)
+    record = _record(
+        config,
+        schema,
+        namespace,
+        migration,
+        [*applied, (migration.name, migration.checksum)],
+        apart,
+    )
+    return ["BEGIN", *head, *body, *record, "COMMIT"]
+
+
+def _head(
+    config: Config, schema: str, settings: list[tuple[str, str]], expected: str, apart: bool
+) -> list[str]:
+    """After BEGIN: the schema's lock tried, the ledger compared with ``expected``, the
+    settings and the transaction's mark."""
+    lit = quote_literal
+    lock = f"pg_try_advisory_xact_lock({SCHEMA_LOCK_CLASS}, hashtext({lit(schema)}))"
+    found = (
+        f"(SELECT md5(coalesce(string_agg({FINGERPRINT_ITEM}, ',' ORDER BY name "
+        f"COLLATE \"C\"), '')) FROM {ledger_ref(config, schema)})"
+    )
     busy = fail(f"schema {schema} is busy")
     moved = fail(f"the ledger of schema {schema} changed during the run")
     mark = "set_config('mtm.step_xid', txid_current()::text, true)"
     if not apart:
         configs = "".join(f"set_config({lit(n)}, {lit(v)}, true), " for n, v in settings)
-        head = [
+        return [
             f"SELECT CASE WHEN NOT {lock} THEN {busy} "
             f"WHEN {found} IS DISTINCT FROM {lit(expected)} THEN {moved} END, {configs}{mark}"
         ]
-    else:
-        # Citus runs a query that reads a distributed table (the ledger) on its worker,
-        # functions and all: the lock, the mark and the settings would be taken there,
-        # not on the coordinator. The lock and the mark get a query that reads no table;
-        # the settings are SET LOCAL (search_path as an identifier: Citus forwards it
-        # with the DDL it sends to the worker, where a quoted string's did not resolve).
-        head = [
-            *(
-                f"SET LOCAL search_path TO {v}"
-                if n == "search_path"
-                else f"SET LOCAL {n} = {lit(v)}"
-                for n, v in settings
-            ),
-            f"SELECT CASE WHEN NOT {lock} THEN {busy} END, {mark}",
-            f"SELECT CASE WHEN {found} IS DISTINCT FROM {lit(expected)} THEN {moved} END",
-        ]
+    # Citus runs a query that reads a distributed table (the ledger) on its worker,
+    # functions and all: the lock, the mark and the settings would be taken there,
+    # not on the coordinator. The lock and the mark get a query that reads no table;
+    # the settings are SET LOCAL (search_path as an identifier: Citus forwards it
+    # with the DDL it sends to the worker, where a quoted string's did not resolve).
+    return [
+        *(
+            f"SET LOCAL search_path TO {v}" if n == "search_path" else f"SET LOCAL {n} = {lit(v)}"
+            for n, v in settings
+        ),
+        f"SELECT CASE WHEN NOT {lock} THEN {busy} END, {mark}",
+        f"SELECT CASE WHEN {found} IS DISTINCT FROM {lit(expected)} THEN {moved} END",
+    ]
+
+
+def _record(
+    config: Config,
+    schema: str,
+    namespace: Namespace,
+    migration: Migration,
+    after: list[tuple[str, str]],
+    apart: bool,
+) -> list[str]:
+    """The ledger row (its checksum only while the transaction is the one that began)
+    and the state row of the ledger ``after`` this step."""
+    lit = quote_literal
     same = "current_setting('mtm.step_xid', true) IS NOT DISTINCT FROM txid_current()::text"
     intact = f"{same} THEN {{}} ELSE {fail('a migration ended the transaction')}::text END"
     row = (
-        f"INSERT INTO {ledger} (name, checksum, applied_at, duration_ms) VALUES "
-        f"({lit(migration.name)}, {{}}, clock_timestamp(), "
+        f"INSERT INTO {ledger_ref(config, schema)} (name, checksum, applied_at, duration_ms) "
+        f"VALUES ({lit(migration.name)}, {{}}, clock_timestamp(), "
         "1000 * extract(epoch FROM clock_timestamp() - now()))"
     )
     state = (
@@ -122,13 +146,11 @@ def step_up(
     )
     if not apart:  # one statement, the check on the ledger row
         checked = "CASE WHEN " + intact.format(lit(migration.checksum))
-        record = [f"WITH recorded AS ({row.format(checked)}) {state.format(lit(schema))}"]
-    else:
-        # Citus refuses a CTE writing a distributed table (the ledger) beside a local one
-        # (the state row): two statements. The check goes on the state row, a table of
-        # the coordinator, which evaluates it itself; its failure rolls the ledger row
-        # back with it (one transaction, or, if the migration ended mtm's, the implicit
-        # one the pipeline runs until its Sync).
-        checked = "CASE WHEN " + intact.format(lit(schema))
-        record = [row.format(lit(migration.checksum)), state.format(checked)]
-    return ["BEGIN", *head, *body, *record, "COMMIT"]
+        return [f"WITH recorded AS ({row.format(checked)}) {state.format(lit(schema))}"]
+    # Citus refuses a CTE writing a distributed table (the ledger) beside a local one
+    # (the state row): two statements. The check goes on the state row, a table of the
+    # coordinator, which evaluates it itself; its failure rolls the ledger row back with
+    # it (one transaction, or, if the migration ended mtm's, the implicit one the
+    # pipeline runs until its Sync).
+    checked = "CASE WHEN " + intact.format(lit(schema))
+    return [row.format(lit(migration.checksum)), state.format(checked)]
