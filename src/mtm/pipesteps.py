@@ -129,28 +129,34 @@ def _record(
     and the state row of the ledger ``after`` this step."""
     lit = quote_literal
     same = "current_setting('mtm.step_xid', true) IS NOT DISTINCT FROM txid_current()::text"
-    intact = f"{same} THEN {{}} ELSE {fail('a migration ended the transaction')}::text END"
-    row = (
-        f"INSERT INTO {ledger_ref(config, schema)} (name, checksum, applied_at, duration_ms) "
-        f"VALUES ({lit(migration.name)}, {{}}, clock_timestamp(), "
-        "1000 * extract(epoch FROM clock_timestamp() - now()))"
-    )
-    state = (
-        f"INSERT INTO {state_ref(config)} AS s "
-        "(schema_name, namespace, applied, last_migration, fingerprint, updated_at) "
-        f"VALUES ({{}}, {lit(namespace)}, {len(after)}, "
-        f"{lit(max(name for name, _ in after))}, {lit(fingerprint(after))}, now()) "
-        "ON CONFLICT (schema_name) DO UPDATE SET namespace = excluded.namespace, "
-        "applied = excluded.applied, last_migration = excluded.last_migration, "
-        "fingerprint = excluded.fingerprint, updated_at = excluded.updated_at"
-    )
+    ended = fail("a migration ended the transaction")
+
+    def intact(value: str) -> str:  # the value while the transaction is ours, else fail
+        return f"CASE WHEN {same} THEN {value} ELSE {ended}::text END"
+
+    def row(checksum: str) -> str:
+        return (
+            f"INSERT INTO {ledger_ref(config, schema)} (name, checksum, applied_at, "
+            f"duration_ms) VALUES ({lit(migration.name)}, {checksum}, clock_timestamp(), "
+            "1000 * extract(epoch FROM clock_timestamp() - now()))"
+        )
+
+    def state(schema_name: str) -> str:
+        return (
+            f"INSERT INTO {state_ref(config)} AS s "
+            "(schema_name, namespace, applied, last_migration, fingerprint, updated_at) "
+            f"VALUES ({schema_name}, {lit(namespace)}, {len(after)}, "
+            f"{lit(max(name for name, _ in after))}, {lit(fingerprint(after))}, now()) "
+            "ON CONFLICT (schema_name) DO UPDATE SET namespace = excluded.namespace, "
+            "applied = excluded.applied, last_migration = excluded.last_migration, "
+            "fingerprint = excluded.fingerprint, updated_at = excluded.updated_at"
+        )
+
     if not apart:  # one statement, the check on the ledger row
-        checked = "CASE WHEN " + intact.format(lit(migration.checksum))
-        return [f"WITH recorded AS ({row.format(checked)}) {state.format(lit(schema))}"]
+        return [f"WITH recorded AS ({row(intact(lit(migration.checksum)))}) {state(lit(schema))}"]
     # Citus refuses a CTE writing a distributed table (the ledger) beside a local one
     # (the state row): two statements. The check goes on the state row, a table of the
     # coordinator, which evaluates it itself; its failure rolls the ledger row back with
     # it (one transaction, or, if the migration ended mtm's, the implicit one the
     # pipeline runs until its Sync).
-    checked = "CASE WHEN " + intact.format(lit(schema))
-    return [row.format(lit(migration.checksum)), state.format(checked)]
+    return [row(lit(migration.checksum)), state(intact(lit(schema)))]
