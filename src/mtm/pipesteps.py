@@ -39,7 +39,7 @@ from .ledger import FINGERPRINT_ITEM, ledger_ref, state_ref
 from .locks import SCHEMA_LOCK_CLASS
 from .migrations import Migration, Namespace
 from .plan import fingerprint
-from .steps import Timeouts
+from .steps import Timeouts, local_settings
 
 
 def fail(message: str) -> str:
@@ -62,15 +62,7 @@ def step_up(
     """A transactional SQL step up as the statements of one pipeline segment, for a
     schema whose ledger must be ``applied`` (name, checksum) when it starts. ``apart``:
     the frame of a Citus database (``_head``, ``_record``)."""
-    settings = [
-        ("standard_conforming_strings", "on"),
-        ("search_path", quote_ident(schema)),
-    ]
-    if timeouts.lock:
-        settings.append(("lock_timeout", timeouts.lock))
-    if timeouts.statement:
-        settings.append(("statement_timeout", timeouts.statement))
-    head = _head(config, schema, settings, fingerprint(applied), apart)
+    head = _head(config, schema, timeouts, fingerprint(applied), apart)
     record = _record(
         config,
         schema,
@@ -82,9 +74,7 @@ def step_up(
     return ["BEGIN", *head, *body, *record, "COMMIT"]
 
 
-def _head(
-    config: Config, schema: str, settings: list[tuple[str, str]], expected: str, apart: bool
-) -> list[str]:
+def _head(config: Config, schema: str, timeouts: Timeouts, expected: str, apart: bool) -> list[str]:
     """After BEGIN: the schema's lock tried, the ledger compared with ``expected``, the
     settings and the transaction's mark."""
     lit = quote_literal
@@ -97,6 +87,11 @@ def _head(
     moved = fail(f"the ledger of schema {schema} changed during the run")
     mark = "set_config('mtm.step_xid', txid_current()::text, true)"
     if not apart:
+        settings = [("standard_conforming_strings", "on"), ("search_path", quote_ident(schema))]
+        if timeouts.lock:
+            settings.append(("lock_timeout", timeouts.lock))
+        if timeouts.statement:
+            settings.append(("statement_timeout", timeouts.statement))
         configs = "".join(f"set_config({lit(n)}, {lit(v)}, true), " for n, v in settings)
         return [
             f"SELECT CASE WHEN NOT {lock} THEN {busy} "
@@ -105,13 +100,11 @@ def _head(
     # Citus runs a query that reads a distributed table (the ledger) on its worker,
     # functions and all: the lock, the mark and the settings would be taken there,
     # not on the coordinator. The lock and the mark get a query that reads no table;
-    # the settings are SET LOCAL (search_path as an identifier: Citus forwards it
-    # with the DDL it sends to the worker, where a quoted string's did not resolve).
+    # the settings are the ordinary frame's SET LOCALs (search_path as an identifier:
+    # Citus forwards it with the DDL it sends to the worker, where a quoted string's
+    # value did not resolve).
     return [
-        *(
-            f"SET LOCAL search_path TO {v}" if n == "search_path" else f"SET LOCAL {n} = {lit(v)}"
-            for n, v in settings
-        ),
+        *local_settings(schema, timeouts),
         f"SELECT CASE WHEN NOT {lock} THEN {busy} END, {mark}",
         f"SELECT CASE WHEN {found} IS DISTINCT FROM {lit(expected)} THEN {moved} END",
     ]

@@ -84,17 +84,7 @@ def frame(
     MTM01); ``before`` and ``after`` go on either side of the body (ledger rows, the
     registry rows of a create); ``state`` rewrites or deletes the schema's state row.
     """
-    head = [
-        "BEGIN",
-        schema_lock_sql(schema),
-        "SET LOCAL standard_conforming_strings = on",
-        f"SET LOCAL search_path TO {quote_ident(schema)}",
-    ]
-    if timeouts.lock:
-        head.append(f"SET LOCAL lock_timeout = {quote_literal(timeouts.lock)}")
-    if timeouts.statement:
-        head.append(f"SET LOCAL statement_timeout = {quote_literal(timeouts.statement)}")
-    head.append(MARK_TRANSACTION)
+    head = ["BEGIN", schema_lock_sql(schema), *local_settings(schema, timeouts), MARK_TRANSACTION]
     if expected is not None:
         head.append(expect_ledger_sql(config, schema, expected))
     head += before
@@ -105,6 +95,20 @@ def frame(
         tail.append(state_delete_sql(config, schema))
     tail.append("COMMIT")
     return Framed(head, tail)
+
+
+def local_settings(schema: str, timeouts: Timeouts) -> list[str]:
+    """A step's settings for its transaction: the tenant's search_path and the timeouts
+    (Citus passes these SET LOCALs on with the DDL it sends to a worker)."""
+    out = [
+        "SET LOCAL standard_conforming_strings = on",
+        f"SET LOCAL search_path TO {quote_ident(schema)}",
+    ]
+    if timeouts.lock:
+        out.append(f"SET LOCAL lock_timeout = {quote_literal(timeouts.lock)}")
+    if timeouts.statement:
+        out.append(f"SET LOCAL statement_timeout = {quote_literal(timeouts.statement)}")
+    return out
 
 
 # The frame's transaction marks itself in its head and checks the mark at the start of its
