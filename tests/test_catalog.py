@@ -314,17 +314,22 @@ def test_compare_is_pure_and_names_each_change() -> None:
     assert catalog.compare(a, a) == []
 
 
-def test_the_jit_setting_is_put_back(conn: Connection) -> None:
-    """JIT is turned off for the catalog query only; the session keeps its own setting."""
+def test_the_query_settings_are_put_back(conn: Connection) -> None:
+    """JIT is off and work_mem at least 64MB for the catalog query only; the session
+    keeps its own settings, and a larger work_mem is not lowered."""
     build(conn, "acme")
-    for setting in ("on", "off"):
-        conn.exec_driver_sql(f"SET jit = {setting}")
+    for jit, work_mem, during in (("on", "1MB", "64MB"), ("off", "200MB", "200MB")):
+        conn.exec_driver_sql(f"SET jit = {jit}")
+        conn.exec_driver_sql(f"SET work_mem = '{work_mem}'")
         catalog.fingerprints(conn, ["acme"])
         catalog.describe(conn, "acme")
-        assert conn.exec_driver_sql("SHOW jit").scalar() == setting
+        assert conn.exec_driver_sql("SHOW jit").scalar() == jit
+        assert conn.exec_driver_sql("SHOW work_mem").scalar() == work_mem
         with catalog._query_settings(conn):
             assert conn.exec_driver_sql("SHOW jit").scalar() == "off"
-        assert conn.exec_driver_sql("SHOW jit").scalar() == setting
+            assert conn.exec_driver_sql("SHOW work_mem").scalar() == during
+        assert conn.exec_driver_sql("SHOW jit").scalar() == jit
+        assert conn.exec_driver_sql("SHOW work_mem").scalar() == work_mem
 
 
 def test_the_line_hash_is_the_servers(conn: Connection) -> None:
