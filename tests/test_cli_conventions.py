@@ -578,10 +578,27 @@ def test_status_loads_no_command_it_does_not_run(project: Project) -> None:
         "except SystemExit as exc:\n"
         "    assert not exc.code, exc.code\n"
         "unused = ('adopt', 'clone', 'review', 'transfer', 'drift', 'existing', 'repair')\n"
-        "print(sorted(m for m in unused if 'mtm.commands.' + m in sys.modules))\n"
+        "found = [m for m in unused if 'mtm.commands.' + m in sys.modules]\n"
+        "print(sorted(found + [m for m in ('pglast',) if m in sys.modules]))\n"
     )
     env = {k: v for k, v in os.environ.items() if k != "MTM_DATABASE_URL"}
     r = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, cwd=project.root, env=env
     )
     assert r.stdout.strip().splitlines()[-1] == "[]", r.stdout + r.stderr
+
+
+def test_status_shows_a_file_that_migrate_and_validate_refuse(project: Project) -> None:
+    """status reads files without PostgreSQL's parser: a file mtm cannot run is shown
+    pending there, and refused, with nothing changed, where it would run or be checked."""
+    project.write("tenant", "0001_customers.sql", "CREATE TABLE customers (id int);")
+    assert project.cli("create", "acme").exit_code == 0
+    project.write("tenant", "0002_hidden.sql", "CREATE TABLE t (id int);\nCOMMIT;\n")
+    shown = project.cli("status")
+    assert shown.exit_code == 0, shown.output
+    assert "0002_hidden" not in shown.output and "1/2" in shown.output
+    for command in (["migrate"], ["migrate", "--dry-run"], ["validate"]):
+        refused = project.cli(*command)
+        assert refused.exit_code != 0, (command, refused.output)
+        assert "0002_hidden.sql:2: the up script contains 'COMMIT'" in refused.output, command
+    assert "1/2" in project.cli("status").output

@@ -6,11 +6,18 @@ it; ``mtm.create`` alone opens and closes its own.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+from typing import Any
+
 import pytest
+import sqlalchemy as sa
 
 import mtm
 from _reliability import wait_until
 from conftest import Project
+from mtm import placement
+from mtm.database import APART, checkout, create_engine
 
 # A migration that leaves session state behind: a setting, an advisory lock and a
 # temporary table (which a second create on an unreset session would trip over).
@@ -90,3 +97,30 @@ def test_a_kept_backend_is_replaced_after_its_share_of_creates(
     assert project.schemas() >= set(names)
     r = project.cli("migrate")
     assert r.exit_code == 0 and "nothing to do: public and 7 tenants at head" in r.output, r.output
+
+
+def test_a_command_connection_asks_the_server_only_what_mtm_needs(
+    project: Project, tmp_path: Path
+) -> None:
+    """Opening mtm's own engine: SQLAlchemy's first-connect questions and mtm's Citus
+    note, and no lookup of the hstore type (a transaction and a catalog query that
+    every command paid before), counted in the protocol."""
+    trace = tmp_path / "trace"
+    engine = create_engine(project.config)
+
+    # Before SQLAlchemy's own first-connect listener (the dialect's questions).
+    @sa.event.listens_for(engine, "first_connect", insert=True)
+    def _trace(dbapi: Any, record: Any) -> None:
+        dbapi.pgconn.trace(os.open(trace, os.O_WRONLY | os.O_CREAT | os.O_APPEND))
+
+    try:
+        with checkout(engine) as conn:
+            assert conn.info[APART] is False
+            assert placement.on_citus(conn) is False  # from the note: no query
+    finally:
+        engine.dispose()
+    sent = [line for line in trace.read_text().splitlines() if "\tF\t" in line]
+    texts = [line for line in sent if "\tQuery\t" in line or "\tParse\t" in line]
+    assert not [t for t in texts if "hstore" in t or "pg_type" in t], texts
+    assert len([t for t in texts if "pg_extension" in t]) == 1, texts
+    assert len(texts) <= 5, texts  # version, schema, isolation, strings, Citus note

@@ -19,6 +19,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from .database import APART
 from .errors import TenantError, UsageError
 
 log = logging.getLogger("mtm.placement")
@@ -33,7 +34,11 @@ TRANSFER_MODE = "auto"
 
 
 def on_citus(conn: Connection) -> bool:
-    """Whether the database has the Citus extension (mtm then talks to a coordinator)."""
+    """Whether the database has the Citus extension (mtm then talks to a coordinator):
+    as noted when mtm's engine opened the connection (``database.APART``), else asked."""
+    noted = conn.info.get(APART)
+    if noted is not None:
+        return bool(noted)
     found = conn.execute(sa.text("SELECT 1 FROM pg_extension WHERE extname = 'citus'"))
     return found.first() is not None
 

@@ -29,7 +29,7 @@ def status(
     and domains are read only for a fleet small enough to be listed (the summary of a
     larger one shows neither, and reading them cost more than the rest at 100,000).
     """
-    mset = discover(config.migrations_directory)
+    mset = discover(config.migrations_directory, parse=False)  # shows, runs nothing
     only = [validate_schema_name(t) for t in tenants] if tenants else None
     with session(config) as (_, conn):
         tables = _existing(conn, config)
