@@ -17,8 +17,9 @@ from mtm.commands.base import session
 from mtm.jsonout import dump_json
 from mtm.migrations import discover
 from mtm.registry import list_tenants
-from mtm.report import LIST_LIMIT
-from mtm.results import SchemaStatus
+from mtm.report import LIST_LIMIT, status_table
+from mtm.results import SchemaStatus, StatusResult
+from mtm.rollout import ahead
 from mtm.tables import existing
 
 COUNT = LIST_LIMIT + 3  # large enough to be summarised
@@ -118,6 +119,46 @@ def test_cli_on_a_summarised_fleet(project: Project) -> None:
         }
     assert data["summary"] == {"tenants": COUNT, "at_head": 2, "pending": True}
     assert data["ahead"] is not None
+
+
+def _rendered(result: StatusResult) -> str:
+    from rich.console import Console
+
+    console = Console(file=io.StringIO(), width=120, record=True)
+    for renderable in status_table(result):
+        console.print(renderable)
+    return console.export_text()
+
+
+def test_a_summarised_fleet_is_the_fleet_counted_by_the_server(project: Project) -> None:
+    """``summarise``: positions with counts from one grouped query, and only the tenants
+    at no prefix of the files read by name; the same groups, counts, problems, tenants
+    ahead and table as the tenant-by-tenant path."""
+    _fleet(project)
+    config = project.config
+    full = commands.status(config, names=False)
+    short = commands.status(config, names=False, summarise=True)
+    assert short.tenants == [] and short.summary is not None
+    assert (short.groups(), short.counts(), short.pending) == (
+        full.groups(),
+        full.counts(),
+        full.pending,
+    )
+    assert short.counts() == (COUNT, 2)
+    # by name: t01 (a fingerprint of no prefix), t03 (no state row), t04 (edited ledger)
+    assert sorted(t.schema for t, _ in short.positions() if t.schema) == ["t01", "t03", "t04"]
+    problems = [p for t, _ in short.positions() for p in t.problems]
+    assert problems == [p for t in full.tenants for p in t.problems] != []
+    a, b = ahead(short.positions()), ahead(full.positions())
+    assert a is not None and b is not None
+    assert (a.bulk, a.bulk_count, a.positions) == (b.bulk, b.bulk_count, b.positions)
+    assert _rendered(short) == _rendered(full)
+    # a named tenant, or a fleet small enough to list: tenant by tenant
+    assert commands.status(config, tenants=["t05"], summarise=True).summary is None
+    for i in range(5, COUNT):
+        project.query(f"DELETE FROM public.tenants WHERE schema_name = 't{i:02d}'")
+    small = commands.status(config, names=False, summarise=True)
+    assert small.summary is None and len(small.tenants) == 5
 
 
 def test_dump_json_writes_an_iterator_as_the_list_it_stands_for() -> None:

@@ -464,12 +464,16 @@ def _at(schema: str, last: str | None, problems: list[str] | None = None) -> Sch
     return SchemaStatus(schema, "tenant", None, (), applied, 3, last, [], problems or [])
 
 
+def _one(*statuses: SchemaStatus) -> list[tuple[SchemaStatus, int]]:
+    return [(s, 1) for s in statuses]
+
+
 def test_ahead_is_relative_to_where_most_tenants_are() -> None:
     assert ahead([]) is None
-    assert ahead([_at("a", "0001_x"), _at("b", "0001_x")]) is None  # all at one step
+    assert ahead(_one(_at("a", "0001_x"), _at("b", "0001_x"))) is None  # all at one step
     # most are ahead of a few: those few are behind, nobody is "ahead"
-    assert ahead([_at("a", "0002_y"), _at("b", "0002_y"), _at("c", "0001_x")]) is None
-    found = ahead([_at("a", "0002_y"), _at("b", None), _at("c", None), _at("d", "0003_z")])
+    assert ahead(_one(_at("a", "0002_y"), _at("b", "0002_y"), _at("c", "0001_x"))) is None
+    found = ahead(_one(_at("a", "0002_y"), _at("b", None), _at("c", None), _at("d", "0003_z")))
     assert found is not None
     assert (found.bulk, found.bulk_count) == (None, 2)  # nothing applied is a position too
     assert found.positions == (("0002_y", 1), ("0003_z", 1)) and found.schemas == {"a", "d"}
@@ -477,11 +481,20 @@ def test_ahead_is_relative_to_where_most_tenants_are() -> None:
         "1 tenant ahead at tenant:0003_z, 1 at tenant:0002_y; 2 at no tenant migration"
     )
     # a tie: the older position is the rest's
-    tie = ahead([_at("a", "0002_y"), _at("b", "0001_x")])
+    tie = ahead(_one(_at("a", "0002_y"), _at("b", "0001_x")))
     assert tie is not None and tie.bulk == "0001_x" and tie.schemas == {"a"}
     # a tenant whose ledger disagrees with the files is neither the rest nor ahead
-    drift = ahead([_at("a", "0001_x"), _at("b", "0003_z", ["b: edited"]), _at("c", "0001_x")])
+    drift = ahead(_one(_at("a", "0001_x"), _at("b", "0003_z", ["b: edited"]), _at("c", "0001_x")))
     assert drift is None
+
+
+def test_ahead_counts_summarised_positions() -> None:
+    """A summarised fleet: positions with counts, no schema names to mark."""
+    found = ahead([(_at("", "0002_y"), 997), (_at("", "0003_z"), 3), (_at("x", None), 1)])
+    assert found is not None
+    assert (found.bulk, found.bulk_count, found.positions) == ("0002_y", 997, (("0003_z", 3),))
+    assert found.schemas == frozenset()
+    assert ahead_line(found) == "3 tenants ahead at tenant:0003_z; 997 at tenant:0002_y"
 
 
 def test_canary_counts() -> None:

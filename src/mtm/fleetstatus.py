@@ -5,6 +5,9 @@ last applied, pending, problems) is worked out once per distinct fingerprint and
 by their statuses (nothing changes a status once it is made). Only tenants whose
 fingerprint matches no prefix of the files are planned from their ledgers, as before,
 and a position whose problems name the schema is worked out per tenant.
+
+``summary`` goes further for a fleet too large to list: the server counts the tenants
+at each fingerprint, and only those at no prefix of the files are read by name.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from sqlalchemy.engine import Connection
 
 from .config import Config
+from .ledger import tenants_at
 from .migrations import Migration
 from .plan import prefix_fingerprints, prefix_planner
 from .planner import plans
@@ -68,3 +72,30 @@ def tenant_statuses(
         for (i, schema, _), plan in zip(slow, planned, strict=True):
             out[i] = SchemaStatus.of(plan, *names.get(schema, (None, ())))
     return [s for s in out if s is not None]
+
+
+def summary(
+    conn: Connection,
+    config: Config,
+    migrations: list[Migration],
+    counts: Sequence[tuple[str | None, int]],
+) -> list[tuple[SchemaStatus, int]]:
+    """Each position with how many tenants stand there, from ``ledger.fingerprint_counts``:
+    a status per prefix of the files (its schema left empty), and the tenants at any other
+    fingerprint (or none) one by one, as ``tenant_statuses`` makes them (count 1 each,
+    so that their problems are shown by name)."""
+    prefixes = prefix_fingerprints(migrations)
+    from_prefix = prefix_planner("tenant", migrations)
+    out: list[tuple[SchemaStatus, int]] = []
+    apart: list[str | None] = []
+    for fp, count in counts:
+        k = prefixes.get(fp) if fp is not None else None
+        plan = from_prefix("", k) if k is not None else None
+        if plan is None or plan.problems:
+            apart.append(fp)
+        else:
+            out.append((SchemaStatus.of(plan), count))
+    if apart:
+        rows = tenants_at(conn, config, apart)
+        out += [(s, 1) for s in tenant_statuses(conn, config, migrations, rows, {})]
+    return out

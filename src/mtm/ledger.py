@@ -206,6 +206,31 @@ def tenant_fingerprints(
     return [(r[0], r[1]) for r in conn.execute(sa.text(sql), params).all()]
 
 
+def fingerprint_counts(conn: Connection, config: Config) -> list[tuple[str | None, int]]:
+    """How many registered tenants stand at each fingerprint of the state summary (None:
+    no state row): a whole fleet in as many rows as it has positions."""
+    sql = (
+        f"SELECT s.fingerprint, count(*) FROM {tenant_ref(config)} t "
+        f"LEFT JOIN {state_ref(config)} s ON s.schema_name = t.schema_name GROUP BY 1"
+    )
+    return [(r[0], int(r[1])) for r in conn.execute(sa.text(sql)).all()]
+
+
+def tenants_at(
+    conn: Connection, config: Config, fingerprints: Sequence[str | None]
+) -> list[tuple[str, str | None]]:
+    """(schema, fingerprint) of the registered tenants at ``fingerprints`` (None: those
+    without a state row), by name."""
+    sql = (
+        f"SELECT t.schema_name, s.fingerprint FROM {tenant_ref(config)} t "
+        f"LEFT JOIN {state_ref(config)} s ON s.schema_name = t.schema_name "
+        "WHERE s.fingerprint = ANY(:fps) OR (:none AND s.fingerprint IS NULL) "
+        "ORDER BY t.schema_name"
+    )
+    params = {"fps": [f for f in fingerprints if f is not None], "none": None in fingerprints}
+    return [(r[0], r[1]) for r in conn.execute(sa.text(sql), params).all()]
+
+
 def read_states(conn: Connection, config: Config) -> dict[str, str]:
     """Every schema's fingerprint in the state summary."""
     rows = conn.execute(sa.text(f"SELECT schema_name, fingerprint FROM {state_ref(config)}"))

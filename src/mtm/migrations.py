@@ -139,14 +139,9 @@ class MigrationSet:
 
 
 def discover(directory: Path, *, parse: bool = True) -> MigrationSet:
-    """Read the migrations folder (both layouts) into a MigrationSet, or explain what is wrong.
-
-    ``parse=False`` leaves out the checks that need PostgreSQL's parser (transaction
-    control, statements that cannot run in a transaction, COPY, empty scripts): for a
-    command that only shows where schemas stand (``status``), which runs no file.
-    Importing the parser alone costs 25-50 ms; the commands that run, render or check
-    files (migrate, sql, lint, validate...) still refuse such a file.
-    """
+    """Read the migrations folder (both layouts) into a MigrationSet, or explain what is
+    wrong. ``parse=False`` skips the checks that need PostgreSQL's parser (importing it
+    costs 25-50 ms) for a command that runs no file (``status``)."""
     if not directory.is_dir():
         raise MigrationFileError(
             f"migrations directory {directory} does not exist (create it, or run 'mtm init')"

@@ -381,7 +381,7 @@ def status_table(
     from rich.text import Text
 
     out: list[Any] = []
-    listing = list_all or len(result.tenants) <= LIST_LIMIT
+    listing = result.summary is None and (list_all or len(result.tenants) <= LIST_LIMIT)
     table = Table(title=None, show_lines=False)
     for col in _COLUMNS + (("node",) if result.nodes is not None else ()):  # node: Citus
         right = col in ("applied", "pending")
@@ -419,16 +419,15 @@ def status_table(
                 where = f"{len(pending)} behind: {names} pending"
             groups.add_row(f"{count:,}", where)
         out.append(groups)
-    at_head = sum(1 for t in result.tenants if t.at_head)
-    behind = len(result.tenants) - at_head
+    count, at_head = result.counts()
     pub = "at head" if result.public.at_head else f"{len(result.public.pending)} pending"
     out.append(
         Text(
-            f"{plural(len(result.tenants), 'tenant')}: {at_head:,} at head, "
-            f"{behind:,} behind; public {pub}"
+            f"{plural(count, 'tenant')}: {at_head:,} at head, "
+            f"{count - at_head:,} behind; public {pub}"
         )
     )
-    for s in [result.public, *result.tenants]:
+    for s in [result.public, *(t for t, _ in result.positions())]:
         for p in s.problems[:10]:
             out.append(Text(p, style="red"))
     return out

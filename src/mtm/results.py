@@ -183,17 +183,29 @@ class StatusResult:
     display_name: str = "*PUBLIC"
     # On a Citus cluster, each distributed tenant's node (HOST:PORT); None elsewhere.
     nodes: dict[str, str] | None = None
+    # A fleet too large to list, summarised (``status(summarise=True)``): each position
+    # with its count, and ``tenants`` empty.
+    summary: list[tuple[SchemaStatus, int]] | None = None
 
     @property
     def pending(self) -> bool:
-        return any(not s.at_head for s in [self.public, *self.tenants])
+        return any(not s.at_head for s, _ in [(self.public, 1), *self.positions()])
+
+    def positions(self) -> list[tuple[SchemaStatus, int]]:
+        """Every tenant's status with how many tenants it stands for (1 unless summarised)."""
+        return self.summary if self.summary is not None else [(t, 1) for t in self.tenants]
+
+    def counts(self) -> tuple[int, int]:
+        """(tenants, tenants at head)."""
+        pairs = self.positions()
+        return sum(n for _, n in pairs), sum(n for t, n in pairs if t.at_head)
 
     def groups(self) -> list[tuple[int, int, tuple[str, ...], bool]]:
         """Tenants grouped by position: (count, applied, pending names, has problems)."""
         counts: dict[tuple[int, tuple[str, ...], bool], int] = {}
-        for t in self.tenants:
+        for t, n in self.positions():
             key = (t.applied, tuple(t.pending), bool(t.problems))
-            counts[key] = counts.get(key, 0) + 1
+            counts[key] = counts.get(key, 0) + n
         return sorted(
             ((n, k[0], k[1], k[2]) for k, n in counts.items()), key=lambda g: (-g[1], g[2])
         )

@@ -209,12 +209,15 @@ class Ahead:
     schemas: frozenset[str]
 
 
-def ahead(tenants: Sequence[SchemaStatus]) -> Ahead | None:
-    """Which tenants are ahead of the rest, or None when none is. Most tenants' newest
-    applied migration is the rest's position (on a tie, the oldest such); tenants whose
-    ledgers disagree with the files are left out."""
-    clean = [t for t in tenants if not t.problems]
-    counts = Counter(t.last_applied for t in clean)
+def ahead(tenants: Sequence[tuple[SchemaStatus, int]]) -> Ahead | None:
+    """Which tenants are ahead of the rest, or None when none is: ``tenants`` are
+    statuses with how many tenants each stands for (``StatusResult.positions``). Most
+    tenants' newest applied migration is the rest's position (on a tie, the oldest
+    such); tenants whose ledgers disagree with the files are left out."""
+    clean = [(t, n) for t, n in tenants if not t.problems]
+    counts: Counter[str | None] = Counter()
+    for t, n in clean:
+        counts[t.last_applied] += n
     if len(counts) < 2:
         return None
     bulk, bulk_count = min(counts.items(), key=lambda kv: (-kv[1], _position(kv[0])))
@@ -224,7 +227,7 @@ def ahead(tenants: Sequence[SchemaStatus]) -> Ahead | None:
     if not later:
         return None
     positions = tuple((p, n) for p, n in sorted(later.items(), key=lambda kv: _position(kv[0])))
-    schemas = frozenset(t.schema for t in clean if t.last_applied in later)
+    schemas = frozenset(t.schema for t, _ in clean if t.last_applied in later and t.schema)
     return Ahead(bulk, bulk_count, tuple((p or "", n) for p, n in positions), schemas)
 
 

@@ -210,8 +210,10 @@ def status(
     from .placement import nodes_line
 
     names = as_json or list_all or bool(tenants)  # else only a small fleet's are shown
-    result = commands.status(config_of(ctx), tenants=list(tenants) or None, names=names)
-    found = ahead(result.tenants)
+    result = commands.status(
+        config_of(ctx), tenants=list(tenants) or None, names=names, summarise=not names
+    )
+    found = ahead(result.positions())
     if as_json:
         data = status_json(result, found.schemas if found is not None else ())
         dump_json({**data, "ahead": ahead_json(found)})

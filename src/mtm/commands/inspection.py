@@ -8,9 +8,15 @@ from .. import placement, planner
 from ..audit import audit
 from ..config import Config
 from ..errors import UsageError
-from ..fleetstatus import tenant_statuses
+from ..fleetstatus import summary, tenant_statuses
 from ..identifiers import validate_schema_name
-from ..ledger import PUBLIC, AppliedMigration, existing_ledgers, read_history
+from ..ledger import (
+    PUBLIC,
+    AppliedMigration,
+    existing_ledgers,
+    fingerprint_counts,
+    read_history,
+)
 from ..migrations import discover
 from ..registry import list_tenants
 from ..report import LIST_LIMIT
@@ -20,7 +26,11 @@ from .base import session
 
 
 def status(
-    config: Config, *, tenants: Sequence[str] | None = None, names: bool = True
+    config: Config,
+    *,
+    tenants: Sequence[str] | None = None,
+    names: bool = True,
+    summarise: bool = False,
 ) -> StatusResult:
     """Where every schema stands: applied/total, last applied, pending, problems.
 
@@ -28,12 +38,26 @@ def status(
     whose fingerprint matches no prefix of the files. ``names=False``: tenants' names
     and domains are read only for a fleet small enough to be listed (the summary of a
     larger one shows neither, and reading them cost more than the rest at 100,000).
+    ``summarise``: a whole fleet (no ``tenants``) of more than ``LIST_LIMIT`` tenants,
+    not on Citus, comes back as positions with counts (``StatusResult.summary``),
+    counted by the server: what the table shows of it, at the cost of a small one.
     """
     mset = discover(config.migrations_directory, parse=False)  # shows, runs nothing
     only = [validate_schema_name(t) for t in tenants] if tenants else None
     with session(config) as (_, conn):
         tables = _existing(conn, config)
         public = planner.public_plan(conn, config, mset, tables)
+        whole = summarise and only is None and tables["registry"] and tables["state"]
+        if whole and not placement.on_citus(conn):
+            counts = fingerprint_counts(conn, config)
+            if sum(n for _, n in counts) > LIST_LIMIT:
+                return StatusResult(
+                    public=SchemaStatus.of(public),
+                    tenants=[],
+                    total_tenant_migrations=len(mset.tenant),
+                    display_name=config.public_schema_display_name,
+                    summary=summary(conn, config, mset.tenant, counts),
+                )
         rows = planner.tenant_rows(conn, config, tables, only)
         read_names = bool(rows) and (names or len(rows) <= LIST_LIMIT)
         info = (
