@@ -21,6 +21,7 @@ from _reliability import spawn, wait_until, waiting_on_gate
 from conftest import ROOT, Project, _libpq
 from mtm import Config, keys
 from mtm.exits import Exit
+from mtm.migrations import discover
 from mtm.runner import Settings
 from mtm.words import plural
 
@@ -588,17 +589,22 @@ def test_status_loads_no_command_it_does_not_run(project: Project) -> None:
     assert r.stdout.strip().splitlines()[-1] == "[]", r.stdout + r.stderr
 
 
-def test_status_shows_a_file_that_migrate_and_validate_refuse(project: Project) -> None:
-    """status reads files without PostgreSQL's parser: a file mtm cannot run is shown
-    pending there, and refused, with nothing changed, where it would run or be checked."""
+def test_status_parses_only_the_files_it_finds_pending(project: Project) -> None:
+    """A file mtm cannot run is refused by status while it is pending, as by migrate; a
+    file applied everywhere is not parsed again."""
     project.write("tenant", "0001_customers.sql", "CREATE TABLE customers (id int);")
     assert project.cli("create", "acme").exit_code == 0
     project.write("tenant", "0002_hidden.sql", "CREATE TABLE t (id int);\nCOMMIT;\n")
+    for command in (["status"], ["status", "--json"], ["migrate"], ["validate"]):
+        refused = project.cli(*command)
+        assert refused.exit_code == 2, (command, refused.output)
+        assert "0002_hidden.sql:2: the up script contains 'COMMIT'" in refused.output, command
+    # recorded by hand, as an older tool might have: shown at head, not refused
+    project.query(
+        "INSERT INTO acme.mtm_migrations (name, checksum) VALUES "
+        f"('0002_hidden', '{discover(project.migrations, parse=False).tenant[1].checksum}')"
+    )
+    project.query("DELETE FROM public.mtm_migrations_state WHERE schema_name = 'acme'")
     shown = project.cli("status")
     assert shown.exit_code == 0, shown.output
-    assert "0002_hidden" not in shown.output and "1/2" in shown.output
-    for command in (["migrate"], ["migrate", "--dry-run"], ["validate"]):
-        refused = project.cli(*command)
-        assert refused.exit_code != 0, (command, refused.output)
-        assert "0002_hidden.sql:2: the up script contains 'COMMIT'" in refused.output, command
-    assert "1/2" in project.cli("status").output
+    assert "2/2" in shown.output

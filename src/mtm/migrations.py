@@ -21,7 +21,7 @@ import inspect
 import re
 import sys
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -198,6 +198,14 @@ def discover(directory: Path, *, parse: bool = True) -> MigrationSet:
         public=[found["public"][k] for k in sorted(found["public"])],
         tenant=[found["tenant"][k] for k in sorted(found["tenant"])],
     )
+
+
+def refuse_unrunnable(migrations: Iterable[Migration]) -> None:
+    """Refuse, exactly as ``discover`` does, any of ``migrations`` (read with
+    ``parse=False``) that mtm cannot run as written."""
+    for m in migrations:
+        if m.kind == "sql" and not m.legacy:
+            _read_migration(m.path, m.namespace, m.name, True)
 
 
 def _ignored(path: Path) -> bool:

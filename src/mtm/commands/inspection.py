@@ -17,7 +17,7 @@ from ..ledger import (
     fingerprint_counts,
     read_history,
 )
-from ..migrations import discover
+from ..migrations import discover, refuse_unrunnable
 from ..registry import list_tenants
 from ..report import LIST_LIMIT
 from ..results import SchemaStatus, StatusResult, ValidateResult
@@ -41,39 +41,35 @@ def status(
     ``summarise``: a whole fleet (no ``tenants``) of more than ``LIST_LIMIT`` tenants,
     not on Citus, comes back as positions with counts (``StatusResult.summary``),
     counted by the server: what the table shows of it, at the cost of a small one.
+    A pending file that mtm would refuse to run is refused here too (exit 2), so that
+    ``status --check`` fails on it; files applied everywhere are not parsed again.
     """
-    mset = discover(config.migrations_directory, parse=False)  # shows, runs nothing
+    # Read without the parser; a file it would refuse is refused below if it is pending.
+    mset = discover(config.migrations_directory, parse=False)
     only = [validate_schema_name(t) for t in tenants] if tenants else None
     with session(config) as (_, conn):
         tables = _existing(conn, config)
-        public = planner.public_plan(conn, config, mset, tables)
+        public = SchemaStatus.of(planner.public_plan(conn, config, mset, tables))
+        result = StatusResult(public, [], len(mset.tenant), config.public_schema_display_name)
         whole = summarise and only is None and tables["registry"] and tables["state"]
         if whole and not placement.on_citus(conn):
             counts = fingerprint_counts(conn, config)
             if sum(n for _, n in counts) > LIST_LIMIT:
-                return StatusResult(
-                    public=SchemaStatus.of(public),
-                    tenants=[],
-                    total_tenant_migrations=len(mset.tenant),
-                    display_name=config.public_schema_display_name,
-                    summary=summary(conn, config, mset.tenant, counts),
-                )
-        rows = planner.tenant_rows(conn, config, tables, only)
-        read_names = bool(rows) and (names or len(rows) <= LIST_LIMIT)
-        info = (
-            {t.schema: (t.name, t.domains) for t in list_tenants(conn, config, only)}
-            if read_names
-            else {}
-        )
-        statuses = tenant_statuses(conn, config, mset.tenant, rows, info)
-        placed = placement.nodes(conn, [schema for schema, _ in rows])
-    return StatusResult(
-        public=SchemaStatus.of(public),
-        tenants=statuses,
-        total_tenant_migrations=len(mset.tenant),
-        display_name=config.public_schema_display_name,
-        nodes=None if placed is None else {s: str(n) for s, n in placed.items()},
-    )
+                result.summary = summary(conn, config, mset.tenant, counts)
+        if result.summary is None:
+            rows = planner.tenant_rows(conn, config, tables, only)
+            read_names = bool(rows) and (names or len(rows) <= LIST_LIMIT)
+            info = (
+                {t.schema: (t.name, t.domains) for t in list_tenants(conn, config, only)}
+                if read_names
+                else {}
+            )
+            result.tenants = tenant_statuses(conn, config, mset.tenant, rows, info)
+            placed = placement.nodes(conn, [schema for schema, _ in rows])
+            result.nodes = None if placed is None else {s: str(n) for s, n in placed.items()}
+    pending = {name for s, _ in [(public, 1), *result.positions()] for name in s.pending}
+    refuse_unrunnable(m for m in [*mset.public, *mset.tenant] if m.name in pending)
+    return result
 
 
 def history(
