@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from sqlalchemy.engine import Connection
 
 from .config import Config
-from .ledger import tenants_at
+from .ledger import tenant_fingerprints
 from .migrations import Migration
 from .plan import prefix_fingerprints, prefix_planner
 from .planner import plans
@@ -96,6 +96,6 @@ def summary(
         else:
             out.append((SchemaStatus.of(plan), count))
     if apart:
-        rows = tenants_at(conn, config, apart)
+        rows = tenant_fingerprints(conn, config, at=apart)
         out += [(s, 1) for s in tenant_statuses(conn, config, migrations, rows, {})]
     return out

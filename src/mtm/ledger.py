@@ -180,13 +180,15 @@ def tenant_fingerprints(
     *,
     only: Sequence[str] | None = None,
     not_at: str | None = None,
+    at: Sequence[str | None] | None = None,
     with_state: bool = True,
 ) -> list[tuple[str, str | None]]:
     """(schema, fingerprint) of registered tenants by name, from the state summary.
 
     ``not_at`` keeps those not at that fingerprint, which is how a run with nothing to
-    do costs one query; without the state table (``with_state=False``) every
-    fingerprint is None.
+    do costs one query; ``at`` keeps those at one of these fingerprints (None: without
+    a state row); without the state table (``with_state=False``) every fingerprint is
+    None.
     """
     where: list[str] = []
     params: dict[str, object] = {}
@@ -196,6 +198,10 @@ def tenant_fingerprints(
     if not_at is not None and with_state:
         where.append("s.fingerprint IS DISTINCT FROM :fp")
         params["fp"] = not_at
+    if at is not None and with_state:
+        where.append("(s.fingerprint = ANY(:at) OR (:at_none AND s.fingerprint IS NULL))")
+        params["at"] = [f for f in at if f is not None]
+        params["at_none"] = None in at
     join = f"LEFT JOIN {state_ref(config)} s ON s.schema_name = t.schema_name"
     sql = (
         f"SELECT t.schema_name, {'s.fingerprint' if with_state else 'NULL'} "
@@ -214,21 +220,6 @@ def fingerprint_counts(conn: Connection, config: Config) -> list[tuple[str | Non
         f"LEFT JOIN {state_ref(config)} s ON s.schema_name = t.schema_name GROUP BY 1"
     )
     return [(r[0], int(r[1])) for r in conn.execute(sa.text(sql)).all()]
-
-
-def tenants_at(
-    conn: Connection, config: Config, fingerprints: Sequence[str | None]
-) -> list[tuple[str, str | None]]:
-    """(schema, fingerprint) of the registered tenants at ``fingerprints`` (None: those
-    without a state row), by name."""
-    sql = (
-        f"SELECT t.schema_name, s.fingerprint FROM {tenant_ref(config)} t "
-        f"LEFT JOIN {state_ref(config)} s ON s.schema_name = t.schema_name "
-        "WHERE s.fingerprint = ANY(:fps) OR (:none AND s.fingerprint IS NULL) "
-        "ORDER BY t.schema_name"
-    )
-    params = {"fps": [f for f in fingerprints if f is not None], "none": None in fingerprints}
-    return [(r[0], r[1]) for r in conn.execute(sa.text(sql), params).all()]
 
 
 def read_states(conn: Connection, config: Config) -> dict[str, str]:

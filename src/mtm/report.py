@@ -358,14 +358,11 @@ def status_json(result: StatusResult, ahead: Collection[str] = ()) -> dict[str, 
             "problems": s.problems,
         } | ({} if result.nodes is None else {"node": result.nodes.get(s.schema)})
 
+    count, at_head = result.counts()
     return {
         "public": one(result.public),
         "tenants": ({**one(t), "ahead": t.schema in ahead} for t in result.tenants),  # streamed
-        "summary": {
-            "tenants": len(result.tenants),
-            "at_head": sum(1 for t in result.tenants if t.at_head),
-            "pending": result.pending,
-        },
+        "summary": {"tenants": count, "at_head": at_head, "pending": result.pending},
     }
 
 
