@@ -331,6 +331,26 @@ def test_help_and_version_import_no_database_library(option: str) -> None:
     assert r.stdout.strip().splitlines()[-1] == "[]", r.stdout
 
 
+def test_the_command_line_alone_collects_garbage_in_larger_batches() -> None:
+    """``main`` raises the collector's first threshold for its own process (a read
+    command at 10,000 tenants ran it hundreds of times); importing mtm or its command
+    group, as an application or a test does, leaves the process's setting alone."""
+    code = (
+        "import gc, sys\n"
+        "default = gc.get_threshold()\n"
+        "import mtm, mtm.cli\n"
+        "assert gc.get_threshold() == default, gc.get_threshold()\n"
+        "sys.argv = ['mtm', '--version']\n"
+        "try:\n"
+        "    mtm.cli.main()\n"
+        "except SystemExit as exc:\n"
+        "    assert not exc.code, exc.code\n"
+        "print(gc.get_threshold()[0], default[1:] == gc.get_threshold()[1:])\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert r.stdout.strip().splitlines()[-1] == "50000 True", r.stdout + r.stderr
+
+
 def test_import_mtm_is_lazy_but_complete() -> None:
     code = (
         "import sys, mtm\n"
