@@ -26,6 +26,15 @@ from .registry import tenant_ref
 
 PUBLIC = "public"
 
+# Whether the relation ``c`` (of pg_class) has the ledger's checksum column: a ledger
+# without one is another tool's. A scalar subquery, an index probe per relation: written
+# as EXISTS, the server hashed it into a scan of all of pg_attribute (830,000 rows at
+# 10,000 tenants), which made the catalog query of ``validate`` 110 ms instead of 55.
+HAS_CHECKSUM = (
+    "(SELECT true FROM pg_attribute a WHERE a.attrelid = c.oid "
+    "AND a.attname = 'checksum' AND NOT a.attisdropped) IS NOT NULL"
+)
+
 
 @dataclass(frozen=True)
 class AppliedMigration:
@@ -161,8 +170,7 @@ def existing_ledgers(conn: Connection, config: Config, schemas: Iterable[str]) -
     another tool made (it has no checksum column), before anything reads it."""
     rows = conn.execute(
         sa.text(
-            "SELECT n.nspname, EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = c.oid "
-            "AND a.attname = 'checksum' AND NOT a.attisdropped) "
+            f"SELECT n.nspname, {HAS_CHECKSUM} "
             "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
             "WHERE c.relname = :t AND c.relkind IN ('r', 'p') AND n.nspname = ANY(:s)"
         ),

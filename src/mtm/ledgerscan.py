@@ -21,7 +21,7 @@ from .config import Config
 from .database import checkout
 from .errors import made_by_another_tool
 from .identifiers import quote_literal
-from .ledger import FINGERPRINT_SQL, ledger_ref
+from .ledger import FINGERPRINT_SQL, HAS_CHECKSUM, ledger_ref
 from .plan import fingerprint
 
 BATCH = 100  # ledgers a query (see ``read_ledgers``: a UNION ALL plans slower when long)
@@ -58,8 +58,7 @@ def ledger_tables(conn: Connection, config: Config, wanted: Iterable[str]) -> Le
     to match; refuses one of ``wanted`` that another tool made (no checksum column)."""
     rows = conn.execute(
         sa.text(
-            "SELECT n.nspname, c.relkind IN ('r', 'p'), EXISTS (SELECT 1 FROM pg_attribute a "
-            "WHERE a.attrelid = c.oid AND a.attname = 'checksum' AND NOT a.attisdropped) "
+            f"SELECT n.nspname, c.relkind IN ('r', 'p'), {HAS_CHECKSUM} "
             "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relname = :t"
         ),
         {"t": config.migrations_table},

@@ -31,7 +31,7 @@ from .config import Config
 from .database import rollback_quietly, run_script
 from .errors import MtmError, TablesRefused, adoption_unfinished, made_by_another_tool
 from .identifiers import quote_ident
-from .ledger import PUBLIC, ledger_ddl, ledger_ref, state_ref
+from .ledger import HAS_CHECKSUM, PUBLIC, ledger_ddl, ledger_ref, state_ref
 from .locks import schema_lock_sql
 from .registry import domain_ref, tenant_ref
 from .results import TablesUpgrade
@@ -227,8 +227,7 @@ def refuse_foreign_ledgers(
             # relname = name(:l), not text: the catalog's index on relname is used
             "SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
             f"WHERE c.relname = CAST(:l AS name) AND n.nspname <> 'public' AND {among} "
-            "AND (c.relkind NOT IN ('r', 'p') OR NOT EXISTS (SELECT 1 FROM pg_attribute a "
-            "WHERE a.attrelid = c.oid AND a.attname = 'checksum' AND NOT a.attisdropped)) "
+            f"AND (c.relkind NOT IN ('r', 'p') OR NOT {HAS_CHECKSUM}) "
             "ORDER BY 1 LIMIT 5"
         ),
         params,
