@@ -39,6 +39,7 @@ quick: lint
 bench: $(STAMP)
 	$(BIN)/python benchmarks/fleet.py
 	$(BIN)/python benchmarks/startup.py
+	$(BIN)/python benchmarks/requests.py
 
 clean:
 	-$(BIN)/python examples/demo.py --stop 2>/dev/null
