@@ -107,23 +107,33 @@ def fleet(url: str, tenants: int, folder: Path) -> Iterator[Path]:
             (folder / "migrations" / "tenant" / file).write_text(sql + "\n")
         (folder / "mtm.toml").write_text(f"database_url = {json.dumps(rendered)}\n")
         mtm(folder, "migrate")
-        config = Config.load(str(folder / "mtm.toml"))
-        migrations = discover(config.migrations_directory).tenant
-        with psycopg.connect(libpq(rendered), autocommit=True) as conn:
-            conn.execute(f'ALTER DATABASE "{name}" SET synchronous_commit = off')
-            for i in range(0, tenants, 100):
-                script: list[str] = []
-                for n in range(i, min(i + 100, tenants)):
-                    schema = f"t{n:06d}"
-                    body = [s for m in migrations for s in steps.create_body(config, schema, m)]
-                    script += steps.create(config, schema, None, []).around(body)
-                conn.execute(join_script(script).encode(), prepare=False)
-            conn.execute(f'ALTER DATABASE "{name}" RESET synchronous_commit')
-            conn.execute("VACUUM ANALYZE")
+        bulk_create(Config.load(str(folder / "mtm.toml")), 0, tenants)
         yield folder
     finally:
         with psycopg.connect(libpq(url), autocommit=True) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def bulk_create(config: Config, start: int, stop: int) -> None:
+    """Tenants ``t{start:06d}`` .. ``t{stop - 1:06d}`` at head, fast and untimed: mtm's
+    own create scripts, 100 tenants a round trip, ``synchronous_commit`` off meanwhile;
+    then ``VACUUM ANALYZE``. Not the create path a user runs (that is timed elsewhere)."""
+    url = config.database_url or ""
+    name = make_url(url).database
+    migrations = discover(config.migrations_directory).tenant
+    with psycopg.connect(libpq(url), autocommit=True) as conn:
+        conn.execute(f'ALTER DATABASE "{name}" SET synchronous_commit = off')
+        for i in range(start, stop, 100):
+            script: list[str] = []
+            for n in range(i, min(i + 100, stop)):
+                schema = f"t{n:06d}"
+                body = [s for m in migrations for s in steps.create_body(config, schema, m)]
+                script += steps.create(config, schema, None, []).around(body)
+            conn.execute(join_script(script).encode(), prepare=False)
+            if (i - start) % 10_000 == 0 and i > start:
+                log(f"{i:,} tenants")
+        conn.execute(f'ALTER DATABASE "{name}" RESET synchronous_commit')
+        conn.execute("VACUUM ANALYZE")
 
 
 def mtm_command() -> list[str]:

@@ -51,15 +51,16 @@ HUNDRED_THOUSAND = ROOT / "benchmarks" / "hundred_thousand.py"
 @pytest.mark.slow
 @pytest.mark.timeout(900)  # two runs of ten mtm processes each; a busy machine is slow
 def test_hundred_thousand_benchmark_runs_and_resumes(server_url: str, tmp_path: Path) -> None:
-    # A tiny fleet kept, then completed by a second run reusing it (--skip-build),
-    # which drops both databases at its end.
+    # A tiny fleet kept, then completed by a second run reusing it (--skip-build), its
+    # first tenant made untimed by create scripts (--untimed), which drops both
+    # databases at its end (validate, run on the fleet, fails on a tenant not at head).
     prefix = f"mtm_100k_smoke_{uuid.uuid4().hex[:8]}"
     common = [sys.executable, str(HUNDRED_THOUSAND), "--dsn", server_url, "--prefix", prefix]
     common += ["--block", "4", "--small", "2", "--rounds", "1"]
     first, second = tmp_path / "first.json", tmp_path / "second.json"
     for extra, out in (
         (["--tenants", "9", "--keep"], first),
-        (["--tenants", "13", "--skip-build"], second),
+        (["--tenants", "14", "--skip-build", "--untimed", "10"], second),
     ):
         run = subprocess.run(
             [*common, *extra, "--out", str(out)], capture_output=True, text=True, timeout=420
@@ -68,7 +69,7 @@ def test_hundred_thousand_benchmark_runs_and_resumes(server_url: str, tmp_path: 
         assert "migrate at" in run.stdout and "peak RSS MB, validate (large)" in run.stdout
     built, resumed = json.loads(first.read_text()), json.loads(second.read_text())
     assert built["meta"]["built_from"] == 0 and len(built["create_blocks_seconds"]) == 3
-    assert resumed["meta"]["built_from"] == 9 and len(resumed["create_blocks_seconds"]) == 1
+    assert resumed["meta"]["built_from"] == 10 and len(resumed["create_blocks_seconds"]) == 1
     for res in (built, resumed):
         assert res["create_control"]["tenants"] in (1, 4)
         assert res["commands"]["status (large)"]["max_rss_mb"] > 0
