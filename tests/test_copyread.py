@@ -58,6 +58,18 @@ def test_a_failed_copy_returns_none_and_leaves_the_connection_ready(
     assert copy_rows(pg, [_copy("empty")]) == [[]]
 
 
+def test_a_connection_in_a_transaction_or_a_pipeline_is_left_alone(
+    pg: psycopg.Connection[tuple[object, ...]],
+) -> None:
+    with pg.transaction():
+        pg.execute("SELECT 1")
+        assert copy_rows(pg, [_copy("odd")]) is None
+    with pg.pipeline():
+        assert copy_rows(pg, [_copy("odd")]) is None
+        assert pg.execute("SELECT count(*) FROM odd").fetchone() == (len(ODD),)
+    assert copy_rows(pg, [_copy("empty")]) == [[]]
+
+
 def test_a_lost_connection_raises(
     project: Project, pg: psycopg.Connection[tuple[object, ...]]
 ) -> None:

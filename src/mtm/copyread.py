@@ -34,8 +34,11 @@ def copy_rows(
 ) -> list[list[list[str]]] | None:
     """The rows of each of ``statements`` (each a ``COPY ... TO STDOUT (FORMAT csv)``), as
     lists of fields (a NULL reads as ""), in one round trip on ``conn``, an idle
-    connection in autocommit mode; ``None`` if any of them failed."""
+    connection in autocommit mode (``None`` at once on any other); ``None`` if any of
+    them failed."""
     pgconn = conn.pgconn
+    if conn.info.transaction_status != pq.TransactionStatus.IDLE or pgconn.pipeline_status:
+        return None  # in a transaction or a pipeline: not the state this reads from
     encoding = conn.info.encoding
     with selectors.DefaultSelector() as selector:
         selector.register(pgconn.socket, selectors.EVENT_READ)
