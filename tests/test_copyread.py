@@ -8,7 +8,6 @@ from collections.abc import Iterator
 
 import psycopg
 import pytest
-from sqlalchemy.engine import Connection
 
 from conftest import Project, _libpq
 from mtm import ledgerscan
@@ -79,14 +78,7 @@ def test_a_lost_connection_raises(
         copy_rows(pg, [_copy("odd")] * 50)
 
 
-def _ledger_sums(conn: Connection, project: Project, by_copy: bool) -> object:
-    conn.info[APART] = not by_copy  # the SELECT path is Citus's
-    return ledgerscan._sums(conn, project.config, [["acme", "umbrella"], ["globex", "initech"]])
-
-
-def test_the_sums_from_copied_rows_are_the_servers(
-    project: Project, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_the_sums_from_copied_rows_are_the_servers(project: Project) -> None:
     """Fingerprint, count and ambiguity worked out from the rows equal the SQL's, for
     odd names, a NULL checksum, an empty ledger, and a ledger COPY may refuse (a
     partitioned one: the batch is then read with the SQL)."""
@@ -107,27 +99,23 @@ def test_the_sums_from_copied_rows_are_the_servers(
         cur.execute("CREATE TABLE initech.rest PARTITION OF initech.mtm_migrations DEFAULT")
         cur.execute("INSERT INTO initech.mtm_migrations SELECT * FROM initech.old")
         cur.execute("DROP TABLE initech.old")
-    copied: list[bool] = []
-
-    def spy(conn: psycopg.Connection[object], statements: list[str]) -> object:
-        tables = copy_rows(conn, statements)
-        copied.append(tables is not None)
-        return tables
-
-    monkeypatch.setattr(ledgerscan, "copy_rows", spy)
-    engine = create_engine(project.config)
+    config = project.config
+    chunks = [["acme", "umbrella"], ["globex", "initech"]]
+    engine = create_engine(config)
     try:
         with checkout(engine) as conn:
-            by_copy = _ledger_sums(conn, project, True)
-            assert copied == [True, False]  # acme and umbrella by COPY, the others by SQL
-            by_sql = _ledger_sums(conn, project, False)
+            copied, missed = ledgerscan._copied_sums(conn, config, chunks)
+            assert missed == chunks[1:]  # COPY refuses the partitioned ledger's batch
+            by_sql = ledgerscan._computed_sums(conn, config, chunks)
+            conn.info[APART] = False
+            mixed = ledgerscan.ledger_sums(engine, conn, config, [s for c in chunks for s in c])
     finally:
         engine.dispose()
-    assert by_copy == by_sql
-    assert isinstance(by_copy, dict)
-    assert by_copy["acme"].rows == len(ODD) + 1 and by_copy["acme"].ambiguous
-    assert by_copy["umbrella"].ambiguous  # a comma alone makes the text ambiguous too
-    assert by_copy["globex"] == ledgerscan.NO_LEDGER
+    assert copied == {s: by_sql[s] for s in chunks[0]}
+    assert mixed == by_sql
+    assert copied["acme"].rows == len(ODD) + 1 and copied["acme"].ambiguous
+    assert copied["umbrella"].ambiguous  # a comma alone makes the text ambiguous too
+    assert by_sql["globex"] == ledgerscan.NO_LEDGER
 
 
 def test_an_interrupted_read_closes_the_connection(
@@ -145,9 +133,8 @@ def test_an_interrupted_read_closes_the_connection(
     engine = create_engine(project.config)
     try:
         with checkout(engine) as conn:
-            conn.info[APART] = False
             with pytest.raises(KeyboardInterrupt):
-                ledgerscan._sums(conn, project.config, [["acme"]])
+                ledgerscan._copied_sums(conn, project.config, [["acme"]])
             assert conn.invalidated
     finally:
         engine.dispose()

@@ -30,7 +30,7 @@ def audit(
     result = ValidateResult(adopted=[m.path.name for m in mset if m.legacy])
     registered = [s for s, _ in tenant_rows(conn, config, tables, None)]
     schemas = [PUBLIC, *registered]
-    found = ledger_tables(conn, config, schemas)
+    found = ledger_tables(conn, config)
     sums = ledger_sums(engine, conn, config, [s for s in schemas if s in found.ledgers])
     result.schemas_checked = len(schemas)
     result.problems += _ledger_problems(conn, config, mset, schemas, sums)
