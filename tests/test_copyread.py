@@ -19,6 +19,7 @@ ODD = [
     ("comma,colon:", "x,y:z"),
     ('quote" and \\ backslash', '"'),
     ("new\nline\tand tab", ""),
+    ("carriage\r\nreturn", "\r"),
     ("naïve ☃", "\\N"),
     ("null checksum", None),
 ]
