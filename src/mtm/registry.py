@@ -173,14 +173,16 @@ def registered_among(conn: Connection, config: Config, schemas: Sequence[str]) -
         conn.execute(
             sa.text(f"SELECT schema_name FROM {tenant_ref(config)} WHERE schema_name = ANY(:s)"),
             {"s": list(schemas)},
-        ).scalars()
+        )
+        .scalars()
+        .all()
     )
 
 
 def tenant_schemas(conn: Connection, config: Config) -> list[str]:
     """Every registered tenant's schema name, in name order."""
     query = f"SELECT schema_name FROM {tenant_ref(config)} ORDER BY schema_name"
-    return list(conn.execute(sa.text(query)).scalars())
+    return list(conn.execute(sa.text(query)).scalars().all())  # at once, not row by row
 
 
 def count_tenants(conn: Connection, config: Config) -> int:

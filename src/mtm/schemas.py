@@ -16,7 +16,7 @@ def schema_exists(conn: Connection, schema: str) -> bool:
 
 
 def existing_schemas(conn: Connection) -> set[str]:
-    return set(conn.execute(sa.text("SELECT nspname FROM pg_namespace")).scalars())
+    return set(conn.execute(sa.text("SELECT nspname FROM pg_namespace")).scalars().all())
 
 
 def current_database(conn: Connection) -> str:

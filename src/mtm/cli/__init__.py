@@ -154,7 +154,7 @@ tenants.role.add_command(lifecycle.role_remove)
 # at the default the collector ran hundreds of times while SQLAlchemy was imported and
 # 10,000 rows were read, and each run of its older generations walked every object those
 # imports made: 40-130 ms of a read command at 10,000 tenants on a slow machine, 10-20%
-# of it (docs/performance.md, "Start-up"). Garbage in cycles is still collected, only
+# of it (docs/performance.md, "Fifth round"). Garbage in cycles is still collected, only
 # in larger batches. Set by ``main`` alone: a process that imports mtm keeps its own.
 GC_THRESHOLD = 50_000
 
