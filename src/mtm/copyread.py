@@ -51,8 +51,8 @@ def copy_rows(
         failed = False
         while (result := _next_result(pgconn, selector)) is not None:
             if result.status == pq.ExecStatus.COPY_OUT:
-                lines = _copy_out(pgconn, selector)
-                tables.append([next(csv.reader([line.decode(encoding)])) for line in lines])
+                lines = _copy_out(pgconn, selector)  # a row each, its newlines quoted
+                tables.append(list(csv.reader(line.decode(encoding) for line in lines)))
             elif result.status != pq.ExecStatus.COMMAND_OK:
                 failed = True  # the server skips the statements after it
     return None if failed or len(tables) != len(statements) else tables
