@@ -109,7 +109,9 @@ def test_the_sums_from_copied_rows_are_the_servers(project: Project) -> None:
             assert missed == chunks[1:]  # COPY refuses the partitioned ledger's batch
             by_sql = ledgerscan._computed_sums(conn, config, chunks)
             conn.info[APART] = False
-            mixed = ledgerscan.ledger_sums(engine, conn, config, [s for c in chunks for s in c])
+            mixed = ledgerscan.ledger_sums(
+                lambda: checkout(engine), conn, config, [s for c in chunks for s in c]
+            )
     finally:
         engine.dispose()
     assert copied == {s: by_sql[s] for s in chunks[0]}

@@ -12,7 +12,7 @@ from sqlalchemy.engine import make_url
 
 from _reliability import ledger, tables
 from conftest import Project
-from mtm.database import _connect_args
+from mtm.database import _connect_args, _url_options
 
 # Each hides a COMMIT from a splitter that is not PostgreSQL's; after it, a CREATE TABLE
 # would run outside the step's transaction (and with search_path reset: in public).
@@ -202,7 +202,7 @@ def test_backslashes_are_read_alike_where_the_database_turned_conforming_strings
 
 def test_options_in_the_url_are_kept() -> None:
     url = make_url("postgresql://u@h/d?options=-c%20work_mem%3D4MB")
-    assert _connect_args(url, "mtm")["options"] == (
+    assert _connect_args(_url_options(url), "mtm")["options"] == (
         "-c work_mem=4MB -c standard_conforming_strings=on"
     )
 

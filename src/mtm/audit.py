@@ -10,28 +10,27 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from sqlalchemy.engine import Connection, Engine
-
 from .config import Config
 from .ledger import PUBLIC, read_ledgers, read_states
-from .ledgerscan import NO_LEDGER, LedgerSum, ledger_sums, ledger_tables
+from .ledgerscan import NO_LEDGER, Another, LedgerSum, ledger_sums, ledger_tables
 from .migrations import MigrationSet, Namespace
 from .plan import plan_from_ledger, prefix_fingerprints, prefix_planner
 from .planner import Tables, tenant_rows
 from .results import ValidateResult
 from .schemas import existing_schemas
+from .sqlrun import Conn
 
 
 def audit(
-    conn: Connection, config: Config, mset: MigrationSet, tables: Tables, *, engine: Engine
+    conn: Conn, config: Config, mset: MigrationSet, tables: Tables, *, another: Another
 ) -> ValidateResult:
-    """Every problem found, one line each, prefixed with its schema (``engine`` gives a
+    """Every problem found, one line each, prefixed with its schema (``another`` opens a
     second connection to read ledgers on)."""
     result = ValidateResult(adopted=[m.path.name for m in mset if m.legacy])
     registered = [s for s, _ in tenant_rows(conn, config, tables, None)]
     schemas = [PUBLIC, *registered]
     found = ledger_tables(conn, config)
-    sums = ledger_sums(engine, conn, config, [s for s in schemas if s in found.ledgers])
+    sums = ledger_sums(another, conn, config, [s for s in schemas if s in found.ledgers])
     result.schemas_checked = len(schemas)
     result.problems += _ledger_problems(conn, config, mset, schemas, sums)
     present = existing_schemas(conn)
@@ -59,7 +58,7 @@ def audit(
 
 
 def _ledger_problems(
-    conn: Connection,
+    conn: Conn,
     config: Config,
     mset: MigrationSet,
     schemas: Sequence[str],

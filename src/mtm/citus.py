@@ -14,12 +14,11 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-import sqlalchemy as sa
-from sqlalchemy.engine import Connection
-
+from . import sqlrun
 from .config import Config
 from .errors import ConfigError
 from .identifiers import quote_literal
+from .sqlrun import Conn
 
 log = logging.getLogger("mtm.citus")
 
@@ -62,23 +61,20 @@ class Mode:
         return [f"SET LOCAL {SHARDING} TO {'on' if self.distributed else 'off'}"]
 
 
-def cluster(conn: Connection) -> Cluster:
+def cluster(conn: Conn) -> Cluster:
     """The citus extension's version and the number of active primary workers."""
-    version = conn.execute(
-        sa.text("SELECT extversion FROM pg_extension WHERE extname = 'citus'")
-    ).scalar()
+    version = sqlrun.scalar(conn, "SELECT extversion FROM pg_extension WHERE extname = 'citus'")
     if version is None:
         return Cluster(None)
-    workers = conn.execute(
-        sa.text(
-            "SELECT count(*) FROM pg_dist_node "
-            "WHERE isactive AND noderole = 'primary' AND groupid <> 0"
-        )
-    ).scalar()
+    workers = sqlrun.scalar(
+        conn,
+        "SELECT count(*) FROM pg_dist_node "
+        "WHERE isactive AND noderole = 'primary' AND groupid <> 0",
+    )
     return Cluster(str(version), int(workers or 0))
 
 
-def mode(conn: Connection, config: Config) -> Mode:
+def mode(conn: Conn, config: Config) -> Mode:
     """What ``mtm create`` makes on this database under ``config``'s ``distributed``
     (``check`` it before relying on it)."""
     found = cluster(conn)
@@ -114,18 +110,17 @@ def announce(mode: Mode) -> None:
     )
 
 
-def is_distributed(conn: Connection, schema: str) -> bool:
+def is_distributed(conn: Conn, schema: str) -> bool:
     """Whether ``schema`` is a distributed schema (False without Citus)."""
     if not cluster(conn).installed:
         return False
-    found = conn.execute(
-        sa.text(
-            "SELECT 1 FROM pg_dist_schema d JOIN pg_namespace n ON n.oid = d.schemaid "
-            "WHERE n.nspname = :s"
-        ),
+    found = sqlrun.rows(
+        conn,
+        "SELECT 1 FROM pg_dist_schema d JOIN pg_namespace n ON n.oid = d.schemaid "
+        "WHERE n.nspname = %(s)s",
         {"s": schema},
-    ).scalar()
-    return found is not None
+    )
+    return bool(found)
 
 
 def distribute_sql(schema: str) -> str:

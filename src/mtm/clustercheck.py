@@ -28,15 +28,17 @@ anything changes:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-import sqlalchemy as sa
-from sqlalchemy.engine import Connection
-
-from . import sqlscript
+from . import sqlrun, sqlscript
 from .config import Config
 from .database import checkout, create_engine, driver, run_script
 from .errors import MtmError
 from .exits import Exit
+from .sqlrun import Conn
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection
 
 CITUS_SQL = "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus')"
 
@@ -45,7 +47,7 @@ _DISTRIBUTED_SQL = """
 SELECT n.nspname
 FROM pg_catalog.pg_namespace n
 JOIN pg_dist_schema d ON d.schemaid = n.oid
-WHERE n.nspname = ANY(:schemas)
+WHERE n.nspname = ANY(%(schemas)s)
 ORDER BY n.nspname
 """
 
@@ -58,18 +60,18 @@ class ClusterRefusal(MtmError):
     exit_code = Exit.USAGE
 
 
-def is_citus(conn: Connection) -> bool:
+def is_citus(conn: Conn) -> bool:
     """True when the Citus extension is installed in this database."""
-    return bool(conn.execute(sa.text(CITUS_SQL)).scalar())
+    return bool(sqlrun.scalar(conn, CITUS_SQL))
 
 
-def distributed(conn: Connection, schemas: Sequence[str]) -> list[str]:
+def distributed(conn: Conn, schemas: Sequence[str]) -> list[str]:
     """Those of ``schemas`` that are Citus distributed schemas, sorted ([] off Citus)."""
     if not schemas or not is_citus(conn):
         return []
-    if not conn.execute(sa.text(_HAS_SCHEMA_TABLE_SQL)).scalar():
+    if not sqlrun.scalar(conn, _HAS_SCHEMA_TABLE_SQL):
         return []
-    rows = conn.execute(sa.text(_DISTRIBUTED_SQL), {"schemas": list(schemas)})
+    rows = sqlrun.rows(conn, _DISTRIBUTED_SQL, {"schemas": list(schemas)})
     return [str(r[0]) for r in rows]
 
 
@@ -102,7 +104,7 @@ def keep_local(conn: Connection) -> None:
         conn.exec_driver_sql("SET citus.enable_schema_based_sharding TO off")
 
 
-def refuse_distributed(conn: Connection, schemas: Sequence[str], why: str, instead: str) -> None:
+def refuse_distributed(conn: Conn, schemas: Sequence[str], why: str, instead: str) -> None:
     """Raise a :class:`ClusterRefusal` naming the first distributed one of ``schemas``."""
     found = distributed(conn, schemas)
     if found:
@@ -110,7 +112,7 @@ def refuse_distributed(conn: Connection, schemas: Sequence[str], why: str, inste
         raise ClusterRefusal(f"{found[0]}{more} is a distributed schema: {why}; {instead}")
 
 
-def refuse_nologin_role(conn: Connection, schema: str, role: str) -> None:
+def refuse_nologin_role(conn: Conn, schema: str, role: str) -> None:
     """A tenant role that cannot log in is of no use on a distributed tenant: the
     coordinator reaches the worker as the role itself (after ``SET ROLE`` too), and the
     worker refuses a role without LOGIN."""

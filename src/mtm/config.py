@@ -4,7 +4,7 @@ Keys (declared once, in ``keys.py``) match the original multi-tenant-migrate too
 for one. Each comes from, in order of precedence: a command-line option (``--url``,
 ``--jobs``...), the environment variable ``MTM_<KEY>``, the file, its default. Every
 mistake is a ``ConfigError`` naming the file or variable and the key. SQLAlchemy is
-imported only when a URL is parsed, so ``mtm --help`` stays fast.
+imported only for a URL libpq could read otherwise (``conninfo``): ``--help`` stays fast.
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ class Config:
             if problem:
                 raise ConfigError(f"{source}: {problem}")
         if self.database_url is not None:
-            sqlalchemy_url(self.database_url, source)
+            _check_url(self.database_url, source)
         if not self.migrations_directory.is_absolute():
             object.__setattr__(self, "migrations_directory", self.root / self.migrations_directory)
 
@@ -152,7 +152,7 @@ class Config:
                     values[key] = value
             url, url_source = _layer_url(layer, url, url_source)
         if url is not None:
-            sqlalchemy_url(url, url_source)
+            _check_url(url, url_source)
         if "migrations_directory" in values:
             values["migrations_directory"] = Path(values["migrations_directory"])
         fields: dict[str, Any] = values
@@ -400,15 +400,19 @@ _SECRETS: set[str] = set()
 _SECRETS_LOCK = threading.Lock()
 
 
-def remember_secret(password: str) -> None:
-    """Have ``mask_url`` hide ``password`` (and its URL spellings) in every text."""
+def remember_secret(password: str, *, rendered: bool = True) -> None:
+    """Have ``mask_url`` hide ``password`` (and its URL spellings) in every text.
+
+    ``rendered=False``: not as SQLAlchemy spells it in a URL, which needs its import;
+    a command that makes an engine passes the URL through ``sqlalchemy_url`` again."""
     if len(password) < MIN_SECRET_LENGTH:
         return
-    from sqlalchemy.engine import URL
+    forms = {password, quote(password, safe=""), quote_plus(password)}
+    if rendered:
+        from sqlalchemy.engine import URL
 
-    rendered = URL.create("x", username="u", password=password, host="h")
-    spelled = rendered.render_as_string(hide_password=False)[len("x://u:") : -len("@h")]
-    forms = {password, quote(password, safe=""), quote_plus(password), spelled}
+        url = URL.create("x", username="u", password=password, host="h")
+        forms.add(url.render_as_string(hide_password=False)[len("x://u:") : -len("@h")])
     with _SECRETS_LOCK:
         _SECRETS.update(form for form in forms if len(form) >= MIN_SECRET_LENGTH)
 
@@ -429,15 +433,15 @@ def mask_url(text: str) -> str:
     return text
 
 
+def _check_url(url: str, source: str) -> None:
+    from .conninfo import check  # psycopg's import, only where there is a URL
+
+    check(url, source)
+
+
 def _type_name(t: type) -> str:
-    return {
-        str: "a string",
-        int: "an integer",
-        bool: "a boolean",
-        float: "a number",
-        list: "a list",
-        dict: "a table",
-    }.get(t, t.__name__)
+    names = {str: "a string", int: "an integer", bool: "a boolean", float: "a number"}
+    return {**names, list: "a list", dict: "a table"}.get(t, t.__name__)
 
 
 def _reason(exc: Exception) -> str:

@@ -15,16 +15,17 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import psycopg
-import sqlalchemy as sa
-from sqlalchemy.engine import URL, Connection, Engine
 
-from . import sqlscript
+from . import conninfo, sqlrun, sqlscript
 from .config import Config, mask_url, sqlalchemy_url
 from .embedded import EmbeddedServer
 from .errors import DatabaseUnavailable, MtmError
 from .locks import SCHEMA_BUSY, pause, waiting_for
+from .sqlrun import Conn
 
 if TYPE_CHECKING:
+    from sqlalchemy.engine import URL, Connection, Engine
+
     from .migrations import MigrationSet
     from .results import CreateResult
 
@@ -42,17 +43,51 @@ def create_engine(config: Config, *, pool_size: int = 2, purpose: str = "mtm") -
     ``use_native_hstore=False``: mtm reads and writes no hstore, and the dialect would
     otherwise look the type up at the first connection (a transaction and a catalog
     query: three round trips and ~5 ms of every command's start)."""
+    import sqlalchemy as sa  # not at import: the read commands run without it (sqlrun)
+
     url = sqlalchemy_url(resolve_url(config))
     engine = sa.create_engine(
         url,
         isolation_level="AUTOCOMMIT",
         pool_size=pool_size,
         max_overflow=2,
-        connect_args=_connect_args(url, purpose),
+        connect_args=_connect_args(_url_options(url), purpose),
         use_native_hstore=False,
     )
     sa.event.listen(engine, "connect", _note_citus)
     return engine
+
+
+@contextmanager
+def direct(config: Config, *, purpose: str = "mtm") -> Iterator[Conn]:
+    """A connection for a command that only reads: psycopg's own, in autocommit mode,
+    with the parameters and notes of an engine's (``create_engine``), when libpq reads
+    the URL as SQLAlchemy would (``conninfo``); otherwise an engine's connection.
+
+    Why: importing SQLAlchemy costs a read command more than its queries (0.2-0.3 s on
+    the 2-vCPU machine, docs/performance.md, "Sixth round")."""
+    url = resolve_url(config)
+    params = conninfo.libpq_params(url)
+    if params is None:
+        engine = create_engine(config, pool_size=1, purpose=purpose)
+        try:
+            with checkout(engine) as conn:
+                yield conn
+        finally:
+            engine.dispose()
+        return
+    try:
+        raw = psycopg.connect(**{**params, **_connect_args("", purpose)}, autocommit=True)
+    except psycopg.OperationalError as exc:
+        reason = (str(exc).strip().splitlines() or ["?"])[0]
+        named = mask_url(conninfo.shown(url))
+        raise DatabaseUnavailable(mask_url(f"cannot connect to {named}: {reason}")) from None
+    try:  # closed, never rolled back: autocommit, and a reply may still be in flight
+        found = raw.execute("SELECT 1 FROM pg_extension WHERE extname = 'citus'").fetchone()
+        sqlrun.notes(raw)[APART] = found is not None
+        yield raw
+    finally:
+        raw.close()
 
 
 # A connection's ``info`` key: send scripts one statement per query (a Citus database).
@@ -71,7 +106,13 @@ def _note_citus(dbapi_connection: Any, record: Any) -> None:
         dbapi_connection.rollback()
 
 
-def _connect_args(url: URL, purpose: str) -> dict[str, Any]:
+def _url_options(url: URL) -> str:
+    """The ``options`` of a URL's query (kept by ``_connect_args``)."""
+    given = url.query.get("options", "")
+    return " ".join(given) if isinstance(given, tuple) else given
+
+
+def _connect_args(options: str, purpose: str) -> dict[str, Any]:
     """Connection parameters of mtm's own sessions.
 
     ``standard_conforming_strings`` is on from the session's start (kept by RESET ALL):
@@ -79,8 +120,6 @@ def _connect_args(url: URL, purpose: str) -> dict[str, Any]:
     are checked with it on (``sqlscript``), so both must read backslashes alike even
     where a database or role turned it off. Options in the URL are kept.
     """
-    given = url.query.get("options", "")
-    options = " ".join(given) if isinstance(given, tuple) else given
     return {
         "application_name": purpose[:63],
         "connect_timeout": 10,
@@ -128,6 +167,8 @@ class Database:
     """
 
     def __init__(self, config: Config, *, purpose: str = "mtm", keep: int = 4) -> None:
+        import sqlalchemy as sa
+
         self.config = config
         url = sqlalchemy_url(resolve_url(config))
         self.engine = sa.create_engine(
@@ -136,7 +177,7 @@ class Database:
             pool_size=keep,  # kept at most; opened only when calls overlap
             max_overflow=16,
             pool_pre_ping=True,
-            connect_args=_connect_args(url, purpose),
+            connect_args=_connect_args(_url_options(url), purpose),
         )
         sa.event.listen(self.engine, "checkin", _reset_on_checkin)
         sa.event.listen(self.engine, "connect", _note_citus)
@@ -223,6 +264,8 @@ def _reset_on_checkin(dbapi_connection: Any, record: Any) -> None:
 @contextmanager
 def checkout(engine: Engine) -> Iterator[Connection]:
     """A connection, or a DatabaseUnavailable that says which database and why."""
+    import sqlalchemy as sa
+
     try:
         conn = engine.connect()
     except sa.exc.OperationalError as exc:
@@ -331,6 +374,8 @@ def _send(dbapi: psycopg.Connection[Any], sql: str, apart: bool) -> None:
 
 def rollback_quietly(conn: Connection) -> None:
     """End whatever transaction a failed script left open."""
+    import sqlalchemy as sa
+
     try:
         if conn.invalidated:
             # The connection died under the transaction: SQLAlchemy refuses every use

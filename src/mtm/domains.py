@@ -14,13 +14,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-import sqlalchemy as sa
-from sqlalchemy.engine import Connection
-
+from . import sqlrun
 from .config import Config
 from .identifiers import quote_literal
 from .locks import schema_lock_sql
 from .registry import domain_ref, expect_registered_sql, touch_sql
+from .sqlrun import Conn
 
 
 @dataclass(frozen=True)
@@ -33,23 +32,23 @@ class Domain:
     created_at: datetime | None = None
 
 
-def list_domains(conn: Connection, config: Config, schema: str | None = None) -> list[Domain]:
+def list_domains(conn: Conn, config: Config, schema: str | None = None) -> list[Domain]:
     """Every domain (or ``schema``'s), by tenant, its primary first, then by name."""
-    where = "WHERE schema_name = :s " if schema is not None else ""
-    rows = conn.execute(
-        sa.text(
-            f"SELECT domain, schema_name, is_primary, created_at FROM {domain_ref(config)} "
-            f"{where}ORDER BY schema_name, is_primary DESC, domain"
-        ),
+    where = "WHERE schema_name = %(s)s " if schema is not None else ""
+    rows = sqlrun.rows(
+        conn,
+        f"SELECT domain, schema_name, is_primary, created_at FROM {domain_ref(config)} "
+        f"{where}ORDER BY schema_name, is_primary DESC, domain",
         {"s": schema},
     )
     return [Domain(r[0], r[1], r[2], r[3]) for r in rows]
 
 
-def owners(conn: Connection, config: Config, hosts: Sequence[str]) -> dict[str, str]:
+def owners(conn: Conn, config: Config, hosts: Sequence[str]) -> dict[str, str]:
     """Which tenant owns each of ``hosts`` (normalised), for those that are taken."""
-    rows = conn.execute(
-        sa.text(f"SELECT domain, schema_name FROM {domain_ref(config)} WHERE domain = ANY(:h)"),
+    rows = sqlrun.rows(
+        conn,
+        f"SELECT domain, schema_name FROM {domain_ref(config)} WHERE domain = ANY(%(h)s)",
         {"h": list(hosts)},
     )
     return {r[0]: r[1] for r in rows}

@@ -14,21 +14,20 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from sqlalchemy.engine import Connection
-
 from .config import Config
 from .ledger import tenant_fingerprints
 from .migrations import Migration
 from .plan import prefix_fingerprints, prefix_planner
 from .planner import plans
 from .results import SchemaStatus
+from .sqlrun import Conn
 
 # schema -> (name, domains), from the registry; empty when the caller shows neither.
 Names = Mapping[str, tuple[str | None, tuple[str, ...]]]
 
 
 def tenant_statuses(
-    conn: Connection,
+    conn: Conn,
     config: Config,
     migrations: list[Migration],
     rows: Sequence[tuple[str, str | None]],
@@ -75,7 +74,7 @@ def tenant_statuses(
 
 
 def summary(
-    conn: Connection,
+    conn: Conn,
     config: Config,
     migrations: list[Migration],
     counts: Sequence[tuple[str | None, int]],

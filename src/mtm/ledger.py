@@ -14,15 +14,14 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-import sqlalchemy as sa
-from sqlalchemy.engine import Connection
-
+from . import sqlrun
 from .config import Config
 from .errors import made_by_another_tool
 from .identifiers import quote_ident, quote_literal
 from .migrations import Migration, Namespace
 from .plan import LedgerRow
 from .registry import tenant_ref
+from .sqlrun import Conn
 
 PUBLIC = "public"
 
@@ -129,20 +128,19 @@ def state_delete_sql(config: Config, schema: str) -> str:
     return f"DELETE FROM {state_ref(config)} WHERE schema_name = {quote_literal(schema)}"
 
 
-def read_history(conn: Connection, config: Config, schema: str) -> list[AppliedMigration]:
+def read_history(conn: Conn, config: Config, schema: str) -> list[AppliedMigration]:
     """A schema's ledger, oldest first."""
-    rows = conn.execute(
-        sa.text(
-            "SELECT name, coalesce(checksum, ''), applied_at, duration_ms "
-            f"FROM {ledger_ref(config, schema)} "
-            'ORDER BY applied_at, name COLLATE "C"'
-        )
-    ).all()
+    rows = sqlrun.rows(
+        conn,
+        "SELECT name, coalesce(checksum, ''), applied_at, duration_ms "
+        f"FROM {ledger_ref(config, schema)} "
+        'ORDER BY applied_at, name COLLATE "C"',
+    )
     return [AppliedMigration(r[0], r[1], r[2], r[3]) for r in rows]
 
 
 def read_ledgers(
-    conn: Connection, config: Config, schemas: Sequence[str], *, batch: int = 100
+    conn: Conn, config: Config, schemas: Sequence[str], *, batch: int = 100
 ) -> dict[str, list[LedgerRow]]:
     """Many schemas' ledgers in a few queries (UNION ALL in batches), not one per schema.
 
@@ -160,22 +158,21 @@ def read_ledgers(
             f"FROM {ledger_ref(config, s)}"
             for s in chunk
         )
-        for schema, name, checksum in conn.execute(sa.text(sql)).all():
+        for schema, name, checksum in sqlrun.rows(conn, sql):
             out[schema].append(LedgerRow(name, checksum))
     return {s: out.get(s, []) for s in schemas}
 
 
-def existing_ledgers(conn: Connection, config: Config, schemas: Iterable[str]) -> set[str]:
+def existing_ledgers(conn: Conn, config: Config, schemas: Iterable[str]) -> set[str]:
     """Which of ``schemas`` have a ledger table; refuses a table of that name that
     another tool made (it has no checksum column), before anything reads it."""
-    rows = conn.execute(
-        sa.text(
-            f"SELECT n.nspname, {HAS_CHECKSUM} "
-            "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-            "WHERE c.relname = :t AND c.relkind IN ('r', 'p') AND n.nspname = ANY(:s)"
-        ),
+    rows = sqlrun.rows(
+        conn,
+        f"SELECT n.nspname, {HAS_CHECKSUM} "
+        "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE c.relname = %(t)s AND c.relkind IN ('r', 'p') AND n.nspname = ANY(%(s)s)",
         {"t": config.migrations_table, "s": list(schemas)},
-    ).all()
+    )
     foreign = [(ledger_ref(config, r[0]), "ledger") for r in rows if not r[1]]
     if foreign:
         raise made_by_another_tool(foreign[:5], ["migrations_table"])
@@ -183,7 +180,7 @@ def existing_ledgers(conn: Connection, config: Config, schemas: Iterable[str]) -
 
 
 def tenant_fingerprints(
-    conn: Connection,
+    conn: Conn,
     config: Config,
     *,
     only: Sequence[str] | None = None,
@@ -201,13 +198,13 @@ def tenant_fingerprints(
     where: list[str] = []
     params: dict[str, object] = {}
     if only:
-        where.append("t.schema_name = ANY(:only)")
+        where.append("t.schema_name = ANY(%(only)s)")
         params["only"] = list(only)
     if not_at is not None and with_state:
-        where.append("s.fingerprint IS DISTINCT FROM :fp")
+        where.append("s.fingerprint IS DISTINCT FROM %(fp)s")
         params["fp"] = not_at
     if at is not None and with_state:
-        where.append("(s.fingerprint = ANY(:at) OR (:at_none AND s.fingerprint IS NULL))")
+        where.append("(s.fingerprint = ANY(%(at)s) OR (%(at_none)s AND s.fingerprint IS NULL))")
         params["at"] = [f for f in at if f is not None]
         params["at_none"] = None in at
     join = f"LEFT JOIN {state_ref(config)} s ON s.schema_name = t.schema_name"
@@ -217,28 +214,27 @@ def tenant_fingerprints(
         + ("WHERE " + " AND ".join(where) if where else "")
         + " ORDER BY t.schema_name"
     )
-    return [(r[0], r[1]) for r in conn.execute(sa.text(sql), params).all()]
+    return [(r[0], r[1]) for r in sqlrun.rows(conn, sql, params)]
 
 
-def fingerprint_counts(conn: Connection, config: Config) -> list[tuple[str | None, int]]:
+def fingerprint_counts(conn: Conn, config: Config) -> list[tuple[str | None, int]]:
     """How many registered tenants stand at each fingerprint of the state summary (None:
     no state row): a whole fleet in as many rows as it has positions."""
     sql = (
         f"SELECT s.fingerprint, count(*) FROM {tenant_ref(config)} t "
         f"LEFT JOIN {state_ref(config)} s ON s.schema_name = t.schema_name GROUP BY 1"
     )
-    return [(r[0], int(r[1])) for r in conn.execute(sa.text(sql)).all()]
+    return [(r[0], int(r[1])) for r in sqlrun.rows(conn, sql)]
 
 
-def read_states(conn: Connection, config: Config) -> dict[str, str]:
+def read_states(conn: Conn, config: Config) -> dict[str, str]:
     """Every schema's fingerprint in the state summary."""
-    rows = conn.execute(sa.text(f"SELECT schema_name, fingerprint FROM {state_ref(config)}"))
-    return {r[0]: r[1] for r in rows.all()}  # all at once: a row at a time took twice as long
+    rows = sqlrun.rows(conn, f"SELECT schema_name, fingerprint FROM {state_ref(config)}")
+    return {r[0]: r[1] for r in rows}  # all at once: a row at a time took twice as long
 
 
-def state_fingerprint(conn: Connection, config: Config, schema: str) -> str | None:
+def state_fingerprint(conn: Conn, config: Config, schema: str) -> str | None:
     """One schema's fingerprint in the state summary, None without a row."""
-    return conn.execute(
-        sa.text(f"SELECT fingerprint FROM {state_ref(config)} WHERE schema_name = :s"),
-        {"s": schema},
-    ).scalar()
+    sql = f"SELECT fingerprint FROM {state_ref(config)} WHERE schema_name = %(s)s"
+    found = sqlrun.scalar(conn, sql, {"s": schema})
+    return None if found is None else str(found)

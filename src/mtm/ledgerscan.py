@@ -15,18 +15,21 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import TypeVar
 
-import sqlalchemy as sa
-from sqlalchemy.engine import Connection, Engine
-
+from . import sqlrun
 from .config import Config
 from .copyread import copy_rows
-from .database import APART, checkout, driver
+from .database import APART
 from .identifiers import quote_literal
 from .ledger import FINGERPRINT_SQL, existing_ledgers, ledger_ref
 from .plan import fingerprint
+from .sqlrun import Conn
+
+# Opens a second connection to the same database, closed when its block ends.
+Another = Callable[[], AbstractContextManager[Conn]]
 
 BATCH = 100  # ledgers a query (see ``read_ledgers``: a UNION ALL plans slower when long)
 EMPTY = fingerprint([])  # the fingerprint of a ledger with no rows, or of no ledger
@@ -57,18 +60,17 @@ class LedgerTables:
     named: frozenset[str]
 
 
-def ledger_tables(conn: Connection, config: Config) -> LedgerTables:
+def ledger_tables(conn: Conn, config: Config) -> LedgerTables:
     """Every relation named like the ledger, in one query without a list of 10,000 names
     to match. Whether each is mtm's (it has a checksum column) is asked only of those
     ``ledger_sums`` cannot read by COPY: asked of all, it cost more than the rest of the
     query (an index probe per relation; 55-125 ms at 10,000 tenants)."""
-    rows = conn.execute(
-        sa.text(
-            "SELECT n.nspname, c.relkind IN ('r', 'p') FROM pg_class c "
-            "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relname = :t"
-        ),
+    rows = sqlrun.rows(
+        conn,
+        "SELECT n.nspname, c.relkind IN ('r', 'p') FROM pg_class c "
+        "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relname = %(t)s",
         {"t": config.migrations_table},
-    ).all()
+    )
     return LedgerTables(
         ledgers=frozenset(r[0] for r in rows if r[1]), named=frozenset(r[0] for r in rows)
     )
@@ -90,16 +92,16 @@ def _summed(rows: Sequence[Sequence[str]]) -> LedgerSum:
     return LedgerSum(len(pairs), fingerprint(pairs), ambiguous)
 
 
-def _copied(conn: Connection, config: Config, chunk: Sequence[str]) -> dict[str, LedgerSum] | None:
+def _copied(conn: Conn, config: Config, chunk: Sequence[str]) -> dict[str, LedgerSum] | None:
     """The sums of ``chunk`` from its ledgers' rows, read by COPY; None if a COPY failed.
     A connection left in the middle of a reply (interrupted, lost) is closed."""
     statements = [
         f"COPY {ledger_ref(config, s)} (name, checksum) TO STDOUT (FORMAT csv)" for s in chunk
     ]
     try:
-        tables = copy_rows(driver(conn), statements)
+        tables = copy_rows(sqlrun.driver(conn), statements)
     except BaseException:
-        conn.invalidate()
+        sqlrun.discard(conn)
         raise
     return None if tables is None else {s: _summed(t) for s, t in zip(chunk, tables, strict=True)}
 
@@ -109,7 +111,7 @@ T = TypeVar("T")
 
 
 def _copied_sums(
-    conn: Connection, config: Config, chunks: Chunks
+    conn: Conn, config: Config, chunks: Chunks
 ) -> tuple[dict[str, LedgerSum], list[Sequence[str]]]:
     """The sums of the chunks COPY could read, and the chunks it could not."""
     out: dict[str, LedgerSum] = {}
@@ -123,26 +125,25 @@ def _copied_sums(
     return out, missed
 
 
-def _computed_sums(conn: Connection, config: Config, chunks: Chunks) -> dict[str, LedgerSum]:
+def _computed_sums(conn: Conn, config: Config, chunks: Chunks) -> dict[str, LedgerSum]:
     """The sums the server computes (the state summary's SQL), a query per chunk."""
     out: dict[str, LedgerSum] = {}
     for chunk in chunks:
-        sql = _sums_sql(config, chunk).replace("%", "%%")  # the driver's own SQL
-        for schema, rows, fp, ambiguous in conn.exec_driver_sql(sql).all():
+        for schema, rows, fp, ambiguous in sqlrun.rows(conn, _sums_sql(config, chunk)):
             out[schema] = LedgerSum(int(rows), fp, bool(ambiguous))
     return out
 
 
 def _halves(
-    engine: Engine, conn: Connection, chunks: Chunks, read: Callable[[Connection, Chunks], T]
+    another: Another, conn: Conn, chunks: Chunks, read: Callable[[Conn, Chunks], T]
 ) -> list[T]:
     """``read`` of half the chunks on ``conn`` and of the other half on a second
-    connection of ``engine``, at once (one ``read`` of them all when there is one)."""
+    connection (``another``), at once (one ``read`` of them all when there is one)."""
     if len(chunks) < 2:
         return [read(conn, chunks)]
 
     def other_half() -> T:
-        with checkout(engine) as other:
+        with another() as other:
             return read(other, chunks[1::2])
 
     with ThreadPoolExecutor(max_workers=1) as pool:
@@ -152,7 +153,7 @@ def _halves(
 
 
 def ledger_sums(
-    engine: Engine, conn: Connection, config: Config, schemas: Sequence[str]
+    another: Another, conn: Conn, config: Config, schemas: Sequence[str]
 ) -> dict[str, LedgerSum]:
     """The sum of each ledger in ``schemas`` (each must exist), 100 a round trip on two
     connections: read by COPY; where that fails, and on Citus, computed by the server,
@@ -161,13 +162,13 @@ def ledger_sums(
     chunks = [schemas[i : i + BATCH] for i in range(0, len(schemas), BATCH)]
     out: dict[str, LedgerSum] = {}
     left: list[Sequence[str]] = list(chunks)
-    if not conn.info.get(APART, True):  # not on Citus (nor where it is not known)
+    if not sqlrun.notes(conn).get(APART, True):  # not on Citus (nor where it is not known)
         left = []
-        for sums, missed in _halves(engine, conn, chunks, lambda c, p: _copied_sums(c, config, p)):
+        for sums, missed in _halves(another, conn, chunks, lambda c, p: _copied_sums(c, config, p)):
             out.update(sums)
             left += missed
     if left:
         existing_ledgers(conn, config, [s for chunk in left for s in chunk])  # refuses
-        for sums in _halves(engine, conn, left, lambda c, p: _computed_sums(c, config, p)):
+        for sums in _halves(another, conn, left, lambda c, p: _computed_sums(c, config, p)):
             out.update(sums)
     return out

@@ -19,15 +19,18 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
-import sqlalchemy as sa
-from sqlalchemy.engine import Connection
 
+from . import sqlrun
 from .config import Config
 from .errors import LockHeld, UsageError
 from .identifiers import do_block, quote_literal
+from .sqlrun import Conn
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection
 
 log = logging.getLogger("mtm.lock")
 
@@ -94,27 +97,30 @@ def hold_schema(conn: Connection, schema: str) -> None:
     between. Polls, like ``schema_lock_sql``, so that no snapshot is held while waiting.
     The lock goes with the session if the connection dies."""
     params = {"c": SCHEMA_LOCK_CLASS, "s": schema}
-    take = sa.text("SELECT pg_try_advisory_lock(:c, hashtext(:s))")
-    if conn.execute(take, params).scalar():
+    take = "SELECT pg_try_advisory_lock(%(c)s, hashtext(%(s)s))"
+    if sqlrun.scalar(conn, take, params):
         return
     dbapi = conn.connection.driver_connection
     assert isinstance(dbapi, psycopg.Connection)
     with waiting_for(dbapi, schema):
         waited = pause(0.0)
-        while not conn.execute(take, params).scalar():
+        while not sqlrun.scalar(conn, take, params):
             waited += pause(waited)
 
 
-def release_schema(conn: Connection, schema: str) -> None:
-    conn.execute(
-        sa.text("SELECT pg_advisory_unlock(:c, hashtext(:s))"),
+def release_schema(conn: Conn, schema: str) -> None:
+    sqlrun.rows(
+        conn,
+        "SELECT pg_advisory_unlock(%(c)s, hashtext(%(s)s))",
         {"c": SCHEMA_LOCK_CLASS, "s": schema},
     )
 
 
-def release_quietly(conn: Connection, schema: str) -> None:
+def release_quietly(conn: Conn, schema: str) -> None:
     """``release_schema`` on the way out of a failure it must not hide: on a connection
     that died, the lock died with the session."""
+    import sqlalchemy as sa  # the caller's connection is SQLAlchemy's
+
     try:
         release_schema(conn, schema)
     except (psycopg.Error, sa.exc.DBAPIError):
@@ -133,19 +139,19 @@ class LockHolder:
     since: datetime | None
 
 
-def lock_holder(conn: Connection, config: Config) -> LockHolder | None:
-    row = conn.execute(
-        sa.text(
-            "SELECT a.pid, a.application_name, host(a.client_addr), a.backend_start "
-            "FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
-            "WHERE l.locktype = 'advisory' AND l.granted AND l.classid = :c AND l.objid = :o "
-            "AND l.objsubid = 2 AND l.database = (SELECT oid FROM pg_database "
-            "WHERE datname = current_database())"
-        ),
+def lock_holder(conn: Conn, config: Config) -> LockHolder | None:
+    found = sqlrun.rows(
+        conn,
+        "SELECT a.pid, a.application_name, host(a.client_addr), a.backend_start "
+        "FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+        "WHERE l.locktype = 'advisory' AND l.granted AND l.classid = %(c)s "
+        "AND l.objid = %(o)s AND l.objsubid = 2 AND l.database = (SELECT oid FROM pg_database "
+        "WHERE datname = current_database())",
         {"c": RUN_LOCK_CLASS, "o": run_lock_key(config)},
-    ).first()
-    if row is None:
+    )
+    if not found:
         return None
+    row = found[0]
     return LockHolder(row[0], row[1] or "", row[2], row[3])
 
 
@@ -161,7 +167,7 @@ def check_lock_wait(wait: float) -> float:
     return float(wait)
 
 
-def acquire_run_lock(conn: Connection, config: Config, *, wait: float, command: str) -> None:
+def acquire_run_lock(conn: Conn, config: Config, *, wait: float, command: str) -> None:
     """Take the database-wide run lock on ``conn`` (a session lock) or raise LockHeld.
 
     Waits up to ``wait`` seconds, polling, then names the holder and since when.
@@ -175,23 +181,23 @@ def acquire_run_lock(conn: Connection, config: Config, *, wait: float, command: 
     )
 
 
-def try_run_lock(conn: Connection, config: Config, *, wait: float, command: str) -> bool:
+def try_run_lock(conn: Conn, config: Config, *, wait: float, command: str) -> bool:
     """Take the run lock on ``conn`` within ``wait`` seconds; say whether it was taken.
 
     Sets the session's application_name first, so that others see who holds it.
     """
     wait = check_lock_wait(wait)
-    conn.execute(
-        sa.text("SELECT set_config('application_name', :n, false)"), {"n": run_label(command)}
+    sqlrun.rows(
+        conn, "SELECT set_config('application_name', %(n)s, false)", {"n": run_label(command)}
     )
     started = time.monotonic()
     deadline = started + max(wait, 0.0)
     key = run_lock_key(config)
     waiting = False
     while True:
-        got = conn.execute(
-            sa.text("SELECT pg_try_advisory_lock(:c, :o)"), {"c": RUN_LOCK_CLASS, "o": key}
-        ).scalar()
+        got = sqlrun.scalar(
+            conn, "SELECT pg_try_advisory_lock(%(c)s, %(o)s)", {"c": RUN_LOCK_CLASS, "o": key}
+        )
         if got or time.monotonic() >= deadline:
             if waiting:
                 waited_ms = round(1000 * (time.monotonic() - started), 1)
@@ -213,7 +219,7 @@ def try_run_lock(conn: Connection, config: Config, *, wait: float, command: str)
         time.sleep(min(0.25, max(deadline - time.monotonic(), 0.01)))
 
 
-def describe_holder(conn: Connection, config: Config) -> str:
+def describe_holder(conn: Conn, config: Config) -> str:
     """Who holds the run lock: application_name, backend pid, client, since when."""
     holder = lock_holder(conn, config)
     if holder is None:
@@ -253,8 +259,9 @@ def _dead_holder_hint(holder: LockHolder) -> str:
     return ""
 
 
-def release_run_lock(conn: Connection, config: Config) -> None:
-    conn.execute(
-        sa.text("SELECT pg_advisory_unlock(:c, :o)"),
+def release_run_lock(conn: Conn, config: Config) -> None:
+    sqlrun.rows(
+        conn,
+        "SELECT pg_advisory_unlock(%(c)s, %(o)s)",
         {"c": RUN_LOCK_CLASS, "o": run_lock_key(config)},
     )

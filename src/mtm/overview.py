@@ -11,14 +11,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 
-import sqlalchemy as sa
-from sqlalchemy.engine import Connection
-
+from . import sqlrun
 from .config import Config
 from .ledger import state_ref
 from .registry import Tenant, first_schemas, list_tenants
 from .roles import role_for, role_marker
 from .schemas import current_database
+from .sqlrun import Conn
 
 
 @dataclass(frozen=True)
@@ -38,12 +37,12 @@ def matching(tenants: list[Tenant], match: str | None) -> list[Tenant]:
     return [t for t in tenants if fnmatchcase(t.schema, match)]
 
 
-def overview(conn: Connection, config: Config, match: str | None = None) -> list[TenantOverview]:
+def overview(conn: Conn, config: Config, match: str | None = None) -> list[TenantOverview]:
     """Every registered tenant (``match``: those whose name matches the glob)."""
     return _overviews(conn, config, matching(list_tenants(conn, config), match), match is None)
 
 
-def overview_page(conn: Connection, config: Config, limit: int) -> tuple[list[TenantOverview], int]:
+def overview_page(conn: Conn, config: Config, limit: int) -> tuple[list[TenantOverview], int]:
     """The first ``limit`` tenants by name, and how many there are: what a page of
     ``mtm tenants`` shows, read alone (at 100,000 tenants, 50 rows, not 100,000)."""
     schemas, total = first_schemas(conn, config, limit)
@@ -52,7 +51,7 @@ def overview_page(conn: Connection, config: Config, limit: int) -> tuple[list[Te
 
 
 def _overviews(
-    conn: Connection, config: Config, tenants: list[Tenant], every: bool
+    conn: Conn, config: Config, tenants: list[Tenant], every: bool
 ) -> list[TenantOverview]:
     """``tenants`` with their states and roles; ``every``: they are all the tenants."""
     if not tenants:
@@ -67,33 +66,32 @@ def _overviews(
 
 
 def _states(
-    conn: Connection, config: Config, tenants: list[Tenant], every: bool
+    conn: Conn, config: Config, tenants: list[Tenant], every: bool
 ) -> dict[str, tuple[int, str | None]]:
     """The state rows of ``tenants``: all rows when they are every tenant (sending
     10,000 names to match costs more than the rows of the few schemas that are not
     tenants)."""
     sql = f"SELECT schema_name, applied, last_migration FROM {state_ref(config)}"
     if every:
-        rows = conn.execute(sa.text(sql)).all()
+        rows = sqlrun.rows(conn, sql)
     else:
-        where = " WHERE schema_name = ANY(:s)"
-        rows = conn.execute(sa.text(sql + where), {"s": [t.schema for t in tenants]}).all()
+        where = " WHERE schema_name = ANY(%(s)s)"
+        rows = sqlrun.rows(conn, sql + where, {"s": [t.schema for t in tenants]})
     return {r[0]: (int(r[1]), r[2]) for r in rows}
 
 
-def _marked_roles(conn: Connection, config: Config, schemas: set[str]) -> dict[str, str]:
+def _marked_roles(conn: Conn, config: Config, schemas: set[str]) -> dict[str, str]:
     """Schema -> its tenant role, for the roles mtm made in this database: named as
     ``role_for`` names the schema's role and marked with ``role_marker``. Found by their
     marks, so no name is worked out for the (many) tenants without a role."""
     start = role_marker(current_database(conn), "")
     out: dict[str, str] = {}
-    for name, comment in conn.execute(
-        sa.text(
-            "SELECT rolname, shobj_description(oid, 'pg_authid') FROM pg_roles "
-            "WHERE starts_with(shobj_description(oid, 'pg_authid'), :m)"
-        ),
+    for name, comment in sqlrun.rows(
+        conn,
+        "SELECT rolname, shobj_description(oid, 'pg_authid') FROM pg_roles "
+        "WHERE starts_with(shobj_description(oid, 'pg_authid'), %(m)s)",
         {"m": start},
-    ).all():
+    ):
         schema = comment[len(start) :]
         if schema in schemas and name == role_for(config, schema):
             out[schema] = name

@@ -16,11 +16,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import sqlalchemy as sa
-from sqlalchemy.engine import Connection
-
+from . import sqlrun
 from .database import APART
 from .errors import TenantError, UsageError
+from .sqlrun import Conn
 
 log = logging.getLogger("mtm.placement")
 
@@ -33,14 +32,13 @@ log = logging.getLogger("mtm.placement")
 TRANSFER_MODE = "auto"
 
 
-def on_citus(conn: Connection) -> bool:
+def on_citus(conn: Conn) -> bool:
     """Whether the database has the Citus extension (mtm then talks to a coordinator):
     as noted when mtm's engine opened the connection (``database.APART``), else asked."""
-    noted = conn.info.get(APART)
+    noted = sqlrun.notes(conn).get(APART)
     if noted is not None:
         return bool(noted)
-    found = conn.execute(sa.text("SELECT 1 FROM pg_extension WHERE extname = 'citus'"))
-    return found.first() is not None
+    return bool(sqlrun.rows(conn, "SELECT 1 FROM pg_extension WHERE extname = 'citus'"))
 
 
 @dataclass(frozen=True, order=True)
@@ -75,49 +73,47 @@ JOIN LATERAL (
     WHERE pp.colocationid = ds.colocationid LIMIT 1
 ) g ON true
 JOIN pg_dist_node node ON node.groupid = g.groupid AND node.noderole = 'primary'
-WHERE n.nspname = ANY(:s)
+WHERE n.nspname = ANY(%(s)s)
 """
 
 
-def nodes(conn: Connection, schemas: Sequence[str]) -> dict[str, Node] | None:
+def nodes(conn: Conn, schemas: Sequence[str]) -> dict[str, Node] | None:
     """The node of each of ``schemas`` that is distributed; None on a server without
     Citus (a plain server has no nodes to show)."""
     if not on_citus(conn):
         return None
     if not schemas:
         return {}
-    rows = conn.execute(sa.text(_NODES), {"s": list(schemas)})
+    rows = sqlrun.rows(conn, _NODES, {"s": list(schemas)})
     return {r[0]: Node(r[1], int(r[2])) for r in rows}
 
 
-def active_nodes(conn: Connection) -> list[Node]:
+def active_nodes(conn: Conn) -> list[Node]:
     """The cluster's active primary nodes that may hold tenants, the coordinator aside
     unless it was told to hold shards."""
-    rows = conn.execute(
-        sa.text(
-            "SELECT nodename, nodeport FROM pg_dist_node WHERE isactive "
-            "AND noderole = 'primary' AND shouldhaveshards ORDER BY nodename, nodeport"
-        )
+    rows = sqlrun.rows(
+        conn,
+        "SELECT nodename, nodeport FROM pg_dist_node WHERE isactive "
+        "AND noderole = 'primary' AND shouldhaveshards ORDER BY nodename, nodeport",
     )
     return [Node(r[0], int(r[1])) for r in rows]
 
 
-def tables_without_primary_key(conn: Connection, schema: str) -> list[str]:
+def tables_without_primary_key(conn: Conn, schema: str) -> list[str]:
     """The tables of ``schema`` with no primary key: while an online move copies them,
     their UPDATEs and DELETEs would fail (logical replication needs a key to send)."""
-    rows = conn.execute(
-        sa.text(
-            "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-            "WHERE n.nspname = :s AND c.relkind IN ('r', 'p') AND NOT c.relispartition "
-            "AND NOT EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conrelid = c.oid "
-            "AND k.contype = 'p') ORDER BY c.relname"
-        ),
+    rows = sqlrun.rows(
+        conn,
+        "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = %(s)s AND c.relkind IN ('r', 'p') AND NOT c.relispartition "
+        "AND NOT EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conrelid = c.oid "
+        "AND k.contype = 'p') ORDER BY c.relname",
         {"s": schema},
     )
     return [r[0] for r in rows]
 
 
-def check_move(conn: Connection, schema: str, to: Node) -> Node:
+def check_move(conn: Conn, schema: str, to: Node) -> Node:
     """Refuse a move Citus would refuse or that would not be online, naming why; the
     tenant's node now."""
     if not on_citus(conn):
@@ -147,11 +143,12 @@ def check_move(conn: Connection, schema: str, to: Node) -> Node:
     return now[schema]
 
 
-def move(conn: Connection, schema: str, to: Node) -> None:
+def move(conn: Conn, schema: str, to: Node) -> None:
     """Move ``schema`` to ``to`` with ``citus_schema_move``, online. The caller holds the
     tenant's lock and has called ``check_move``."""
-    conn.execute(
-        sa.text("SELECT citus_schema_move(CAST(:s AS regnamespace), :h, :p, :m)"),
+    sqlrun.rows(
+        conn,
+        "SELECT citus_schema_move(CAST(%(s)s AS regnamespace), %(h)s, %(p)s, %(m)s)",
         {"s": schema, "h": to.host, "p": to.port, "m": TRANSFER_MODE},
     )
 
@@ -177,53 +174,50 @@ class RebalanceState:
         return self.tasks.get("done", 0)
 
 
-def rebalance_start(conn: Connection) -> int | None:
+def rebalance_start(conn: Conn) -> int | None:
     """Start Citus's rebalancer as a background job; its id, None if nothing to move.
     Refused while one runs (Citus would refuse too, in three lines of its own)."""
     if not on_citus(conn):
         raise UsageError(
             "mtm rebalance needs a Citus cluster: this database has no citus extension"
         )
-    running = conn.execute(
-        sa.text(
-            "SELECT min(job_id) FROM pg_dist_background_job WHERE job_type = 'rebalance' "
-            "AND state IN ('scheduled', 'running', 'cancelling', 'failing')"
-        )
-    ).scalar()
+    running = sqlrun.scalar(
+        conn,
+        "SELECT min(job_id) FROM pg_dist_background_job WHERE job_type = 'rebalance' "
+        "AND state IN ('scheduled', 'running', 'cancelling', 'failing')",
+    )
     if running is not None:
         raise UsageError(
             f"Citus's rebalancer is running already (job {running}): follow it with "
             "SELECT * FROM citus_rebalance_status(), or wait for it with "
             "SELECT citus_rebalance_wait()"
         )
-    job = conn.execute(
-        sa.text(
-            "SELECT citus_rebalance_start("
-            "shard_transfer_mode => CAST(:m AS citus.shard_transfer_mode))"
-        ),
+    job = sqlrun.scalar(
+        conn,
+        "SELECT citus_rebalance_start("
+        "shard_transfer_mode => CAST(%(m)s AS citus.shard_transfer_mode))",
         {"m": TRANSFER_MODE},
-    ).scalar()
+    )
     return None if job is None else int(job)
 
 
-def rebalance_state(conn: Connection, job: int) -> RebalanceState:
+def rebalance_state(conn: Conn, job: int) -> RebalanceState:
     """The job's state, from Citus's background job tables."""
-    row = conn.execute(
-        sa.text("SELECT state::text FROM pg_dist_background_job WHERE job_id = :j"), {"j": job}
-    ).first()
-    if row is None:
+    found = sqlrun.rows(
+        conn, "SELECT state::text FROM pg_dist_background_job WHERE job_id = %(j)s", {"j": job}
+    )
+    if not found:
         raise UsageError(f"Citus has no background job {job}")
     tasks: dict[str, Any] = {
         r[0]: int(r[1])
-        for r in conn.execute(
-            sa.text(
-                "SELECT status::text, count(*) FROM pg_dist_background_task "
-                "WHERE job_id = :j GROUP BY 1"
-            ),
+        for r in sqlrun.rows(
+            conn,
+            "SELECT status::text, count(*) FROM pg_dist_background_task "
+            "WHERE job_id = %(j)s GROUP BY 1",
             {"j": job},
         )
     }
-    return RebalanceState(job, row[0], tasks)
+    return RebalanceState(job, found[0][0], tasks)
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-
-from sqlalchemy.engine import Connection
+from typing import TYPE_CHECKING
 
 from .config import Config
 from .errors import TenantError
@@ -31,14 +30,17 @@ from .plan import (
     stop_at,
 )
 from .registry import registered_among
-from .runner import Replanner
+from .sqlrun import Conn
+
+if TYPE_CHECKING:
+    from .runner import Replanner
 
 # Which of mtm's public tables exist: {"registry": bool, "state": bool, "ledger": bool}.
 Tables = Mapping[str, bool]
 
 
 def tenant_rows(
-    conn: Connection,
+    conn: Conn,
     config: Config,
     tables: Tables,
     only: Sequence[str] | None,
@@ -59,7 +61,7 @@ def tenant_rows(
 
 
 def plans(
-    conn: Connection,
+    conn: Conn,
     config: Config,
     migrations: list[Migration],
     namespace: Namespace,
@@ -92,7 +94,7 @@ def plans(
 
 
 def public_plan(
-    conn: Connection,
+    conn: Conn,
     config: Config,
     mset: MigrationSet,
     tables: Tables,
@@ -115,7 +117,7 @@ def replanner(
     """Plans one schema again from its ledger, for a step that found the ledger moved
     (still stopping at ``target``, the namespace and name of ``migrate --to``)."""
 
-    def replan(conn: Connection, schema: str, namespace: Namespace) -> SchemaPlan:
+    def replan(conn: Conn, schema: str, namespace: Namespace) -> SchemaPlan:
         ledger = read_ledgers(conn, config, [schema])[schema]
         fresh = plan_from_ledger(
             schema, namespace, mset.of(namespace), ledger, allow_out_of_order=allow_out_of_order
@@ -139,7 +141,7 @@ class Revert:
 
 
 def reverts(
-    conn: Connection,
+    conn: Conn,
     config: Config,
     mset: MigrationSet,
     targets: Sequence[tuple[str, Namespace]],

@@ -32,11 +32,11 @@ import os
 import secrets
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psycopg
-import sqlalchemy as sa
-from sqlalchemy.engine import Connection
 
+from . import sqlrun
 from .config import Config
 from .database import driver, rollback_quietly, run_script
 from .errors import ConfigError, MtmError, TenantError, UsageError
@@ -51,6 +51,10 @@ from .ledger import ledger_ref
 from .locks import schema_lock_sql
 from .registry import PUBLIC, domain_ref, tenant_ref
 from .schemas import current_database
+from .sqlrun import Conn
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection
 
 log = logging.getLogger("mtm.tenant")
 
@@ -102,25 +106,24 @@ def create_role_sql(
     ]
 
 
-def role_exists(conn: Connection, role: str) -> bool:
-    return bool(
-        conn.execute(
-            sa.text("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = :r)"), {"r": role}
-        ).scalar()
-    )
+def role_exists(conn: Conn, role: str) -> bool:
+    sql = "SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = %(r)s)"
+    return bool(sqlrun.scalar(conn, sql, {"r": role}))
 
 
-def owned_role(conn: Connection, config: Config, schema: str) -> str | None:
+def owned_role(conn: Conn, config: Config, schema: str) -> str | None:
     """The tenant role of ``schema`` if it exists and mtm made it for this database."""
     role = role_for(config, schema)
-    comment = conn.execute(
-        sa.text("SELECT shobj_description(oid, 'pg_authid') FROM pg_roles WHERE rolname = :r"),
+    found = sqlrun.rows(
+        conn,
+        "SELECT shobj_description(oid, 'pg_authid'), current_database() FROM pg_roles "
+        "WHERE rolname = %(r)s",
         {"r": role},
-    ).first()
-    if comment is None:
+    )
+    if not found:
         return None
-    database = conn.execute(sa.text("SELECT current_database()")).scalar()
-    return role if comment[0] == role_marker(str(database), schema) else None
+    comment, database = found[0]
+    return role if comment == role_marker(str(database), schema) else None
 
 
 def drop_role_sql(role: str) -> list[str]:
@@ -158,28 +161,23 @@ def existing_grants_sql(config: Config, schema: str, role: str) -> list[str]:
     ]
 
 
-def can_login(conn: Connection, role: str) -> bool:
-    return bool(
-        conn.execute(
-            sa.text("SELECT rolcanlogin FROM pg_roles WHERE rolname = :r"), {"r": role}
-        ).scalar()
-    )
+def can_login(conn: Conn, role: str) -> bool:
+    sql = "SELECT rolcanlogin FROM pg_roles WHERE rolname = %(r)s"
+    return bool(sqlrun.scalar(conn, sql, {"r": role}))
 
 
-def owned_objects(conn: Connection, role: str) -> list[str]:
+def owned_objects(conn: Conn, role: str) -> list[str]:
     """What ``role`` owns in this database, described by PostgreSQL (``table a.t``)."""
-    return list(
-        conn.execute(
-            sa.text(
-                "SELECT pg_describe_object(classid, objid, objsubid) FROM pg_shdepend "
-                "WHERE refclassid = 'pg_authid'::regclass AND deptype = 'o' "
-                "AND refobjid = (SELECT oid FROM pg_roles WHERE rolname = :r) "
-                "AND dbid = (SELECT oid FROM pg_database WHERE datname = current_database()) "
-                "ORDER BY 1"
-            ),
-            {"r": role},
-        ).scalars()
+    rows = sqlrun.rows(
+        conn,
+        "SELECT pg_describe_object(classid, objid, objsubid) FROM pg_shdepend "
+        "WHERE refclassid = 'pg_authid'::regclass AND deptype = 'o' "
+        "AND refobjid = (SELECT oid FROM pg_roles WHERE rolname = %(r)s) "
+        "AND dbid = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+        "ORDER BY 1",
+        {"r": role},
     )
+    return [r[0] for r in rows]
 
 
 def owns_nothing_sql(role: str) -> str:
@@ -270,9 +268,9 @@ def rotate_password(
         raise TenantError(
             f"tenant {schema!r} has no role made by mtm (create tenants with --role --login)"
         )
-    can_login = conn.execute(
-        sa.text("SELECT rolcanlogin FROM pg_roles WHERE rolname = :r"), {"r": role}
-    ).scalar()
+    can_login = sqlrun.scalar(
+        conn, "SELECT rolcanlogin FROM pg_roles WHERE rolname = %(r)s", {"r": role}
+    )
     if not can_login and not enable_login:
         raise TenantError(
             f"role {role!r} of tenant {schema!r} cannot log in; add --login to let it "
@@ -316,15 +314,15 @@ def grant_registry_read(conn: Connection, config: Config) -> None:
     member = config.tenant_role_member
     if not member:
         return
-    exists, granted = conn.execute(
-        sa.text(
-            "SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = :m), "
-            "CASE WHEN EXISTS (SELECT 1 FROM pg_roles WHERE rolname = :m) THEN "
-            "has_schema_privilege(:m, :s, 'USAGE') AND has_table_privilege(:m, :t, 'SELECT') "
-            "AND has_table_privilege(:m, :d, 'SELECT') END"
-        ),
+    exists, granted = sqlrun.rows(
+        conn,
+        "SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = %(m)s), "
+        "CASE WHEN EXISTS (SELECT 1 FROM pg_roles WHERE rolname = %(m)s) THEN "
+        "has_schema_privilege(%(m)s, %(s)s, 'USAGE') "
+        "AND has_table_privilege(%(m)s, %(t)s, 'SELECT') "
+        "AND has_table_privilege(%(m)s, %(d)s, 'SELECT') END",
         {"m": member, "s": PUBLIC, "t": tenant_ref(config), "d": domain_ref(config)},
-    ).one()
+    )[0]
     if not exists:
         raise ConfigError(
             f"tenant_role_member {member!r} is not a role of this server; create it "

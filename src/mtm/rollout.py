@@ -20,8 +20,6 @@ from decimal import Decimal, InvalidOperation
 from fnmatch import fnmatchcase
 from pathlib import Path
 
-from sqlalchemy.engine import Connection
-
 from .config import Config
 from .errors import InvalidName, TenantError, UsageError
 from .identifiers import validate_schema_name
@@ -29,6 +27,7 @@ from .listfile import numbered_lines
 from .plan import SchemaPlan
 from .registry import registered_among, tenant_schemas
 from .results import FleetOutcome, SchemaStatus
+from .sqlrun import Conn
 from .words import plural
 
 SHOWN = 5  # names shown in a refusal before "and N more"
@@ -61,9 +60,7 @@ def read_tenant_file(path: str | Path) -> tuple[str, ...]:
     return tuple(dict.fromkeys(names))
 
 
-def resolve(
-    conn: Connection, config: Config, registry: bool, selection: Selection
-) -> list[str] | None:
+def resolve(conn: Conn, config: Config, registry: bool, selection: Selection) -> list[str] | None:
     """The selected tenants' schemas in name order, or None when nothing narrows the run.
 
     Every name given by ``--tenant`` or the file must be a registered tenant, and the

@@ -2,22 +2,18 @@
 
 from __future__ import annotations
 
-import sqlalchemy as sa
-from sqlalchemy.engine import Connection
+from . import sqlrun
+from .sqlrun import Conn
 
 
-def schema_exists(conn: Connection, schema: str) -> bool:
-    return bool(
-        conn.execute(
-            sa.text("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = :s)"),
-            {"s": schema},
-        ).scalar()
-    )
+def schema_exists(conn: Conn, schema: str) -> bool:
+    sql = "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = %(s)s)"
+    return bool(sqlrun.scalar(conn, sql, {"s": schema}))
 
 
-def existing_schemas(conn: Connection) -> set[str]:
-    return set(conn.execute(sa.text("SELECT nspname FROM pg_namespace")).scalars().all())
+def existing_schemas(conn: Conn) -> set[str]:
+    return {r[0] for r in sqlrun.rows(conn, "SELECT nspname FROM pg_namespace")}
 
 
-def current_database(conn: Connection) -> str:
-    return str(conn.execute(sa.text("SELECT current_database()")).scalar())
+def current_database(conn: Conn) -> str:
+    return str(sqlrun.scalar(conn, "SELECT current_database()"))

@@ -21,12 +21,11 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import psycopg
-import sqlalchemy as sa
-from sqlalchemy.engine import Connection
 
-from . import roles, steps
+from . import roles, sqlrun, steps
 from .config import Config
 from .database import rollback_quietly, run_script
 from .errors import MtmError, TablesRefused, adoption_unfinished, made_by_another_tool
@@ -35,6 +34,10 @@ from .ledger import HAS_CHECKSUM, PUBLIC, ledger_ddl, ledger_ref, state_ref
 from .locks import schema_lock_sql
 from .registry import domain_ref, tenant_ref
 from .results import TablesUpgrade
+from .sqlrun import Conn
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection
 
 log = logging.getLogger("mtm.tables")
 
@@ -169,22 +172,21 @@ class Tables:
         return all(v for k, v in self.exists.items() if k != "adoption")
 
 
-def inspect(conn: Connection, config: Config) -> Tables:
+def inspect(conn: Conn, config: Config) -> Tables:
     """Two catalog queries: mtm's public tables and their columns, then the version.
 
     Refuses (``TablesRefused``) any table with one of mtm's names but not its shape.
     """
     refs = _refs(config)
     keys = list(refs)
-    rows = conn.execute(
-        sa.text(
-            "SELECT k, c.relkind, ARRAY(SELECT a.attname::text FROM pg_attribute a "
-            "WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped) "
-            "FROM unnest(CAST(:keys AS text[]), CAST(:refs AS text[])) AS x(k, r) "
-            "JOIN pg_class c ON c.oid = to_regclass(x.r)"
-        ),
+    rows = sqlrun.rows(
+        conn,
+        "SELECT k, c.relkind, ARRAY(SELECT a.attname::text FROM pg_attribute a "
+        "WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped) "
+        "FROM unnest(CAST(%(keys)s AS text[]), CAST(%(refs)s AS text[])) AS x(k, r) "
+        "JOIN pg_class c ON c.oid = to_regclass(x.r)",
         {"keys": keys, "refs": [refs[k] for k in keys]},
-    ).all()
+    )
     found = {r[0]: (r[1], set(r[2])) for r in rows}
     foreign = [
         k
@@ -199,15 +201,15 @@ def inspect(conn: Connection, config: Config) -> Tables:
     if exists["adoption"]:
         raise adoption_unfinished()
     if exists["version"]:
-        query = sa.text(f"SELECT max(version) FROM {version_ref(config)}")
-        version = int(conn.execute(query).scalar() or 0)
+        query = f"SELECT max(version) FROM {version_ref(config)}"
+        version = int(sqlrun.scalar(conn, query) or 0)
     else:
         version = 1 if any(exists.values()) else 0
     return Tables(exists, version)
 
 
 def refuse_foreign_ledgers(
-    conn: Connection, config: Config, schemas: Sequence[str] | None = None
+    conn: Conn, config: Config, schemas: Sequence[str] | None = None
 ) -> None:
     """Refuse tables named like the ledger that another tool made, in ``schemas`` (None:
     every registered tenant's). One catalog query, an index probe per ledger: ``migrate``
@@ -215,24 +217,23 @@ def refuse_foreign_ledgers(
     if schemas is not None and not schemas:
         return
     among = (
-        "n.nspname = ANY(CAST(:s AS name[]))"
+        "n.nspname = ANY(CAST(%(s)s AS name[]))"
         if schemas is not None
         else f"EXISTS (SELECT 1 FROM {tenant_ref(config)} t WHERE t.schema_name = n.nspname)"
     )
     params: dict[str, object] = {"l": config.migrations_table}
     if schemas is not None:
         params["s"] = list(schemas)
-    bad = conn.execute(
-        sa.text(
-            # relname = name(:l), not text: the catalog's index on relname is used
-            "SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-            f"WHERE c.relname = CAST(:l AS name) AND n.nspname <> 'public' AND {among} "
-            f"AND (c.relkind NOT IN ('r', 'p') OR NOT {HAS_CHECKSUM}) "
-            "ORDER BY 1 LIMIT 5"
-        ),
+    bad = sqlrun.rows(
+        conn,
+        # relname = name(%(l)s), not text: the catalog's index on relname is used
+        "SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        f"WHERE c.relname = CAST(%(l)s AS name) AND n.nspname <> 'public' AND {among} "
+        f"AND (c.relkind NOT IN ('r', 'p') OR NOT {HAS_CHECKSUM}) "
+        "ORDER BY 1 LIMIT 5",
         params,
-    ).scalars()
-    refs = [(ledger_ref(config, s), "ledger") for s in bad]
+    )
+    refs = [(ledger_ref(config, r[0]), "ledger") for r in bad]
     if refs:
         raise made_by_another_tool(refs, ["migrations_table"])
 
@@ -251,7 +252,7 @@ def refuse_other_versions(tables: Tables) -> None:
         )
 
 
-def check(conn: Connection, config: Config) -> Tables:
+def check(conn: Conn, config: Config) -> Tables:
     """What every command does before it reads mtm's tables: refuse foreign tables and
     a version other than this code's; a database without mtm's tables is fine."""
     tables = inspect(conn, config)
@@ -259,7 +260,7 @@ def check(conn: Connection, config: Config) -> Tables:
     return tables
 
 
-def existing(conn: Connection, config: Config) -> dict[str, bool]:
+def existing(conn: Conn, config: Config) -> dict[str, bool]:
     """Which of mtm's public tables exist (refusing foreign ones)."""
     return dict(inspect(conn, config).exists)
 
@@ -355,30 +356,27 @@ def bring_up_to_date(
 def _ledger_schemas(conn: Connection, config: Config) -> list[str]:
     """Every schema holding a table named like the ledger with the ledger's shape
     (registered tenants, public, and schemas left without a registry row)."""
-    return list(
-        conn.execute(
-            sa.text(
-                "SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-                "WHERE c.relname = CAST(:l AS name) AND c.relkind IN ('r', 'p') "
-                "AND (SELECT count(*) FROM pg_attribute a WHERE a.attrelid = c.oid "
-                "AND NOT a.attisdropped AND a.attname IN ('name', 'checksum', 'applied_at')) = 3 "
-                'ORDER BY n.nspname COLLATE "C"'
-            ),
-            {"l": config.migrations_table},
-        ).scalars()
+    rows = sqlrun.rows(
+        conn,
+        "SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE c.relname = CAST(%(l)s AS name) AND c.relkind IN ('r', 'p') "
+        "AND (SELECT count(*) FROM pg_attribute a WHERE a.attrelid = c.oid "
+        "AND NOT a.attisdropped AND a.attname IN ('name', 'checksum', 'applied_at')) = 3 "
+        'ORDER BY n.nspname COLLATE "C"',
+        {"l": config.migrations_table},
     )
+    return [r[0] for r in rows]
 
 
 def _refuse_beyond_lock_table(conn: Connection, ledgers: int) -> None:
     """One transaction locks every ledger: refuse up front if the server's lock table
     cannot hold that many (PostgreSQL would fail midway with 'out of shared memory')."""
-    row = conn.execute(
-        sa.text(
-            "SELECT current_setting('max_locks_per_transaction')::int, "
-            "current_setting('max_connections')::int + "
-            "current_setting('max_prepared_transactions')::int"
-        )
-    ).one()
+    row = sqlrun.rows(
+        conn,
+        "SELECT current_setting('max_locks_per_transaction')::int, "
+        "current_setting('max_connections')::int + "
+        "current_setting('max_prepared_transactions')::int",
+    )[0]
     needed = ledgers + 100
     if needed > row[0] * row[1]:
         raise TablesRefused(
@@ -398,6 +396,8 @@ def _upgrade(conn: Connection, config: Config, lock_timeout: str | None) -> Tabl
     framed = steps.frame(
         config, PUBLIC, "public", timeouts=steps.Timeouts(lock=lock_timeout), state=None
     )
+    import sqlalchemy as sa  # the connection is SQLAlchemy's: only ``migrate`` upgrades
+
     from_version = 0
     try:
         run_script(conn, framed.head)

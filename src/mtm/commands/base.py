@@ -5,18 +5,22 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-
-from sqlalchemy.engine import Connection, Engine
+from typing import TYPE_CHECKING
 
 from .. import citus, planner
 from ..config import Config
-from ..database import checkout, create_engine
+from ..database import checkout, create_engine, direct
 from ..errors import UsageError
 from ..identifiers import validate_schema_name
 from ..ledger import PUBLIC
 from ..migrations import Namespace
-from ..runner import Settings
+from ..sqlrun import Conn
 from ..tables import check
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection, Engine
+
+    from ..runner import Settings
 
 
 @contextmanager
@@ -38,10 +42,23 @@ def session(
         engine.dispose()
 
 
+@contextmanager
+def reading(config: Config, *, purpose: str = "mtm") -> Iterator[Conn]:
+    """``session``'s connection for a command that only reads: without SQLAlchemy where
+    the URL allows (``database.direct``), mtm's tables checked the same way."""
+    with direct(config, purpose=purpose) as conn:
+        check(conn, config)
+        if citus.log.isEnabledFor(logging.INFO):
+            citus.announce(citus.mode(conn, config))
+        yield conn
+
+
 def settings(
     config: Config, lock_timeout: str | None, statement_timeout: str | None, retries: int | None
 ) -> Settings:
     """The config's step settings with a command's overrides, checked like the file's."""
+    from ..runner import Settings
+
     merged = Config(
         root=config.root,
         database_url=config.database_url,
@@ -65,7 +82,7 @@ def chosen_namespace(tenants: Sequence[str] | None, all_tenants: bool, public: b
 
 
 def chosen_schemas(
-    conn: Connection,
+    conn: Conn,
     config: Config,
     tables: Mapping[str, bool],
     tenants: Sequence[str] | None,

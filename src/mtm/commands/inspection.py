@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from .. import placement, planner
 from ..audit import audit
 from ..config import Config
+from ..database import direct
 from ..errors import UsageError
 from ..fleetstatus import summary, tenant_statuses
 from ..identifiers import validate_schema_name
@@ -22,7 +23,7 @@ from ..registry import list_tenants
 from ..report import LIST_LIMIT
 from ..results import SchemaStatus, StatusResult, ValidateResult
 from ..tables import existing as _existing
-from .base import session
+from .base import reading
 
 
 def status(
@@ -47,7 +48,7 @@ def status(
     # Read without the parser; a file it would refuse is refused below if it is pending.
     mset = discover(config.migrations_directory, parse=False)
     only = [validate_schema_name(t) for t in tenants] if tenants else None
-    with session(config) as (_, conn):
+    with reading(config) as conn:
         tables = _existing(conn, config)
         public = SchemaStatus.of(planner.public_plan(conn, config, mset, tables))
         result = StatusResult(public, [], len(mset.tenant), config.public_schema_display_name)
@@ -79,7 +80,7 @@ def history(
     if bool(tenant) == public:
         raise UsageError("choose one of --tenant SCHEMA or --public")
     schema = PUBLIC if public else validate_schema_name(tenant)
-    with session(config) as (_, conn):
+    with reading(config) as conn:
         if schema not in existing_ledgers(conn, config, [schema]):
             if not public:  # raises for an unknown tenant
                 planner.tenant_rows(conn, config, _existing(conn, config), [schema])
@@ -91,5 +92,5 @@ def validate(config: Config) -> ValidateResult:
     """Check applied migrations against the files, the registry against the schemas, and
     the state summary against the ledgers."""
     mset = discover(config.migrations_directory)
-    with session(config, pool_size=2) as (engine, conn):
-        return audit(conn, config, mset, _existing(conn, config), engine=engine)
+    with reading(config) as conn:
+        return audit(conn, config, mset, _existing(conn, config), another=lambda: direct(config))

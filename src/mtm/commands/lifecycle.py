@@ -11,9 +11,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psycopg
-from sqlalchemy.engine import Connection
 
 from .. import clustercheck, roles
 from ..config import Config
@@ -27,7 +27,10 @@ from ..renaming import rename_sql
 from ..results import RenameResult, RoleResult
 from ..schemas import current_database, schema_exists
 from ..tables import existing
-from .base import session
+from .base import reading, session
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection
 
 log = logging.getLogger("mtm.tenant")
 
@@ -213,7 +216,7 @@ def role_remove(config: Config, schema: str) -> RoleResult:
 def tenant_page(config: Config, limit: int) -> tuple[list[TenantOverview], int]:
     """The first ``limit`` tenants by name, as ``tenant_overview`` gives them, and how
     many tenants there are; reads only those tenants' rows."""
-    with session(config) as (_, conn):
+    with reading(config) as conn:
         if not existing(conn, config)["registry"]:
             return [], 0
         return overview_page(conn, config, limit)
@@ -222,7 +225,7 @@ def tenant_page(config: Config, limit: int) -> tuple[list[TenantOverview], int]:
 def tenant_overview(config: Config, match: str | None = None) -> list[TenantOverview]:
     """Every registered tenant (``match``: a shell glob on its name) with its primary
     domain, where its ledger stands and its role."""
-    with session(config) as (_, conn):
+    with reading(config) as conn:
         if not existing(conn, config)["registry"]:
             return []
         return overview(conn, config, match)
