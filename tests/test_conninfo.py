@@ -147,8 +147,13 @@ _WHICH = (
 
 
 def _status(project: Project, *args: str) -> tuple[str, str]:
+    return _read(project, "status", *args)
+
+
+def _read(project: Project, *args: str) -> tuple[str, str]:
+    """A command's output, and whether it imported SQLAlchemy with its exit code."""
     r = subprocess.run(
-        [sys.executable, "-c", _WHICH, "status", *args],
+        [sys.executable, "-c", _WHICH, *args],
         cwd=project.root,
         capture_output=True,
         text=True,
@@ -177,6 +182,23 @@ def test_status_reads_without_sqlalchemy_and_says_the_same(project: Project) -> 
         assert engine_last == "True 0", engine_last
         assert out == engine_out
         assert "globex" in out
+
+
+def test_the_read_commands_import_no_sqlalchemy(project: Project) -> None:
+    """Each read command of a plain URL, in a real process: exit 0, no SQLAlchemy."""
+    project.write("tenant", "0001_items.sql", "CREATE TABLE items (id int);")
+    assert project.cli("create", "acme", "--domain", "acme.example.com").exit_code == 0
+    for args in (
+        ("tenants",),
+        ("tenants", "--json"),
+        ("tenants", "--all"),
+        ("history", "--tenant", "acme"),
+        ("history", "--public"),
+        ("validate",),
+    ):
+        out, last = _read(project, *args)
+        assert last == "False 0", (args, last, out)
+    assert "acme.example.com" in _read(project, "tenants", "--json")[0]
 
 
 def test_status_on_a_plain_url_keeps_its_one_line_errors(project: Project) -> None:
