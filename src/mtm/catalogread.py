@@ -18,8 +18,9 @@ from contextlib import contextmanager
 from sqlalchemy.engine import Connection, Engine
 
 from . import catalog
-from .database import checkout, driver, rollback_quietly
+from .database import checkout, rollback_quietly
 from .identifiers import quote_literal
+from .sqlrun import driver
 
 # Fewer schemas than this in a chunk: the second connection costs more than it saves.
 MIN_CHUNK = 400

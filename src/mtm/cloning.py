@@ -32,12 +32,12 @@ from sqlalchemy.engine import Connection
 
 from .adoption import retired_ledger
 from .config import Config
-from .database import driver
 from .errors import TenantError
 from .identifiers import quote_ident, quote_literal
 from .ledger import AppliedMigration
 from .migrations import Migration, MigrationSet
 from .plan import legacy_problems
+from .sqlrun import driver
 
 
 def replay(source: str, ledger: Sequence[AppliedMigration], mset: MigrationSet) -> list[Migration]:

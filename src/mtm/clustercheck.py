@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 
 from . import sqlrun, sqlscript
 from .config import Config
-from .database import checkout, create_engine, driver, run_script
+from .database import checkout, create_engine, run_script
 from .errors import MtmError
 from .exits import Exit
 from .sqlrun import Conn
@@ -82,7 +82,7 @@ def run_each(conn: Connection, script: str | Sequence[str]) -> None:
         return
     for part in [script] if isinstance(script, str) else script:
         for statement in sqlscript.split(part):
-            driver(conn).execute(statement.text.encode("utf-8"), prepare=False)
+            sqlrun.driver(conn).execute(statement.text.encode("utf-8"), prepare=False)
 
 
 def add_citus(config: Config) -> None:

@@ -23,9 +23,9 @@ from .config import remember_secret, sqlalchemy_url
 # the same text; other bytes SQLAlchemy decodes as UTF-8 and libpq passes as they are).
 _PART = r"(?:[A-Za-z0-9._~-]|%[2-7][0-9A-Fa-f])"
 _VALUE = r"(?:[A-Za-z0-9._~/-]|%[2-7][0-9A-Fa-f])"  # a query's: a socket's folder too
+_SCHEME = re.compile(r"postgres(?:ql)?(?:\+psycopg)?://")
 _PLAIN = re.compile(
-    r"postgres(?:ql)?(?:\+psycopg)?://"
-    rf"(?:(?P<user>{_PART}+)(?::(?P<password>{_PART}+))?@)?"
+    _SCHEME.pattern + rf"(?:(?P<user>{_PART}+)(?::(?P<password>{_PART}+))?@)?"
     r"(?P<host>[A-Za-z0-9.-]*)(?::(?P<port>[1-9][0-9]{0,4}))?"
     r"(?:/(?P<dbname>[A-Za-z0-9._-]*))?"
     rf"(?:\?(?P<query>[a-z_]+={_VALUE}*(?:&[a-z_]+={_VALUE}*)*))?"
@@ -35,7 +35,6 @@ _PLAIN = re.compile(
 _QUERY_KEYS = frozenset(
     {"host", "port", "sslmode", "sslrootcert", "sslcert", "sslkey", "connect_timeout"}
 )
-_SCHEME = re.compile(r"postgres(?:ql)?(?:\+psycopg)?://")
 
 
 def libpq_params(url: str) -> dict[str, str] | None:

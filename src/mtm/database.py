@@ -80,11 +80,9 @@ def direct(config: Config, *, purpose: str = "mtm") -> Iterator[Conn]:
         raw = psycopg.connect(**{**params, **_connect_args("", purpose)}, autocommit=True)
     except psycopg.OperationalError as exc:
         reason = (str(exc).strip().splitlines() or ["?"])[0]
-        named = mask_url(conninfo.shown(url))
-        raise DatabaseUnavailable(mask_url(f"cannot connect to {named}: {reason}")) from None
+        raise _unavailable(conninfo.shown(url), reason) from None
     try:  # closed, never rolled back: autocommit, and a reply may still be in flight
-        found = raw.execute("SELECT 1 FROM pg_extension WHERE extname = 'citus'").fetchone()
-        sqlrun.notes(raw)[APART] = found is not None
+        sqlrun.notes(raw)[APART] = _has_citus(raw)
         yield raw
     finally:
         raw.close()
@@ -100,10 +98,21 @@ def _note_citus(dbapi_connection: Any, record: Any) -> None:
     workers as the original query text: a multi-statement script fails there with
     "cannot insert multiple commands into a prepared statement", so on such a database
     ``run_script`` sends each such statement as a query of its own."""
-    found = dbapi_connection.execute("SELECT 1 FROM pg_extension WHERE extname = 'citus'")
-    record.info[APART] = found.fetchone() is not None
+    record.info[APART] = _has_citus(dbapi_connection)
     if dbapi_connection.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
         dbapi_connection.rollback()
+
+
+def _has_citus(dbapi: psycopg.Connection[Any]) -> bool:
+    """Whether a new connection's database has the citus extension (its ``APART`` note)."""
+    found = dbapi.execute("SELECT 1 FROM pg_extension WHERE extname = 'citus'").fetchone()
+    return found is not None
+
+
+def _unavailable(named: str, reason: str) -> DatabaseUnavailable:
+    """A first connection that failed, in one line: which database (its password
+    masked), and the reason the driver gave."""
+    return DatabaseUnavailable(mask_url(f"cannot connect to {mask_url(named)}: {reason}"))
 
 
 def _url_options(url: URL) -> str:
@@ -270,8 +279,7 @@ def checkout(engine: Engine) -> Iterator[Connection]:
         conn = engine.connect()
     except sa.exc.OperationalError as exc:
         reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
-        shown = mask_url(engine.url.render_as_string(hide_password=True))
-        raise DatabaseUnavailable(mask_url(f"cannot connect to {shown}: {reason}")) from None
+        raise _unavailable(engine.url.render_as_string(hide_password=True), reason) from None
     try:
         yield conn
     except BaseException:
@@ -296,13 +304,6 @@ def _drop_if_busy(conn: Connection) -> None:
 _BUSY = (psycopg.pq.TransactionStatus.ACTIVE, psycopg.pq.TransactionStatus.UNKNOWN)
 
 
-def driver(conn: Connection) -> psycopg.Connection[Any]:
-    """The psycopg connection under a SQLAlchemy one, for multi-statement round trips."""
-    dbapi = conn.connection.driver_connection
-    assert isinstance(dbapi, psycopg.Connection)
-    return dbapi
-
-
 def join_script(statements: Sequence[str]) -> str:
     """Statements as one simple-query text. Each ends on a line of its own, so a
     migration whose last line is a ``--`` comment cannot swallow the separator."""
@@ -320,18 +321,18 @@ def run_script(conn: Connection, script: str | Sequence[str]) -> None:
     sql = script if isinstance(script, str) else join_script(script)
     apart = bool(conn.info.get(APART))
     try:
-        _send(driver(conn), sql, apart)
+        _send(sqlrun.driver(conn), sql, apart)
         return
     except psycopg.Error as exc:
         if exc.sqlstate != SCHEMA_BUSY or not sql.lstrip().upper().startswith("BEGIN"):
             raise
         schema = exc.diag.schema_name or ""
     rollback_quietly(conn)
-    with waiting_for(driver(conn), schema):
+    with waiting_for(sqlrun.driver(conn), schema):
         waited = pause(0.0)
         while True:
             try:
-                _send(driver(conn), sql, apart)
+                _send(sqlrun.driver(conn), sql, apart)
                 return
             except psycopg.Error as exc:
                 if exc.sqlstate != SCHEMA_BUSY:
@@ -382,7 +383,7 @@ def rollback_quietly(conn: Connection) -> None:
             # until told that the transaction is over (no round trip is made).
             conn.rollback()
             return
-        dbapi = driver(conn)
+        dbapi = sqlrun.driver(conn)
         if dbapi.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
             dbapi.execute("ROLLBACK")
     except (psycopg.Error, sa.exc.SQLAlchemyError):

@@ -20,8 +20,8 @@ from __future__ import annotations
 
 from sqlalchemy.engine import Connection
 
-from .database import driver
 from .identifiers import quote_literal, validate_schema_name
+from .sqlrun import driver
 
 # (catalog, the expression of its namespace given its oid as "o.objid").
 _HOME = {

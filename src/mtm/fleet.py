@@ -18,12 +18,12 @@ from typing import Any, Protocol
 
 from sqlalchemy.engine import Connection, Engine
 
-from .database import driver
 from .failures import describe_error
 from .pipeline import StepPipeline
 from .plan import SchemaPlan
 from .results import FleetOutcome, SchemaResult
 from .runner import Runner
+from .sqlrun import driver
 
 log = logging.getLogger("mtm.run")
 

@@ -100,9 +100,7 @@ def hold_schema(conn: Connection, schema: str) -> None:
     take = "SELECT pg_try_advisory_lock(%(c)s, hashtext(%(s)s))"
     if sqlrun.scalar(conn, take, params):
         return
-    dbapi = conn.connection.driver_connection
-    assert isinstance(dbapi, psycopg.Connection)
-    with waiting_for(dbapi, schema):
+    with waiting_for(sqlrun.driver(conn), schema):
         waited = pause(0.0)
         while not sqlrun.scalar(conn, take, params):
             waited += pause(waited)

@@ -37,12 +37,13 @@ from psycopg import pq
 from sqlalchemy.engine import Connection
 
 from . import pipesteps, sqlscript
-from .database import APART, driver, rollback_quietly
+from .database import APART, rollback_quietly
 from .failures import describe_error
 from .migrations import Migration
 from .plan import SchemaPlan
 from .results import SchemaResult
 from .runner import Runner
+from .sqlrun import driver
 
 log = logging.getLogger("mtm.step")
 

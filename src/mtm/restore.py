@@ -29,8 +29,8 @@ from sqlalchemy.engine import Connection
 from . import pgclient
 from .baseline import neutralize
 from .clustercheck import run_each
-from .database import driver
 from .errors import MtmError
+from .sqlrun import driver
 
 SECTIONS = ("pre-data", "data", "post-data")
 _END_OF_COPY = (b"\\.\n", b"\\.\r\n", b"\\.")

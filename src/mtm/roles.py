@@ -38,7 +38,7 @@ import psycopg
 
 from . import sqlrun
 from .config import Config
-from .database import driver, rollback_quietly, run_script
+from .database import rollback_quietly, run_script
 from .errors import ConfigError, MtmError, TenantError, UsageError
 from .identifiers import (
     do_block,
@@ -225,7 +225,7 @@ def new_password() -> str:
 def password_verifier(conn: Connection, role: str, password: str) -> str:
     """What the server stores for ``password`` (SCRAM-SHA-256 unless the server's
     ``password_encryption`` says otherwise), computed by libpq on this side."""
-    verifier: bytes = driver(conn).pgconn.encrypt_password(password.encode(), role.encode())
+    verifier: bytes = sqlrun.driver(conn).pgconn.encrypt_password(password.encode(), role.encode())
     return verifier.decode()
 
 
@@ -268,10 +268,8 @@ def rotate_password(
         raise TenantError(
             f"tenant {schema!r} has no role made by mtm (create tenants with --role --login)"
         )
-    can_login = sqlrun.scalar(
-        conn, "SELECT rolcanlogin FROM pg_roles WHERE rolname = %(r)s", {"r": role}
-    )
-    if not can_login and not enable_login:
+    logs_in = can_login(conn, role)
+    if not logs_in and not enable_login:
         raise TenantError(
             f"role {role!r} of tenant {schema!r} cannot log in; add --login to let it "
             "log in with the new password"
@@ -280,7 +278,7 @@ def rotate_password(
     verifier = password_verifier(conn, role, password)
     quoted = quote_ident(role)
     statements = [f"ALTER ROLE {quoted} LOGIN PASSWORD {quote_literal(verifier)}"]
-    if not can_login:
+    if not logs_in:
         statements.append(_login_search_path_sql(quoted, schema, current_database(conn)))
     database_error = None
     try:

@@ -21,7 +21,7 @@ from sqlalchemy.engine import Connection
 
 from . import steps
 from .config import Config
-from .database import driver, rollback_quietly, run_script
+from .database import rollback_quietly, run_script
 from .failures import GONE, LEDGER_MOVED, RETRYABLE, StepError, sqlstate, step_error
 from .keys import default
 from .locks import hold_schema, release_schema
@@ -31,6 +31,7 @@ from .progress import NoProgress, Progress
 from .reference import note_plain, register_op
 from .registry import is_registered
 from .results import SchemaResult
+from .sqlrun import driver
 from .steps import Direction, Timeouts
 from .txguard import transaction_kept
 

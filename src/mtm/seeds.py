@@ -27,10 +27,11 @@ from sqlalchemy.engine import Connection
 
 from . import steps
 from .config import Config
-from .database import driver, rollback_quietly, run_script
+from .database import rollback_quietly, run_script
 from .errors import ConfigError
 from .migrations import _check_script
 from .registry import Tenant
+from .sqlrun import driver
 from .txguard import transaction_kept
 
 _FUNCTION = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*")

@@ -33,10 +33,7 @@ def session(
     engine = create_engine(config, pool_size=pool_size, purpose=purpose)
     try:
         with checkout(engine) as conn:
-            if not upgrades:
-                check(conn, config)
-            if citus.log.isEnabledFor(logging.INFO):
-                citus.announce(citus.mode(conn, config))
+            _opened(conn, config, upgrades)
             yield engine, conn
     finally:
         engine.dispose()
@@ -47,10 +44,17 @@ def reading(config: Config, *, purpose: str = "mtm") -> Iterator[Conn]:
     """``session``'s connection for a command that only reads: without SQLAlchemy where
     the URL allows (``database.direct``), mtm's tables checked the same way."""
     with direct(config, purpose=purpose) as conn:
-        check(conn, config)
-        if citus.log.isEnabledFor(logging.INFO):
-            citus.announce(citus.mode(conn, config))
+        _opened(conn, config, upgrades=False)
         yield conn
+
+
+def _opened(conn: Conn, config: Config, upgrades: bool) -> None:
+    """What a command does on its new connection: mtm's tables checked (unless it
+    ``upgrades`` them), and where tenants go on a Citus cluster said at ``-v``."""
+    if not upgrades:
+        check(conn, config)
+    if citus.log.isEnabledFor(logging.INFO):
+        citus.announce(citus.mode(conn, config))
 
 
 def settings(
